@@ -1,0 +1,579 @@
+"""Rack profiles: YAML in, one frozen RackProfile per rack out.
+
+The builder validates every profile with this module before doing any work,
+and the first-boot agent reads the same profiles inside the image, so both
+agree on what a rack is. Loading happens in three passes, each of which
+collects every problem it finds instead of stopping at the first:
+
+1. YAML (duplicate keys are errors: YAML would silently keep the last one);
+2. the JSON Schema in rack-profiles/schema.json, after merging defaults.yaml;
+3. meaning: duplicates, addresses outside the subnet, secret references,
+   manifest paths, and the same across all profiles given together.
+
+Every problem is reported as `FILE: PATH: MESSAGE`, where FILE is the profile
+or the defaults file the offending value came from.
+"""
+
+import enum
+import hashlib
+import ipaddress
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from firstboot import secretref
+from firstboot.errors import BadInput, ProfileError
+
+DEFAULTS_NAME = "defaults.yaml"
+RESERVED_LABEL_PREFIX = "rackboot.dev/"
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "rack-profiles" / "schema.json"
+
+Labels = tuple[tuple[str, str], ...]
+
+
+class PiModel(enum.StrEnum):
+    PI4 = "pi4"
+    PI5 = "pi5"
+
+
+class DhcpMode(enum.StrEnum):
+    PROXY = "proxy"
+    FULL = "full"
+
+
+class BootDirBy(enum.StrEnum):
+    SERIAL = "serial"
+    MAC = "mac"
+
+
+class RancherStorage(enum.StrEnum):
+    TMPFS = "tmpfs"
+    SD = "sd"
+
+
+@dataclass(frozen=True)
+class Network:
+    subnet: ipaddress.IPv4Network
+    router: ipaddress.IPv4Address
+    dns: tuple[ipaddress.IPv4Address, ...]
+    domain: str | None
+
+
+@dataclass(frozen=True)
+class Identify:
+    macs: tuple[str, ...]
+    router_mac: str | None
+
+
+@dataclass(frozen=True)
+class Jumphost:
+    hostname: str
+    address: ipaddress.IPv4Address
+    uplink: str
+    ssh_authorized_keys: tuple[str, ...]
+    identify: Identify
+
+
+@dataclass(frozen=True)
+class K3s:
+    version: str
+    token: secretref.SecretRef
+    api_port: int
+    disable: tuple[str, ...]
+    tls_san: tuple[str, ...]
+    node_labels: Labels
+
+
+@dataclass(frozen=True)
+class Pi:
+    name: str
+    model: PiModel
+    mac: str | None
+    serial: str | None
+    address: ipaddress.IPv4Address | None
+    labels: Labels
+
+
+@dataclass(frozen=True)
+class Netboot:
+    dhcp: DhcpMode
+    dhcp_range: tuple[ipaddress.IPv4Address, ipaddress.IPv4Address] | None
+    boot_dir_by: BootDirBy
+    rancher_storage: RancherStorage
+    tftp_root: str
+    nfs_root: str
+
+
+@dataclass(frozen=True)
+class KubeSecret:
+    name: str
+    namespace: str
+    type: str
+    data: tuple[tuple[str, secretref.SecretRef], ...]
+
+
+@dataclass(frozen=True)
+class RackProfile:
+    rack: str
+    description: str
+    source: Path                   # the profile file
+    digest: str                    # sha256 of the merged profile: changes iff the rack does
+    network: Network
+    jumphost: Jumphost
+    k3s: K3s
+    pis: tuple[Pi, ...]
+    netboot: Netboot
+    manifests: tuple[Path, ...]    # resolved files, in apply order
+    secrets: tuple[KubeSecret, ...]
+    host_aliases: tuple[str, ...]
+
+    def pi_boot_dir(self, pi: Pi) -> str:
+        """The per-Pi TFTP directory the bootloader asks for."""
+        if self.netboot.boot_dir_by is BootDirBy.SERIAL:
+            return pi.serial
+        return pi.mac.replace(":", "-")
+
+
+# ---------------------------------------------------------------- YAML
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys."""
+
+
+def _construct_mapping(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ProfileError([f"{path}: cannot read: {err.strerror}"]) from None
+    try:
+        doc = yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err)
+        raise ProfileError([f"{where}: {problem}"]) from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ProfileError([f"{path}: (top level): expected a mapping, got {_kind(doc)}"])
+    return doc
+
+
+def _merge(base: dict, override: dict) -> dict:
+    """Mappings merge key by key; anything else in override replaces base."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _has_path(doc, path: Iterable) -> bool:
+    for part in path:
+        if isinstance(doc, dict) and part in doc:
+            doc = doc[part]
+        elif isinstance(doc, list) and isinstance(part, int) and part < len(doc):
+            doc = doc[part]
+        else:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------- schema
+
+_YAML_KIND = {"object": "a mapping", "array": "a list", "string": "a string",
+              "integer": "an integer", "number": "a number", "boolean": "true or false",
+              "null": "nothing"}
+
+
+def _kind(value) -> str:
+    for kind, python in (("null", type(None)), ("boolean", bool), ("object", dict),
+                         ("array", list), ("string", str), ("integer", int), ("number", float)):
+        if isinstance(value, python):
+            return _YAML_KIND[kind]
+    return type(value).__name__
+
+
+def format_path(path: Iterable) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+_format_checker = jsonschema.FormatChecker()
+
+
+@_format_checker.checks("ipv4")
+def _is_ipv4(value) -> bool:
+    if not isinstance(value, str):
+        return True
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        return False
+    return True
+
+
+@_format_checker.checks("ipv4-network")
+def _is_ipv4_network(value) -> bool:
+    if not isinstance(value, str):
+        return True
+    try:
+        ipaddress.IPv4Network(value)  # strict: host bits must be zero
+    except ValueError:
+        return False
+    return True
+
+
+def _validator() -> jsonschema.protocols.Validator:
+    schema = json.loads(SCHEMA_PATH.read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema, format_checker=_format_checker)
+
+
+def _schema_problems(doc: dict) -> Iterator[tuple[list, str]]:
+    for error in _validator().iter_errors(doc):
+        path = list(error.absolute_path)
+        custom = error.schema.get("x-error") if isinstance(error.schema, dict) else None
+        if error.validator == "required":
+            missing = error.message.split("'")[1]
+            yield path + [missing], "is required"
+        elif error.validator == "additionalProperties":
+            allowed = ", ".join(error.schema.get("properties", {}))
+            for key in sorted(set(error.instance) - set(error.schema.get("properties", {}))):
+                yield path + [key], f"unknown key (allowed here: {allowed})"
+        elif error.validator == "propertyNames":
+            yield path, f"key {error.instance!r} {custom or 'is not allowed'}"
+        elif error.validator == "type":
+            expected = error.validator_value
+            expected = [expected] if isinstance(expected, str) else expected
+            message = f"expected {' or '.join(_YAML_KIND[e] for e in expected)}, got {_kind(error.instance)}"
+            if expected == ["string"] and isinstance(error.instance, (int, float)):
+                message += " (YAML read it as a number: put it in quotes)"
+            yield path, message
+        elif error.validator == "enum":
+            yield path, (f"{error.instance!r} is not one of "
+                         + ", ".join(str(v) for v in error.validator_value))
+        elif custom:
+            yield path, f"{error.instance!r} {custom}" if not isinstance(
+                error.instance, (dict, list)) else custom
+        else:
+            yield path, error.message
+
+
+# ---------------------------------------------------------------- meaning
+
+
+def _mac(text: str) -> str:
+    return text.lower().replace("-", ":")
+
+
+def _labels(raw: dict | None) -> Labels:
+    return tuple(sorted((raw or {}).items()))
+
+
+def _parse_secret(raw) -> secretref.SecretRef:
+    text, key = (raw["ref"], raw["key"]) if isinstance(raw, dict) else (raw, None)
+    return secretref.parse(text, key)
+
+
+def _manifest_files(raw: list[str], base: Path, problems: list | None = None) -> tuple[Path, ...]:
+    files = []
+    for index, entry in enumerate(raw):
+        path = (base / entry).resolve()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+            if not found and problems is not None:
+                problems.append((["manifests", index], f"directory {entry!r} holds no *.yaml files"))
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        elif problems is not None:
+            problems.append((["manifests", index], f"{entry!r} does not exist (looked for {path})"))
+    return tuple(files)
+
+
+def _duplicates(problems: list, what: str, items: Iterable[tuple[list, object]]) -> None:
+    first_seen: dict = {}
+    for path, value in items:
+        if value is None:
+            continue
+        if value in first_seen:
+            problems.append((path, f"duplicate {what} {str(value)!r} (also at {format_path(first_seen[value])})"))
+        else:
+            first_seen[value] = path
+
+
+# Each check reads the raw (merged) document and appends (path, message).
+# A check whose input the schema already rejected fails with one of these
+# errors and is skipped: the schema's message names the cause.
+_SKIP = (KeyError, TypeError, ValueError, AttributeError, IndexError)
+
+
+def _addr(text):
+    return ipaddress.IPv4Address(text) if isinstance(text, str) else None
+
+
+def _pis(doc) -> list[dict]:
+    return [pi if isinstance(pi, dict) else {} for pi in doc.get("pis", [])]
+
+
+def _check_addresses(doc, source, problems):
+    subnet = ipaddress.IPv4Network(doc["network"]["subnet"])
+    hosts = [(["network", "router"], doc["network"].get("router")),
+             (["jumphost", "address"], doc["jumphost"].get("address"))]
+    hosts += [(["pis", i, "address"], pi.get("address")) for i, pi in enumerate(_pis(doc))]
+    rng = doc.get("netboot", {}).get("dhcp_range") or {}
+    hosts += [(["netboot", "dhcp_range", end], rng.get(end)) for end in ("start", "end")]
+    for path, text in hosts:
+        try:
+            address = _addr(text)
+        except ValueError:
+            continue  # the schema reported it
+        if address is None:
+            continue
+        if address not in subnet:
+            problems.append((path, f"{address} is outside the rack subnet {subnet}"))
+        elif address == subnet.network_address:
+            problems.append((path, f"{address} is the subnet's network address"))
+        elif address == subnet.broadcast_address:
+            problems.append((path, f"{address} is the subnet's broadcast address"))
+    _duplicates(problems, "address", [(path, text) for path, text in hosts[:-2]])
+
+
+def _check_dhcp(doc, source, problems):
+    netboot = doc.get("netboot", {})
+    full = netboot.get("dhcp") == DhcpMode.FULL
+    rng = netboot.get("dhcp_range")
+    if full and rng is None:
+        problems.append((["netboot", "dhcp_range"], "is required when netboot.dhcp is 'full'"))
+    if full:
+        for i, pi in enumerate(_pis(doc)):
+            if "address" in pi and "mac" not in pi:
+                problems.append((["pis", i, "mac"], "is required for a fixed address when netboot.dhcp is 'full'"))
+    if rng is not None:
+        start, end = _addr(rng["start"]), _addr(rng["end"])
+        if start > end:
+            problems.append((["netboot", "dhcp_range"], f"start {start} is after end {end}"))
+        for path in (["network", "router"], ["jumphost", "address"]):
+            address = _addr(doc[path[0]][path[1]])
+            if start <= address <= end:
+                problems.append((["netboot", "dhcp_range"], f"contains {format_path(path)} {address}"))
+
+
+def _check_names(doc, source, problems):
+    pis = _pis(doc)
+    _duplicates(problems, "name", [(["jumphost", "hostname"], doc["jumphost"].get("hostname"))]
+                + [(["pis", i, "name"], pi.get("name")) for i, pi in enumerate(pis)])
+    _duplicates(problems, "serial", [(["pis", i, "serial"], pi.get("serial")) for i, pi in enumerate(pis)])
+    _duplicates(problems, "host alias", [(["host_aliases", i], a) for i, a in enumerate(doc.get("host_aliases", []))])
+    _duplicates(problems, "secret", [(["secrets", i, "name"], f"{s.get('namespace', 'default')}/{s.get('name')}")
+                                     for i, s in enumerate(doc.get("secrets", [])) if isinstance(s, dict)])
+
+
+def _check_macs(doc, source, problems):
+    macs = doc["jumphost"].get("identify", {}).get("macs", [])
+    _duplicates(problems, "MAC", [(["jumphost", "identify", "macs", i], _mac(m)) for i, m in enumerate(macs)]
+                + [(["pis", i, "mac"], _mac(pi["mac"]) if "mac" in pi else None) for i, pi in enumerate(_pis(doc))])
+
+
+def _check_boot_dirs(doc, source, problems):
+    by = doc.get("netboot", {}).get("boot_dir_by", BootDirBy.SERIAL)
+    for i, pi in enumerate(_pis(doc)):
+        if pi and by not in pi and ("mac" in pi or "serial" in pi):
+            problems.append((["pis", i, by], f"is required: netboot.boot_dir_by is {by!r}"))
+
+
+def _check_labels(doc, source, problems):
+    labelled = [(["k3s", "node_labels"], doc["k3s"].get("node_labels", {}))]
+    labelled += [(["pis", i, "labels"], pi.get("labels", {})) for i, pi in enumerate(_pis(doc))]
+    for path, labels in labelled:
+        for key in labels:
+            if str(key).startswith(RESERVED_LABEL_PREFIX):
+                problems.append((path + [key], f"the {RESERVED_LABEL_PREFIX} prefix is reserved: "
+                                               "rackboot sets rack, role and model itself"))
+
+
+def _check_secrets(doc, source, problems):
+    refs = [(["k3s", "token"], doc["k3s"].get("token"))]
+    for i, secret in enumerate(doc.get("secrets", [])):
+        if isinstance(secret, dict) and isinstance(secret.get("data"), dict):
+            refs += [(["secrets", i, "data", key], raw) for key, raw in secret["data"].items()]
+    for path, raw in refs:
+        try:
+            _parse_secret(raw)
+        except secretref.SecretRefError as err:
+            problems.append((path, str(err)))
+        except _SKIP:
+            pass  # not a string or {ref, key}: the schema reported it
+
+
+def _check_manifests(doc, source, problems):
+    _manifest_files([m for m in doc.get("manifests", []) if isinstance(m, str)], source.parent, problems)
+
+
+SEMANTIC_CHECKS = (_check_addresses, _check_dhcp, _check_names, _check_macs, _check_boot_dirs,
+                   _check_labels, _check_secrets, _check_manifests)
+
+
+def _semantic_problems(doc: dict, source: Path) -> list[tuple[list, str]]:
+    problems: list[tuple[list, str]] = []
+    for check in SEMANTIC_CHECKS:
+        found: list = []
+        try:
+            check(doc, source, found)
+        except _SKIP:
+            continue
+        problems.extend(found)
+    return problems
+
+
+def _construct(doc: dict, source: Path) -> RackProfile:
+    """Turn a document that passed every check into the frozen model."""
+    net = doc["network"]
+    jh = doc["jumphost"]
+    ident = jh.get("identify", {})
+    k = doc["k3s"]
+    nb = doc.get("netboot", {})
+    rng = nb.get("dhcp_range")
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    return RackProfile(
+        rack=doc["rack"],
+        description=doc.get("description", ""),
+        source=source,
+        digest=hashlib.sha256(canonical.encode()).hexdigest(),
+        network=Network(
+            subnet=ipaddress.IPv4Network(net["subnet"]),
+            router=ipaddress.IPv4Address(net["router"]),
+            dns=tuple(ipaddress.IPv4Address(a) for a in net.get("dns", [net["router"]])),
+            domain=net.get("domain")),
+        jumphost=Jumphost(
+            hostname=jh["hostname"],
+            address=ipaddress.IPv4Address(jh["address"]),
+            uplink=jh.get("uplink", "en*"),
+            ssh_authorized_keys=tuple(jh.get("ssh_authorized_keys", [])),
+            identify=Identify(tuple(_mac(m) for m in ident.get("macs", [])),
+                              _mac(ident["router_mac"]) if "router_mac" in ident else None)),
+        k3s=K3s(k["version"], _parse_secret(k["token"]), k.get("api_port", 6443),
+                tuple(k.get("disable", [])), tuple(k.get("tls_san", [])), _labels(k.get("node_labels"))),
+        pis=tuple(
+            Pi(name=p["name"], model=PiModel(p["model"]),
+               mac=_mac(p["mac"]) if "mac" in p else None, serial=p.get("serial"),
+               address=ipaddress.IPv4Address(p["address"]) if "address" in p else None,
+               labels=_labels(p.get("labels")))
+            for p in doc.get("pis", [])),
+        netboot=Netboot(
+            dhcp=DhcpMode(nb.get("dhcp", "proxy")),
+            dhcp_range=(ipaddress.IPv4Address(rng["start"]), ipaddress.IPv4Address(rng["end"])) if rng else None,
+            boot_dir_by=BootDirBy(nb.get("boot_dir_by", "serial")),
+            rancher_storage=RancherStorage(nb.get("rancher_storage", "tmpfs")),
+            tftp_root=nb.get("tftp_root", "/srv/rackboot/tftp"),
+            nfs_root=nb.get("nfs_root", "/srv/rackboot/pi-root")),
+        manifests=_manifest_files(doc.get("manifests", []), source.parent),
+        secrets=tuple(
+            KubeSecret(s["name"], s.get("namespace", "default"), s.get("type", "Opaque"),
+                       tuple((key, _parse_secret(raw)) for key, raw in sorted(s["data"].items())))
+            for s in doc.get("secrets", [])),
+        host_aliases=tuple(doc.get("host_aliases", [])))
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def profile_paths(args: Iterable[str | Path]) -> list[Path]:
+    """Expand directories to their profiles (every *.yaml except defaults.yaml)."""
+    paths: list[Path] = []
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.glob("*.yaml") if p.name != DEFAULTS_NAME))
+        elif path.name == DEFAULTS_NAME:
+            raise BadInput(f"{path}: holds shared defaults, not a rack",
+                           hint="name the rack profiles instead, or their directory")
+        elif not path.exists():
+            raise BadInput(f"{path}: no such rack profile")
+        else:
+            paths.append(path)
+    if not paths:
+        raise BadInput("no rack profiles given", hint="name files such as rack-profiles/example.yaml or a directory")
+    return paths
+
+
+def load_one(path: Path) -> tuple[RackProfile | None, list[str]]:
+    """Load one profile; return it (or None) and its problems as text."""
+    rack_doc = _read_yaml(path)
+    defaults_path = path.parent / DEFAULTS_NAME
+    defaults_doc = _read_yaml(defaults_path) if defaults_path.exists() else {}
+    doc = _merge(defaults_doc, rack_doc)
+
+    def origin(location: list) -> Path:
+        if defaults_doc and not _has_path(rack_doc, location) and _has_path(defaults_doc, location):
+            return defaults_path
+        return path
+
+    problems = list(_schema_problems(doc)) + _semantic_problems(doc, path)
+    profile = None if problems else _construct(doc, path)
+    lines = sorted({f"{origin(p)}: {format_path(p)}: {m}" for p, m in problems})
+    return profile, lines
+
+
+def load_profiles(args: Iterable[str | Path]) -> list[RackProfile]:
+    """Load and check every profile; raise ProfileError listing every problem."""
+    problems: list[str] = []
+    profiles: list[RackProfile] = []
+    for path in profile_paths(args):
+        try:
+            profile, lines = load_one(path)
+        except ProfileError as err:
+            problems.extend(err.problems)
+            continue
+        problems.extend(lines)
+        if profile:
+            profiles.append(profile)
+    problems.extend(_cross_profile_problems(profiles))
+    if problems:
+        raise ProfileError(problems)
+    return profiles
+
+
+def _cross_profile_problems(profiles: list[RackProfile]) -> list[str]:
+    """Racks given together must be told apart: names and identifying MACs."""
+    problems = []
+    seen: dict = {}
+    for profile in profiles:
+        claims = [("rack", "rack name", profile.rack)]
+        claims += [(f"jumphost.identify.macs[{i}]", "jumphost MAC", m)
+                   for i, m in enumerate(profile.jumphost.identify.macs)]
+        claims += [(f"pis[{i}].mac", "Pi MAC", pi.mac) for i, pi in enumerate(profile.pis) if pi.mac]
+        claims += [(f"pis[{i}].serial", "Pi serial", pi.serial) for i, pi in enumerate(profile.pis) if pi.serial]
+        for where, what, value in claims:
+            key = (what.split()[-1], value)
+            if key in seen and seen[key][0] != profile.source:
+                other_source, other_where = seen[key]
+                problems.append(f"{profile.source}: {where}: {what} {value!r} is also in {other_source} ({other_where})")
+            else:
+                seen.setdefault(key, (profile.source, where))
+    return problems

@@ -1,0 +1,103 @@
+"""Make this machine able to run rackboot: Debian packages and a virtualenv.
+
+Standard library only: it runs before any dependency is installed. Both README
+commands (`./build.py ...` and `tests/run`) start here, so a fresh Debian
+machine needs nothing installed by hand.
+"""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+VENV = REPO / ".venv"
+REQUIREMENTS = REPO / "requirements.txt"
+STAMP = VENV / "rackboot-requirements.sha256"
+
+# What the builder and the tests run. Kept in one list so that the README's
+# two commands and CI install exactly the same things.
+HOST_PACKAGES = (
+    "python3", "python3-venv", "python3-dev", "gcc", "pkg-config",
+    "libsystemd-dev",      # systemd-python builds against it
+    "systemd",             # systemd-analyze verify checks rendered units
+    "dnsmasq-base",        # dnsmasq --test checks rendered netboot config
+    "cloud-init",          # cloud-init schema / net-convert check rendered seeds
+)
+
+
+def _say(message: str) -> None:
+    print(f"rackboot setup: {message}", file=sys.stderr, flush=True)
+
+
+def _missing_packages() -> list[str]:
+    if not shutil.which("dpkg-query"):
+        return []  # not Debian: trust the user to have provided the tools
+    out = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Package} ${db:Status-Abbrev}\n", *HOST_PACKAGES],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True,
+    ).stdout
+    installed = {line.split()[0] for line in out.splitlines() if " ii" in line}
+    return [p for p in HOST_PACKAGES if p not in installed]
+
+
+def _install_packages(packages: list[str]) -> None:
+    if os.geteuid() != 0:
+        sys.exit("rackboot setup: missing Debian packages: " + " ".join(packages)
+                 + "\n  run as root, or first: sudo apt-get install " + " ".join(packages))
+    _say("installing Debian packages: " + " ".join(packages))
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for argv in (["apt-get", "update", "-qq"],
+                 ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]):
+        if subprocess.run(argv, stdin=subprocess.DEVNULL, env=env).returncode != 0:
+            sys.exit(f"rackboot setup: '{' '.join(argv)}' failed; see its output above")
+
+
+def _requirements_digest() -> str:
+    return hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
+
+
+def _ensure_venv() -> None:
+    python = VENV / "bin" / "python"
+    if python.exists() and STAMP.exists() and STAMP.read_text().strip() == _requirements_digest():
+        return
+    # Debian's interpreter, not whatever python3 is first on PATH: the venv
+    # must match the python3-dev headers that systemd-python compiles against.
+    base = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+    if not python.exists():
+        _say(f"creating virtualenv {VENV}")
+        subprocess.run([base, "-m", "venv", str(VENV)], check=True, stdin=subprocess.DEVNULL)
+    _say(f"installing Python dependencies from {REQUIREMENTS.name}")
+    result = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "-r", str(REQUIREMENTS)], stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        sys.exit("rackboot setup: pip install failed; see its output above")
+    STAMP.write_text(_requirements_digest() + "\n")
+
+
+def in_venv() -> bool:
+    return Path(sys.prefix).resolve() == VENV.resolve()
+
+
+def prepare() -> Path:
+    """Install whatever is missing; return the venv's interpreter."""
+    missing = _missing_packages()
+    if missing:
+        _install_packages(missing)
+    _ensure_venv()
+    return VENV / "bin" / "python"
+
+
+def ensure() -> None:
+    """Make sure of the set-up, then re-execute this program inside the venv."""
+    if in_venv() or os.environ.get("RACKBOOT_NO_BOOTSTRAP") == "1":
+        return
+    python = prepare()
+    os.execv(str(python), [str(python), *sys.argv])
+
+
+if __name__ == "__main__":
+    print(prepare())

@@ -1,0 +1,98 @@
+"""Render a rack's files from the jinja2 templates in templates/.
+
+The template tree mirrors the output tree: templates/jumphost/seed/user-data.j2
+becomes RACK/jumphost/seed/user-data. templates/pi-node/ is rendered once per
+Pi into RACK/pi/nodes/NAME/, and templates/_partials/ only through include.
+
+Everything is rendered in memory first and written only when all of it
+rendered, so a template error leaves no half-written tree behind.
+"""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
+
+import jinja2
+
+from firstboot.errors import RackbootError
+from firstboot.profile import RackProfile
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+PER_NODE = "pi-node"
+ROLE_TREES = ("jumphost", "pi", "router")
+
+RenderedTree = dict[PurePosixPath, str]
+
+
+def environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,   # a typo in a template fails loudly
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+
+
+def _templates_under(top: str) -> list[str]:
+    root = TEMPLATES / top
+    return sorted(str(PurePosixPath(p.relative_to(TEMPLATES))) for p in root.rglob("*.j2"))
+
+
+def _render(env: jinja2.Environment, name: str, **context) -> str:
+    try:
+        return env.get_template(name).render(**context)
+    except jinja2.TemplateError as err:
+        where = f"{name}:{err.lineno}" if getattr(err, "lineno", None) else name
+        raise RackbootError(f"templates/{where}: {err}") from None
+
+
+def render_rack(profile: RackProfile, env: jinja2.Environment | None = None) -> RenderedTree:
+    """Every file of one rack, keyed by its path under the rack's output directory."""
+    env = env or environment()
+    files: RenderedTree = {}
+    for top in ROLE_TREES:
+        for name in _templates_under(top):
+            files[PurePosixPath(name).with_suffix("")] = _render(env, name, p=profile)
+    for pi in profile.pis:
+        for name in _templates_under(PER_NODE):
+            relative = PurePosixPath(name).relative_to(PER_NODE).with_suffix("")
+            files[PurePosixPath("pi", "nodes", pi.name, relative)] = _render(env, name, p=profile, pi=pi)
+    return files
+
+
+def write_tree(files: RenderedTree, destination: Path) -> None:
+    """Replace destination with exactly these files, all or nothing."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    try:
+        for relative, content in sorted(files.items()):
+            path = staging / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content, encoding="utf-8")
+            os.chmod(path, 0o644)
+        os.chmod(staging, 0o755)
+        if destination.exists():
+            old = destination.with_name(f".{destination.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            destination.rename(old)
+            staging.rename(destination)
+            shutil.rmtree(old)
+        else:
+            staging.rename(destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def render(profiles: list[RackProfile], output: Path) -> list[Path]:
+    """Render every rack into output/RACK/; return the rack directories."""
+    env = environment()
+    trees = {profile.rack: render_rack(profile, env) for profile in profiles}
+    written = []
+    for rack, files in trees.items():
+        write_tree(files, output / rack)
+        written.append(output / rack)
+    return written
