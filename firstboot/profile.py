@@ -190,17 +190,6 @@ def _merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def _has_path(doc, path: Iterable) -> bool:
-    for part in path:
-        if isinstance(doc, dict) and part in doc:
-            doc = doc[part]
-        elif isinstance(doc, list) and isinstance(part, int) and part < len(doc):
-            doc = doc[part]
-        else:
-            return False
-    return True
-
-
 # ---------------------------------------------------------------- schema
 
 _YAML_KIND = {"object": "a mapping", "array": "a list", "string": "a string",
@@ -265,8 +254,6 @@ def _schema_problems(doc: dict) -> Iterator[tuple[list, str]]:
             allowed = ", ".join(error.schema.get("properties", {}))
             for key in sorted(set(error.instance) - set(error.schema.get("properties", {}))):
                 yield path + [key], f"unknown key (allowed here: {allowed})"
-        elif error.validator == "propertyNames":
-            yield path, f"key {error.instance!r} {custom or 'is not allowed'}"
         elif error.validator == "type":
             expected = error.validator_value
             expected = [expected] if isinstance(expected, str) else expected
@@ -473,7 +460,7 @@ def _construct(doc: dict, source: Path) -> RackProfile:
         jumphost=Jumphost(
             hostname=jh["hostname"],
             address=ipaddress.IPv4Address(jh["address"]),
-            uplink=jh.get("uplink", "en*"),
+            uplink=jh.get("uplink", "eth0"),
             ssh_authorized_keys=tuple(jh.get("ssh_authorized_keys", [])),
             identify=Identify(tuple(_mac(m) for m in ident.get("macs", [])),
                               _mac(ident["router_mac"]) if "router_mac" in ident else None)),
@@ -530,8 +517,19 @@ def load_one(path: Path) -> tuple[RackProfile | None, list[str]]:
     doc = _merge(defaults_doc, rack_doc)
 
     def origin(location: list) -> Path:
-        if defaults_doc and not _has_path(rack_doc, location) and _has_path(defaults_doc, location):
-            return defaults_path
+        """The file a value came from, following _merge: the rack owns whatever
+        it sets, down to whole lists; defaults own what only they set."""
+        rack_part, default_part = rack_doc, defaults_doc
+        for part in location:
+            if isinstance(rack_part, dict) and part in rack_part:
+                if isinstance(rack_part[part], dict) and isinstance(default_part, dict) \
+                        and isinstance(default_part.get(part), dict):
+                    rack_part, default_part = rack_part[part], default_part[part]
+                    continue
+                return path
+            if isinstance(default_part, dict) and part in default_part:
+                return defaults_path
+            return path
         return path
 
     problems = list(_schema_problems(doc)) + _semantic_problems(doc, path)

@@ -1,0 +1,74 @@
+"""The frozen model that everything downstream reads."""
+
+import dataclasses
+import ipaddress
+import json
+from pathlib import Path
+
+import pytest
+
+from firstboot import secretref
+from firstboot.profile import SCHEMA_PATH, BootDirBy, DhcpMode, PiModel, load_profiles
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_example_profiles_load_into_frozen_model():
+    racks = {p.rack: p for p in load_profiles([REPO / "rack-profiles"])}
+    assert sorted(racks) == ["big-rack", "example", "skolo-rack4"]
+    rack4 = racks["skolo-rack4"]
+    assert rack4.jumphost.address == ipaddress.IPv4Address("192.168.1.8")
+    assert rack4.netboot.dhcp is DhcpMode.FULL and rack4.netboot.boot_dir_by is BootDirBy.SERIAL
+    assert rack4.pis[4].model is PiModel.PI5
+    assert str(rack4.k3s.token) == "berglas://skia-secrets/etc/k3s-node-token"   # from defaults.yaml
+    assert rack4.secrets[1].data[0][1].key == "key.json"
+    assert [m.name for m in rack4.manifests][0] == "00-namespace.yaml"
+    assert len(racks["big-rack"].pis) == 300
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rack4.rack = "other"
+
+
+def test_schema_defaults_are_the_model_defaults():
+    """The schema documents defaults; the model applies them. They must agree."""
+    schema = json.loads(SCHEMA_PATH.read_text())
+    [minimal] = load_profiles([REPO / "tests/profiles/broken/valid-baseline.yaml"])
+    props = schema["properties"]
+    assert minimal.jumphost.uplink == props["jumphost"]["properties"]["uplink"]["default"]
+    assert minimal.k3s.api_port == props["k3s"]["properties"]["api_port"]["default"]
+    nb = props["netboot"]["properties"]
+    assert minimal.netboot.dhcp == nb["dhcp"]["default"]
+    assert minimal.netboot.boot_dir_by == nb["boot_dir_by"]["default"]
+    assert minimal.netboot.rancher_storage == nb["rancher_storage"]["default"]
+    assert minimal.netboot.tftp_root == nb["tftp_root"]["default"]
+    assert minimal.netboot.nfs_root == nb["nfs_root"]["default"]
+    assert minimal.network.dns == (minimal.network.router,)
+
+
+def test_macs_are_normalised():
+    racks = {p.rack: p for p in load_profiles([REPO / "tests/profiles/broken/valid-baseline.yaml"])}
+    assert racks["valid-baseline"].pis[0].mac == "dc:a6:32:00:00:01"
+
+
+def test_digest_follows_content(tmp_path):
+    (tmp_path / "a.yaml").write_text((REPO / "tests/profiles/broken/defaults.yaml").read_text() + "rack: a\n")
+    [first] = load_profiles([tmp_path / "a.yaml"])
+    [again] = load_profiles([tmp_path / "a.yaml"])
+    (tmp_path / "a.yaml").write_text((tmp_path / "a.yaml").read_text() + "host_aliases: [metadata]\n")
+    [changed] = load_profiles([tmp_path / "a.yaml"])
+    assert first.digest == again.digest != changed.digest
+
+
+@pytest.mark.parametrize("text", [
+    "berglas://skia-secrets/etc/k3s-node-token", "berglas://b-1.x/o#1234",
+    "sm://skia-infra/k3s-token", "sm://skia-infra/k3s-token#3", "sm://123456/tok#latest",
+    "file:///etc/rackboot/k3s-token"])
+def test_secret_references_round_trip(text):
+    assert str(secretref.parse(text)) == text
+
+
+@pytest.mark.parametrize("text", [
+    "gs://b/o", "berglas://b", "berglas://bucket/o#x", "sm://proj/a/b", "sm://p/n", "sm://project/n#0",
+    "file://relative", "plain"])
+def test_secret_references_rejected(text):
+    with pytest.raises(secretref.SecretRefError):
+        secretref.parse(text)
