@@ -17,13 +17,15 @@ from image import hostenv
 hostenv.ensure()
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from firstboot.errors import RackbootError  # noqa: E402
+from firstboot.errors import BadInput, RackbootError  # noqa: E402
 from firstboot.profile import load_profiles  # noqa: E402
+from image import jumphost, qemu, render, rootfs, seed  # noqa: E402
 from image import log as progress  # noqa: E402
-from image import render  # noqa: E402
 
 log = logging.getLogger("rackboot")
 
@@ -45,12 +47,79 @@ def cmd_render(args) -> int:
     return 0
 
 
+def cmd_image(args) -> int:
+    profiles = load_profiles(args.profiles)
+    options = jumphost.ImageOptions(output=args.output, release=args.release, cache_dir=args.cache_dir,
+                                    use_cache=not args.no_cache, compress=args.compress)
+    with progress.step(f"jumphost image for {', '.join(p.rack for p in profiles)}"):
+        outputs = jumphost.build(profiles, options)
+    for path in outputs:
+        print(path)
+    return 0
+
+
+def cmd_seed(args) -> int:
+    for profile in load_profiles(args.profiles):
+        print(seed.make_seed(profile, args.output))
+    return 0
+
+
+def cmd_boot(args) -> int:
+    [profile] = _one_profile(args)
+    disk = args.output / jumphost.IMAGE_NAME
+    if not disk.exists():
+        raise BadInput(f"{disk} does not exist", hint=f"build it first: ./build.py image {profile.source} -o {args.output}")
+    seed_image = None if args.no_seed else seed.make_seed(profile, args.output)
+    files = qemu.BootFiles(args.output / f"boot-{profile.rack}")
+    qemu.prepare(files)
+    argv = qemu.qemu_argv(profile, disk, seed_image, files, kvm=args.kvm, ssh_port=args.ssh_port,
+                          interactive=not args.until_report)
+    log.info("booting %s (%s); status port log: %s", disk, "KVM" if args.kvm else "TCG", files.status_log)
+    if not args.until_report:
+        log.info("serial console follows; Ctrl-A X quits%s",
+                 f"; ssh -p {args.ssh_port} rackboot@127.0.0.1" if args.ssh_port else "")
+        os.execvp(argv[0], argv + ["-snapshot"])
+    report = qemu.boot_until_report(argv + ["-snapshot"], files, args.timeout)
+    print(json.dumps(report, indent=2, sort_keys=True))
+    return 0 if not report.get("failed_units") and all(v == "done" for v in report["steps"].values()) else 1
+
+
+def _one_profile(args):
+    profiles = load_profiles(args.profiles)
+    if len(profiles) != 1:
+        raise BadInput(f"{args.verb} takes one rack; got {len(profiles)}")
+    return profiles
+
+
 VERBS = {
     "check": (cmd_check, "validate rack profiles; report every problem as FILE: PATH: MESSAGE",
               False),
     "render": (cmd_render, "write every generated file (cloud-init, units, k3s, dnsmasq, NFS, "
                            "router hosts) into DIR/RACK/, mirroring where it lands", True),
+    "image": (cmd_image, "build the hot-swappable x86-64 jumphost disk image serving these racks: "
+                         "DIR/jumphost.img with .sha256 and .bmap (needs root)", True),
+    "seed": (cmd_seed, "write each rack's NoCloud seed (a CIDATA disk image) as DIR/seed-RACK.img", True),
+    "boot": (cmd_boot, "boot DIR/jumphost.img in QEMU (UEFI, TCG) as a jumphost of this rack, "
+                       "with its seed; changes are discarded", True),
 }
+
+
+def _verb_options(name: str, sub: argparse.ArgumentParser) -> None:
+    if name == "image":
+        sub.add_argument("--release", default="bookworm", help="Debian release (default: bookworm)")
+        sub.add_argument("--cache-dir", type=Path, default=rootfs.default_cache_dir(), metavar="DIR",
+                         help="root filesystem cache (default: %(default)s)")
+        sub.add_argument("--no-cache", action="store_true", help="rebuild the root filesystem")
+        sub.add_argument("--compress", action="store_true", help="also write jumphost.img.zst")
+    if name == "boot":
+        sub.add_argument("--kvm", action="store_true",
+                         help="use KVM instead of TCG (guests are known to hang under KVM on some hosts)")
+        sub.add_argument("--no-seed", action="store_true",
+                         help="boot without the rack's seed (the jumphost must then recognise its network)")
+        sub.add_argument("--ssh-port", type=int, metavar="PORT", help="forward 127.0.0.1:PORT to the guest's ssh")
+        sub.add_argument("--until-report", action="store_true",
+                         help="run headless until the agent reports, print the report, and stop")
+        sub.add_argument("--timeout", type=float, default=900, help="seconds to wait with --until-report")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -67,6 +136,7 @@ def parser() -> argparse.ArgumentParser:
                          help="output directory" + (" (required)" if needs_output else ""))
         sub.add_argument("-v", "--verbose", action="store_true", help="log every command run")
         sub.add_argument("--debug", action="store_true", help="show tracebacks")
+        _verb_options(name, sub)
         sub.set_defaults(func=func)
     return top
 

@@ -1,0 +1,134 @@
+"""The first-boot agent's steps, in order, each recorded in the status file.
+
+    identify -> report
+
+(fetching the token, installing k3s and applying the rack's YAML come next;
+see the README's status.) Every step is safe to run again: a power cut in any
+of them means the next boot's run does it again and goes on.
+"""
+
+import logging
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from firstboot import identify, report, state
+from firstboot.errors import RackbootError
+from firstboot.profile import load_profiles
+
+log = logging.getLogger("rackboot.agent")
+PROFILES = Path(os.environ.get("RACKBOOT_PROFILES", Path(__file__).resolve().parent.parent / "rack-profiles"))
+STEPS = ("identify", "report")
+
+
+@dataclass
+class Context:
+    role: str
+    status: dict
+    identity: identify.Identity | None = None
+    journal: object = None
+    notes: dict = field(default_factory=dict)
+
+
+def _journal(ctx: Context, message: str, **fields) -> None:
+    log.info("%s", message)
+    if ctx.journal is not None:
+        extra = {f"RACKBOOT_{k.upper()}": str(v) for k, v in fields.items() if v is not None}
+        if ctx.identity:
+            extra.update(RACKBOOT_RACK=ctx.identity.rack, RACKBOOT_ROLE=ctx.identity.role)
+        ctx.journal.send(message, SYSLOG_IDENTIFIER="rackboot-firstboot", **extra)
+
+
+def _notify(text: str) -> None:
+    try:
+        from systemd import daemon
+    except ImportError:
+        return
+    daemon.notify(text)
+
+
+def step_identify(ctx: Context) -> dict:
+    profiles = load_profiles([PROFILES])
+    if ctx.role == "jumphost":
+        cmdline = Path("/proc/cmdline").read_text()
+        ctx.identity = identify.identify_jumphost(profiles, cmdline, identify.rack_from_seed())
+    else:
+        ctx.identity = identify.identify_pi(profiles, identify.pi_serial(), identify.NetworkView.read().macs)
+    return ctx.identity.to_json()
+
+
+def step_report(ctx: Context) -> dict:
+    summary = {
+        "identity": ctx.identity.to_json() if ctx.identity else None,
+        "cloud_init": report.cloud_init(),
+        "failed_units": [u for u in report.failed_units() if u != "rackboot-firstboot.service"],
+        "ssh_host_keys": report.ssh_host_keys(),
+        "steps": {name: ctx.status["steps"].get(name, {}).get("outcome") for name in STEPS[:-1]},
+    }
+    summary["sent_to_port"] = report.send(summary)
+    return summary
+
+
+STEP_FUNCTIONS = {"identify": step_identify, "report": step_report}
+
+
+def run(role: str) -> int:
+    try:
+        from systemd import journal
+    except ImportError:
+        journal = None
+    ctx = Context(role=role, status=state.load(), journal=journal)
+    ctx.status.update(role=role, started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), failed=None)
+    for name in STEPS:
+        _notify(f"STATUS={name}...")
+        record = {"outcome": "running"}
+        ctx.status["steps"][name] = record
+        state.save(ctx.status)
+        start = time.monotonic()
+        exit_status = 0
+        try:
+            record["result"] = STEP_FUNCTIONS[name](ctx)
+            record["outcome"] = "done"
+        except RackbootError as err:
+            record.update(outcome="failed", error=str(err), hint=err.hint)
+            exit_status = err.exit_status
+        except Exception as err:  # an agent bug: keep the traceback where status can show it
+            record.update(outcome="failed", error=f"{type(err).__name__}: {err}",
+                          traceback=traceback.format_exc())
+            exit_status = 1
+        if exit_status:
+            ctx.status["failed"] = name
+        record["seconds"] = round(time.monotonic() - start, 1)
+        state.save(ctx.status)
+        _journal(ctx, f"step {name}: {record['outcome']} in {record['seconds']} s"
+                 + (f": {record['error']}" if record.get("error") else ""),
+                 step=name, outcome=record["outcome"], duration=record["seconds"])
+        if name == "identify" and ctx.identity:
+            _notify("READY=1")  # boot goes on; the remaining steps run in the background
+        if record["outcome"] == "failed":
+            _notify(f"STATUS=failed at {name}: {record['error'].splitlines()[0]}")
+            return exit_status
+    _notify("STATUS=done")
+    return 0
+
+
+def describe_status() -> str:
+    status = state.load()
+    if not status.get("steps"):
+        return f"no first-boot run recorded yet ({state.status_path()})"
+    lines = [f"role {status.get('role')}, last run started {status.get('started')}"]
+    for name in STEPS:
+        record = status["steps"].get(name)
+        if not record:
+            lines.append(f"  {name:10} not reached")
+            continue
+        lines.append(f"  {name:10} {record['outcome']}" + (f" ({record['seconds']} s)" if "seconds" in record else ""))
+        if record.get("error"):
+            lines.append(f"             error: {record['error']}")
+        if record.get("hint"):
+            lines.append(f"             hint: {record['hint']}")
+    if status.get("failed"):
+        lines.append(f"failed at step {status['failed']}; logs: journalctl -u rackboot-firstboot")
+    return "\n".join(lines)

@@ -1,0 +1,170 @@
+"""Identify: which rack this machine belongs to, and as what.
+
+A jumphost image serves every rack, so the jumphost learns its rack at first
+boot, from the first of these that says anything:
+
+1. the kernel command line: rackboot.rack=NAME;
+2. the NoCloud seed's meta-data (`rackboot-rack`, written by `build.py seed`);
+3. its network, matched against every profile in the image: the rack's
+   jumphost MACs, the router's MAC, or (for racks that give neither) an
+   address in the rack subnet with the rack router as default gateway.
+
+A Pi is found by its own serial or MAC among the profiles' Pis. No match, or
+more than one, is an error that says what was seen: never a guess.
+"""
+
+import ipaddress
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from firstboot.errors import BadInput, RackbootError
+from firstboot.profile import RackProfile
+
+CMDLINE_KEY = "rackboot.rack"
+INSTANCE_DATA = Path("/run/cloud-init/instance-data.json")
+
+
+@dataclass(frozen=True)
+class Identity:
+    rack: str
+    role: str            # "jumphost" or "pi"
+    node: str            # node name: the jumphost's hostname or the Pi's name
+    source: str          # what told us: "kernel command line", "seed", "network", "serial", "MAC"
+
+    def to_json(self) -> dict:
+        return {"rack": self.rack, "role": self.role, "node": self.node, "source": self.source}
+
+
+@dataclass(frozen=True)
+class NetworkView:
+    """What this machine sees of its network."""
+    macs: frozenset[str]
+    addresses: frozenset[ipaddress.IPv4Address]
+    gateway: ipaddress.IPv4Address | None
+    gateway_mac: str | None
+
+    @classmethod
+    def read(cls) -> "NetworkView":
+        import netifaces  # only on the machine itself
+
+        macs, addresses = set(), set()
+        for name in netifaces.interfaces():
+            if name == "lo":
+                continue
+            info = netifaces.ifaddresses(name)
+            for link in info.get(netifaces.AF_LINK, []):
+                if link.get("addr") and link["addr"] != "00:00:00:00:00:00":
+                    macs.add(link["addr"].lower())
+            for inet in info.get(netifaces.AF_INET, []):
+                addresses.add(ipaddress.IPv4Address(inet["addr"]))
+        default = netifaces.gateways().get("default", {}).get(netifaces.AF_INET)
+        gateway = ipaddress.IPv4Address(default[0]) if default else None
+        return cls(frozenset(macs), frozenset(addresses), gateway,
+                   _neighbour_mac(gateway) if gateway else None)
+
+    def describe(self) -> str:
+        return (f"MACs {', '.join(sorted(self.macs)) or 'none'}; addresses "
+                f"{', '.join(map(str, sorted(self.addresses))) or 'none'}; gateway "
+                f"{self.gateway or 'none'}" + (f" ({self.gateway_mac})" if self.gateway_mac else ""))
+
+
+def _neighbour_mac(address: ipaddress.IPv4Address) -> str | None:
+    """The gateway's MAC from the kernel's ARP table (netifaces does not read it)."""
+    try:
+        lines = Path("/proc/net/arp").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 4 and fields[0] == str(address) and fields[3] != "00:00:00:00:00:00":
+            return fields[3].lower()
+    return None
+
+
+def rack_from_cmdline(cmdline: str) -> str | None:
+    for word in cmdline.split():
+        key, _, value = word.partition("=")
+        if key == CMDLINE_KEY:
+            return value
+    return None
+
+
+def rack_from_seed(instance_data: Path = INSTANCE_DATA) -> str | None:
+    try:
+        data = json.loads(instance_data.read_text())
+    except (OSError, ValueError):
+        return None
+    return (data.get("ds", {}).get("meta_data") or {}).get("rackboot-rack")
+
+
+def _matches_network(profile: RackProfile, view: NetworkView) -> bool:
+    ident = profile.jumphost.identify
+    if ident.macs or ident.router_mac:
+        if ident.macs and not view.macs & set(ident.macs):
+            return False
+        if ident.router_mac and view.gateway_mac != ident.router_mac:
+            return False
+        return True
+    in_subnet = any(a in profile.network.subnet for a in view.addresses)
+    return in_subnet and view.gateway == profile.network.router
+
+
+def _by_name(profiles: list[RackProfile], rack: str, source: str) -> RackProfile:
+    for profile in profiles:
+        if profile.rack == rack:
+            return profile
+    raise BadInput(f"the {source} names rack {rack!r}, which is not among this image's racks "
+                   f"({', '.join(p.rack for p in profiles)})",
+                   hint="rebuild the image with that rack's profile, or fix the name")
+
+
+def identify_jumphost(profiles: list[RackProfile], cmdline: str, seed_rack: str | None,
+                      view_reader=NetworkView.read) -> Identity:
+    for source, rack in (("kernel command line", rack_from_cmdline(cmdline)), ("seed", seed_rack)):
+        if rack:
+            profile = _by_name(profiles, rack, source)
+            return Identity(profile.rack, "jumphost", profile.jumphost.hostname, source)
+    view = view_reader()
+    matches = [p for p in profiles if _matches_network(p, view)]
+    if len(matches) == 1:
+        return Identity(matches[0].rack, "jumphost", matches[0].jumphost.hostname, "network")
+    hint = (f"boot with {CMDLINE_KEY}=NAME on the kernel command line, attach the rack's seed "
+            "(./build.py seed PROFILE), or add jumphost.identify (macs, router_mac) to the profile")
+    if not matches:
+        raise RackbootError(f"no rack matches this jumphost's network ({view.describe()})", hint)
+    raise RackbootError(f"racks {', '.join(p.rack for p in matches)} all match this jumphost's "
+                        f"network ({view.describe()}); refusing to guess", hint)
+
+
+def pi_serial(cpuinfo: Path = Path("/proc/cpuinfo"),
+              devicetree: Path = Path("/sys/firmware/devicetree/base/serial-number")) -> str | None:
+    """The 8-hex-digit serial the Pi bootloader uses for its TFTP directory."""
+    try:
+        return devicetree.read_bytes().rstrip(b"\0").decode()[-8:].lower()
+    except OSError:
+        pass
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("Serial"):
+                return line.split(":", 1)[1].strip()[-8:].lower()
+    except OSError:
+        pass
+    return None
+
+
+def identify_pi(profiles: list[RackProfile], serial: str | None, macs: frozenset[str]) -> Identity:
+    found = [(profile, pi, "serial") for profile in profiles for pi in profile.pis if serial and pi.serial == serial]
+    found += [(profile, pi, "MAC") for profile in profiles for pi in profile.pis
+              if pi.mac in macs and not (serial and pi.serial == serial)]
+    names = {(profile.rack, pi.name) for profile, pi, _ in found}
+    if len(names) == 1:
+        profile, pi, source = found[0]
+        return Identity(profile.rack, "pi", pi.name, source)
+    seen = f"serial {serial or 'unknown'}, MACs {', '.join(sorted(macs)) or 'none'}"
+    if not names:
+        raise RackbootError(f"this Pi ({seen}) is in no rack profile of this image",
+                            hint="add it to its rack's profile (pis: name, model, serial, mac) and rebuild")
+    raise RackbootError(f"this Pi ({seen}) matches several Pis: "
+                        + ", ".join(f"{rack}/{name}" for rack, name in sorted(names)),
+                        hint="a serial or MAC may appear in only one rack's profile")

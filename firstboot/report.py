@@ -1,0 +1,63 @@
+"""Report: how this machine's first boot went, for people and for tests.
+
+The report goes to the status file, to the journal, and to a virtio-serial
+port named org.rackboot.status when the machine has one (QEMU boots in CI and
+on a developer's desk), so a boot can be judged from a result the guest
+produces rather than from scraping its console.
+"""
+
+import json
+import subprocess
+from pathlib import Path
+
+STATUS_PORT = Path("/dev/virtio-ports/org.rackboot.status")
+CLOUD_INIT_RESULT = Path("/run/cloud-init/result.json")
+CLOUD_INIT_STATUS = Path("/run/cloud-init/status.json")
+
+
+def _output(argv: list[str], timeout: float = 900) -> tuple[int, str]:
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return -1, str(err)
+    return done.returncode, done.stdout.strip()
+
+
+def cloud_init() -> dict:
+    """Wait for cloud-init to finish, then return its outcome and errors."""
+    status, text = _output(["cloud-init", "status", "--wait"])
+    errors: list[str] = []
+    for path in (CLOUD_INIT_RESULT, CLOUD_INIT_STATUS):
+        try:
+            data = json.loads(path.read_text())["v1"]
+        except (OSError, ValueError, KeyError):
+            continue
+        errors += data.get("errors", [])
+        for stage in data.values():
+            if isinstance(stage, dict):
+                errors += stage.get("errors", [])
+    return {"status": text.split(":")[-1].strip() if text else "unknown",
+            "exit_status": status, "errors": sorted(set(map(str, errors)))}
+
+
+def failed_units() -> list[str]:
+    _, text = _output(["systemctl", "list-units", "--failed", "--plain", "--no-legend", "--no-pager"])
+    return [line.split()[0] for line in text.splitlines() if line.strip()]
+
+
+def ssh_host_keys() -> dict[str, str]:
+    keys = {}
+    for pub in sorted(Path("/etc/ssh").glob("ssh_host_*_key.pub")):
+        status, text = _output(["ssh-keygen", "-l", "-f", str(pub)])
+        if status == 0:
+            keys[pub.name] = text.split()[1]
+    return keys
+
+
+def send(report: dict, port: Path = STATUS_PORT) -> bool:
+    """Write the report as one JSON line to the status port, if there is one."""
+    if not port.exists():
+        return False
+    with open(port, "w") as out:
+        out.write(json.dumps(report, sort_keys=True) + "\n")
+    return True

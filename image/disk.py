@@ -1,0 +1,88 @@
+"""Disk images: an EFI system partition and an ext4 root in a GPT, assembled by
+genimage, with the files people need to flash it safely (sha256, bmap)."""
+
+import shutil
+from pathlib import Path
+
+from image import log as progress
+from image.run import run
+
+ROOT_LABEL = "rackboot-root"   # partition label and filesystem label: root=PARTLABEL=...
+ESP_SIZE_MB = 256
+KERNEL_CMDLINE = (f"root=PARTLABEL={ROOT_LABEL} rw console=tty0 console=ttyS0,115200 "
+                  # eth0 on any hardware, so one image fits every jumphost
+                  "net.ifnames=0")
+
+GENIMAGE_CONFIG = """\
+image esp.vfat {{
+  vfat {{
+    label = "ESP"
+  }}
+  size = {esp_size}M
+}}
+image {name} {{
+  hdimage {{
+    partition-table-type = "gpt"
+    align = 1M
+  }}
+  partition esp {{
+    image = "esp.vfat"
+    partition-type-uuid = "U"
+  }}
+  partition {root_label} {{
+    image = "root.ext4"
+    partition-type-uuid = "L"
+  }}
+}}
+"""
+
+
+def esp_tree(esp: Path, bootloader: Path, kernel: Path, initrd: Path, cmdline: str) -> None:
+    """systemd-boot as the removable-media loader, so any UEFI firmware boots
+    it with no NVRAM entry: the disk is all there is to a jumphost."""
+    (esp / "EFI/BOOT").mkdir(parents=True)
+    (esp / "loader/entries").mkdir(parents=True)
+    (esp / "rackboot").mkdir()
+    shutil.copyfile(bootloader, esp / "EFI/BOOT/BOOTX64.EFI")
+    shutil.copyfile(kernel, esp / "rackboot/vmlinuz")
+    shutil.copyfile(initrd, esp / "rackboot/initrd.img")
+    (esp / "loader/loader.conf").write_text("default rackboot.conf\ntimeout 0\neditor no\n")
+    (esp / "loader/entries/rackboot.conf").write_text(
+        "title rackboot\nlinux /rackboot/vmlinuz\ninitrd /rackboot/initrd.img\n"
+        f"options {cmdline}\n")
+
+
+def _tree_megabytes(tree: Path) -> int:
+    out = run(["du", "-s", "--block-size=1M", str(tree)], capture=True).stdout
+    return int(out.split()[0])
+
+
+def assemble(tree: Path, esp: Path, work: Path, output: Path) -> None:
+    """tree -> root.ext4, esp -> esp.vfat, both -> output (GPT raw image)."""
+    work.mkdir(parents=True, exist_ok=True)
+    # Room for logs, k3s state and updates until growpart enlarges the root
+    # to fill the disk it is flashed to.
+    size = (_tree_megabytes(tree) * 13 // 10 + 1024 + 63) // 64 * 64
+    with progress.step(f"make the {size} MiB ext4 root filesystem"):
+        run(["mke2fs", "-q", "-t", "ext4", "-L", ROOT_LABEL, "-d", tree, work / "root.ext4", f"{size}M"])
+    with progress.step("assemble the GPT disk (genimage)"):
+        (work / "genimage.cfg").write_text(GENIMAGE_CONFIG.format(
+            esp_size=ESP_SIZE_MB, name=output.name, root_label=ROOT_LABEL))
+        run(["genimage", "--config", work / "genimage.cfg", "--rootpath", esp,
+             "--tmppath", work / "genimage-tmp", "--inputpath", work, "--outputpath", work])
+        (work / output.name).replace(output)
+
+
+def flashing_files(image: Path, compress: bool) -> list[Path]:
+    """The sha256 and bmap beside the image, and optionally a zstd copy."""
+    outputs = []
+    with progress.step("checksum and block map"):
+        digest = run(["sha256sum", image.name], capture=True, cwd=image.parent).stdout
+        image.with_name(image.name + ".sha256").write_text(digest)
+        run(["bmaptool", "create", "-o", image.with_name(image.name + ".bmap"), image])
+        outputs += [image.with_name(image.name + ".sha256"), image.with_name(image.name + ".bmap")]
+    if compress:
+        with progress.step("compress (zstd)"):
+            run(["zstd", "-q", "-f", "-T0", "-10", image, "-o", image.with_name(image.name + ".zst")])
+            outputs.append(image.with_name(image.name + ".zst"))
+    return outputs

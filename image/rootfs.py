@@ -1,0 +1,99 @@
+"""Root filesystems from Debian packages with mmdebstrap, cached by their inputs.
+
+A rootfs depends only on the release, the architecture and the package set
+(plus this module's CACHE_VERSION), never on rack profiles or the agent: those
+are laid over it later. So changing a profile reuses the cached rootfs, and
+the expensive part of a build runs once per package set.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from firstboot.errors import RackbootError
+from image import log as progress
+from image.run import run
+
+log = logging.getLogger("rackboot")
+
+# Bump when the way a rootfs is made changes without the inputs changing.
+CACHE_VERSION = 1
+
+# The agent runs on Debian's python3 with Debian's packages of its
+# dependencies (PYTHONPATH=/usr/lib/rackboot), so the image needs no pip.
+AGENT_PACKAGES = ("python3", "python3-yaml", "python3-jinja2", "python3-jsonschema",
+                  "python3-netifaces", "python3-systemd", "python3-kubernetes")
+
+JUMPHOST_PACKAGES = (
+    "linux-image-amd64", "initramfs-tools", "systemd", "systemd-sysv", "udev", "dbus",
+    "systemd-boot-efi",                 # the ESP's boot loader is taken from the image itself
+    "systemd-timesyncd",
+    "cloud-init", "cloud-guest-utils",  # growpart: the root grows to fill the disk it is flashed to
+    "openssh-server", "sudo", "iproute2", "iputils-ping", "ca-certificates", "less",
+    "dnsmasq-base", "nfs-kernel-server",  # Pi netboot: DHCP/TFTP and the NFS root
+    "zstd", "e2fsprogs", *AGENT_PACKAGES,
+)
+
+
+@dataclass(frozen=True)
+class RootfsSpec:
+    release: str
+    arch: str
+    packages: tuple[str, ...]
+
+    def key(self) -> str:
+        text = json.dumps({"v": CACHE_VERSION, "release": self.release, "arch": self.arch,
+                           "packages": sorted(self.packages)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Rootfs:
+    tarball: Path        # the whole tree, owners and modes intact
+    boot: Path           # its /boot: kernel and initramfs, for the ESP or TFTP
+    cached: bool
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rackboot"
+
+
+def build(spec: RootfsSpec, cache_dir: Path, use_cache: bool = True) -> Rootfs:
+    entry = cache_dir / f"rootfs-{spec.release}-{spec.arch}-{spec.key()}"
+    tarball, boot = entry / "rootfs.tar", entry / "boot"
+    if use_cache and (entry / "complete").exists():
+        log.info("  reusing cached root filesystem %s", entry)
+        return Rootfs(tarball, boot, cached=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=cache_dir))
+    try:
+        with progress.step(f"mmdebstrap {spec.release} {spec.arch} ({len(spec.packages)} packages)"):
+            run(["mmdebstrap", "--variant=minbase", "--mode=root", f"--architectures={spec.arch}",
+                 "--include=" + ",".join(spec.packages),
+                 # No man pages or docs (copyrights stay): smaller image, same function.
+                 "--dpkgopt=path-exclude=/usr/share/man/*",
+                 "--dpkgopt=path-exclude=/usr/share/doc/*",
+                 "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+                 f"--customize-hook=copy-out /boot {staging}",
+                 spec.release, str(staging / "rootfs.tar")], stream=True)
+        (staging / "complete").write_text(spec.key() + "\n")
+        shutil.rmtree(entry, ignore_errors=True)
+        staging.rename(entry)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Rootfs(tarball, boot, cached=False)
+
+
+def kernel_and_initrd(rootfs: Rootfs) -> tuple[Path, Path]:
+    kernels = sorted(rootfs.boot.glob("vmlinuz-*"))
+    initrds = sorted(rootfs.boot.glob("initrd.img-*"))
+    if not kernels or not initrds:
+        raise RackbootError(f"no kernel or initramfs in {rootfs.boot}",
+                            hint="rebuild the root filesystem with --no-cache")
+    return kernels[-1], initrds[-1]
