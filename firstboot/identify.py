@@ -5,9 +5,10 @@ boot, from the first of these that says anything:
 
 1. the kernel command line: rackboot.rack=NAME;
 2. the NoCloud seed's meta-data (`rackboot-rack`, written by `build.py seed`);
-3. its network, matched against every profile in the image: the rack's
-   jumphost MACs, the router's MAC, or (for racks that give neither) an
-   address in the rack subnet with the rack router as default gateway.
+3. its network, matched against every profile in the image: first the racks'
+   explicit signals (jumphost MACs, router MAC: all given must match), then,
+   only if no rack matched that way, an address in the subnet of a rack that
+   gives no signals, with that rack's router as default gateway.
 
 A Pi is found by its own serial or MAC among the profiles' Pis. No match, or
 more than one, is an error that says what was seen: never a guess.
@@ -98,14 +99,22 @@ def rack_from_seed(instance_data: Path = INSTANCE_DATA) -> str | None:
     return (data.get("ds", {}).get("meta_data") or {}).get("rackboot-rack")
 
 
-def _matches_network(profile: RackProfile, view: NetworkView) -> bool:
+def _explicit_match(profile: RackProfile, view: NetworkView) -> bool:
+    """The rack's identify signals (jumphost MACs, router MAC) all match."""
+    ident = profile.jumphost.identify
+    if not (ident.macs or ident.router_mac):
+        return False
+    if ident.macs and not view.macs & set(ident.macs):
+        return False
+    return not (ident.router_mac and view.gateway_mac != ident.router_mac)
+
+
+def _subnet_match(profile: RackProfile, view: NetworkView) -> bool:
+    """For racks without identify signals: an address in the subnet, and the
+    rack router as default gateway."""
     ident = profile.jumphost.identify
     if ident.macs or ident.router_mac:
-        if ident.macs and not view.macs & set(ident.macs):
-            return False
-        if ident.router_mac and view.gateway_mac != ident.router_mac:
-            return False
-        return True
+        return False
     in_subnet = any(a in profile.network.subnet for a in view.addresses)
     return in_subnet and view.gateway == profile.network.router
 
@@ -120,13 +129,15 @@ def _by_name(profiles: list[RackProfile], rack: str, source: str) -> RackProfile
 
 
 def identify_jumphost(profiles: list[RackProfile], cmdline: str, seed_rack: str | None,
-                      view_reader=NetworkView.read) -> Identity:
+                      view_reader=None) -> Identity:
     for source, rack in (("kernel command line", rack_from_cmdline(cmdline)), ("seed", seed_rack)):
         if rack:
             profile = _by_name(profiles, rack, source)
             return Identity(profile.rack, "jumphost", profile.jumphost.hostname, source)
-    view = view_reader()
-    matches = [p for p in profiles if _matches_network(p, view)]
+    view = (view_reader or NetworkView.read)()
+    # Explicit signals outrank the subnet rule: many racks share 192.168.1.0/24.
+    matches = [p for p in profiles if _explicit_match(p, view)] or \
+        [p for p in profiles if _subnet_match(p, view)]
     if len(matches) == 1:
         return Identity(matches[0].rack, "jumphost", matches[0].jumphost.hostname, "network")
     hint = (f"boot with {CMDLINE_KEY}=NAME on the kernel command line, attach the rack's seed "

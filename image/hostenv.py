@@ -25,6 +25,10 @@ HOST_PACKAGES = (
     "systemd",             # systemd-analyze verify checks rendered units
     "dnsmasq-base",        # dnsmasq --test checks rendered netboot config
     "cloud-init",          # cloud-init schema / net-convert check rendered seeds
+    # Building images: rootfs, filesystems, disk assembly, flashing aids.
+    "mmdebstrap", "e2fsprogs", "dosfstools", "mtools", "genimage", "bmap-tools", "zstd",
+    # Booting them: QEMU with UEFI firmware.
+    "qemu-system-x86", "ovmf",
 )
 
 

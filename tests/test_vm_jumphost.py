@@ -1,0 +1,97 @@
+"""VM tier: the example rack's jumphost image, booted in QEMU with OVMF (TCG).
+
+The guest judges itself: the first-boot agent writes its report (identity,
+cloud-init outcome, failed units, host key fingerprints) to a virtio-serial
+port, and these tests read that report. Each boot's serial log is kept under
+tests/artifacts/.
+"""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from firstboot.profile import load_profiles
+from image import jumphost, qemu, seed
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "tests" / "artifacts"
+PROFILE = REPO / "rack-profiles" / "example.yaml"
+BOOT_TIMEOUT = 900
+
+pytestmark = pytest.mark.vm
+
+
+def _missing_capability() -> str | None:
+    if os.geteuid() != 0:
+        return "building an image needs root (mmdebstrap, owner-preserving unpack)"
+    for tool in ("mmdebstrap", "genimage", "qemu-system-x86_64", "bmaptool"):
+        if not shutil.which(tool):
+            return f"{tool} is not installed (tests/run installs it)"
+    if not qemu.OVMF_CODE.exists():
+        return "OVMF firmware is not installed"
+    return None
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    reason = _missing_capability()
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path_factory.mktemp("image")
+    [profile] = load_profiles([PROFILE])
+    outputs = jumphost.build([profile], jumphost.ImageOptions(output=out))
+    return profile, out, outputs
+
+
+def boot(profile, image: Path, name: str, with_seed: bool = True) -> dict:
+    """Boot a fresh copy of the image; return the guest's report."""
+    files = qemu.BootFiles(ARTIFACTS / name)
+    qemu.prepare(files)
+    disk = files.workdir / "disk.img"
+    subprocess.run(["cp", "--sparse=always", str(image), str(disk)], check=True)
+    seed_image = seed.make_seed(profile, files.workdir) if with_seed else None
+    try:
+        return qemu.boot_until_report(qemu.qemu_argv(profile, disk, seed_image, files), files, BOOT_TIMEOUT)
+    finally:
+        disk.unlink(missing_ok=True)   # keep the logs, not 2 GB of disk
+
+
+def test_outputs_are_flashable(built):
+    profile, out, outputs = built
+    names = sorted(p.name for p in outputs)
+    assert names == ["jumphost.img", "jumphost.img.bmap", "jumphost.img.sha256"]
+    subprocess.run(["sha256sum", "--check", "--quiet", "jumphost.img.sha256"], cwd=out, check=True)
+    table = subprocess.run(["sfdisk", "--json", str(out / "jumphost.img")], capture_output=True,
+                           text=True, check=True).stdout
+    assert '"label": "gpt"' in table and '"name": "esp"' in table and '"name": "rackboot-root"' in table
+    assert "C12A7328-F81F-11D2-BA4B-00A0C93EC93B" in table   # EFI system partition type
+
+
+def test_two_boots_of_one_image(built):
+    """Seeded boots: cloud-init clean, no failed unit, rack identified, and two
+    jumphosts flashed from the same image get different ssh host keys."""
+    profile, out, _ = built
+    reports = [boot(profile, out / "jumphost.img", f"jumphost-boot-{n}") for n in (1, 2)]
+    for report in reports:
+        assert report["identity"] == {"rack": "example", "role": "jumphost",
+                                      "node": "jumphost-example", "source": "seed"}
+        assert report["cloud_init"]["status"] == "done", report["cloud_init"]
+        assert report["cloud_init"]["errors"] == []
+        assert report["failed_units"] == []
+        assert report["steps"] == {"identify": "done"}
+        assert len(report["ssh_host_keys"]) == 3
+    first, second = (r["ssh_host_keys"] for r in reports)
+    assert set(first.values()).isdisjoint(second.values())
+
+
+def test_unseeded_jumphost_recognises_its_network(built):
+    """No seed and no kernel argument: the rack network (subnet + router as
+    gateway) is the only thing that identifies it."""
+    profile, out, _ = built
+    report = boot(profile, out / "jumphost.img", "jumphost-unseeded", with_seed=False)
+    assert report["identity"] == {"rack": "example", "role": "jumphost",
+                                  "node": "jumphost-example", "source": "network"}
+    assert report["failed_units"] == []
