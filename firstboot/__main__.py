@@ -1,14 +1,27 @@
-"""python -m firstboot {run,status}: the first-boot agent.
+"""python -m firstboot {run,status,access}: the first-boot agent.
 
 run     the steps, in order (the rackboot-firstboot unit runs this at boot)
 status  which step it is on, what failed and why
+access  print one secret's value to stdout, like `berglas access`
 """
 
 import argparse
 import logging
 import sys
 
-from firstboot import agent
+from firstboot import agent, secretref, secrets
+from firstboot.errors import RackbootError
+
+
+def access(reference: str, key: str | None) -> int:
+    try:
+        value = secrets.access(secretref.parse(reference, key))
+    except secretref.SecretRefError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    sys.stdout.buffer.write(value)
+    sys.stdout.buffer.flush()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,12 +31,23 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--role", choices=("jumphost", "pi"), required=True,
                      help="what this image is; the rack is found at boot")
     verbs.add_parser("status", help="show the steps' progress and any failure")
+    get = verbs.add_parser("access", help="print a secret's value (berglas://, sm://, file://)")
+    get.add_argument("reference", metavar="REF")
+    get.add_argument("--key", help="the value is a Kubernetes Secret YAML: print base64-decoded .data[KEY]")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    if args.verb == "run":
-        return agent.run(args.role)
-    print(agent.describe_status())
-    return 0
+    try:
+        if args.verb == "run":
+            return agent.run(args.role)
+        if args.verb == "access":
+            return access(args.reference, args.key)
+        print(agent.describe_status())
+        return 0
+    except RackbootError as err:
+        print(f"error: {err}", file=sys.stderr)
+        if err.hint:
+            print(f"hint: {err.hint}", file=sys.stderr)
+        return err.exit_status
 
 
 if __name__ == "__main__":

@@ -1,0 +1,69 @@
+"""Stands in for Google Secret Manager (secretmanager.googleapis.com, gRPC); to test against the real service, create the secrets these tests name in a project you own, unset SECRET_MANAGER_EMULATOR_HOST and provide Application Default Credentials.
+
+A gRPC server speaking google.cloud.secretmanager.v1.SecretManagerService's
+AccessSecretVersion with the client library's own message types, so the
+agent's real client talks its real protocol to it. Faults can be injected:
+the next N calls answer a status code (UNAVAILABLE, PERMISSION_DENIED, ...).
+"""
+
+import threading
+from concurrent import futures
+
+import grpc
+from google.cloud.secretmanager_v1 import types
+
+SERVICE = "google.cloud.secretmanager.v1.SecretManagerService"
+
+
+class SecretManagerDouble:
+    def __init__(self):
+        self.secrets: dict[str, list[bytes]] = {}     # "projects/P/secrets/N" -> versions 1..n
+        self.denied: set[str] = set()
+        self.calls: list[str] = []
+        self._faults: list[grpc.StatusCode] = []
+        self._lock = threading.Lock()
+        self._server = None
+        self.address = None
+
+    def add(self, project: str, name: str, value: bytes) -> None:
+        self.secrets.setdefault(f"projects/{project}/secrets/{name}", []).append(value)
+
+    def fail_next(self, count: int, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
+        with self._lock:
+            self._faults += [code] * count
+
+    def _access(self, request: types.AccessSecretVersionRequest, context) -> types.AccessSecretVersionResponse:
+        with self._lock:
+            self.calls.append(request.name)
+            fault = self._faults.pop(0) if self._faults else None
+        if fault:
+            context.abort(fault, f"injected {fault.name}")
+        secret, _, version = request.name.rpartition("/versions/")
+        if secret in self.denied:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"Permission denied on {secret}")
+        versions = self.secrets.get(secret)
+        if not versions:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"Secret [{secret}] not found or has no versions.")
+        index = len(versions) if version == "latest" else int(version)
+        if not 1 <= index <= len(versions):
+            context.abort(grpc.StatusCode.NOT_FOUND, f"Secret Version [{request.name}] not found.")
+        return types.AccessSecretVersionResponse(
+            name=f"{secret}/versions/{index}", payload=types.SecretPayload(data=versions[index - 1]))
+
+    def start(self) -> str:
+        handler = grpc.method_handlers_generic_handler(SERVICE, {
+            "AccessSecretVersion": grpc.unary_unary_rpc_method_handler(
+                self._access,
+                request_deserializer=types.AccessSecretVersionRequest.deserialize,
+                response_serializer=types.AccessSecretVersionResponse.serialize),
+        })
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        self._server.add_generic_rpc_handlers((handler,))
+        port = self._server.add_insecure_port("127.0.0.1:0")
+        self._server.start()
+        self.address = f"127.0.0.1:{port}"
+        return self.address
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.stop(grace=None)
