@@ -24,7 +24,7 @@ from pathlib import Path  # noqa: E402
 
 from firstboot.errors import BadInput, RackbootError  # noqa: E402
 from firstboot.profile import load_profiles  # noqa: E402
-from image import jumphost, qemu, render, rootfs, seed  # noqa: E402
+from image import jumphost, k3s_bundle, qemu, render, rootfs, seed  # noqa: E402
 from image import log as progress  # noqa: E402
 
 log = logging.getLogger("rackboot")
@@ -49,12 +49,29 @@ def cmd_render(args) -> int:
 
 def cmd_image(args) -> int:
     profiles = load_profiles(args.profiles)
+    bundle = None
+    if args.k3s_bundle:
+        bundle = k3s_bundle.verify(args.k3s_bundle)
+        wanted = {p.k3s.version for p in profiles}
+        if wanted != {bundle.version}:
+            raise BadInput(f"the k3s bundle {args.k3s_bundle} is {bundle.version}, but the racks want "
+                           f"{', '.join(sorted(wanted))}",
+                           hint=f"./build.py fetch-k3s {' '.join(sorted(wanted))} -o DIR")
     options = jumphost.ImageOptions(output=args.output, release=args.release, cache_dir=args.cache_dir,
-                                    use_cache=not args.no_cache, compress=args.compress)
+                                    use_cache=not args.no_cache, compress=args.compress, k3s_bundle=bundle)
     with progress.step(f"jumphost image for {', '.join(p.rack for p in profiles)}"):
         outputs = jumphost.build(profiles, options)
     for path in outputs:
         print(path)
+    return 0
+
+
+def cmd_fetch_k3s(args) -> int:
+    versions = [a for a in args.profiles if k3s_bundle.VERSION_RE.fullmatch(a)]
+    named = [a for a in args.profiles if a not in versions]
+    versions += [p.k3s.version for p in load_profiles(named)] if named else []
+    for version in sorted(set(versions)):
+        print(k3s_bundle.fetch(version, args.output, mirror=args.mirror))
     return 0
 
 
@@ -99,6 +116,9 @@ VERBS = {
     "image": (cmd_image, "build the hot-swappable x86-64 jumphost disk image serving these racks: "
                          "DIR/jumphost.img with .sha256 and .bmap (needs root)", True),
     "seed": (cmd_seed, "write each rack's NoCloud seed (a CIDATA disk image) as DIR/seed-RACK.img", True),
+    "fetch-k3s": (cmd_fetch_k3s, "download a k3s release's binaries and air-gap images (amd64, arm64) "
+                                 "into DIR/VERSION/, verified against the release's checksums; each "
+                                 "argument is a version (v1.31.4+k3s1) or a profile naming one", True),
     "boot": (cmd_boot, "boot DIR/jumphost.img in QEMU (UEFI, TCG) as a jumphost of this rack, "
                        "with its seed; changes are discarded", True),
 }
@@ -111,6 +131,12 @@ def _verb_options(name: str, sub: argparse.ArgumentParser) -> None:
                          help="root filesystem cache (default: %(default)s)")
         sub.add_argument("--no-cache", action="store_true", help="rebuild the root filesystem")
         sub.add_argument("--compress", action="store_true", help="also write jumphost.img.zst")
+        sub.add_argument("--k3s-bundle", type=Path, metavar="DIR",
+                         help="include this k3s bundle (from fetch-k3s: DIR is its VERSION directory); "
+                              "verified again first")
+    if name == "fetch-k3s":
+        sub.add_argument("--mirror", metavar="URL",
+                         help=f"where releases are (default: ${k3s_bundle.MIRROR_ENV} or {k3s_bundle.DEFAULT_MIRROR})")
     if name == "boot":
         sub.add_argument("--kvm", action="store_true",
                          help="use KVM instead of TCG (guests are known to hang under KVM on some hosts)")
@@ -130,8 +156,12 @@ def parser() -> argparse.ArgumentParser:
     verbs = top.add_subparsers(dest="verb", required=True, metavar="VERB")
     for name, (func, help_text, needs_output) in VERBS.items():
         sub = verbs.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("profiles", nargs="+", metavar="PROFILE",
-                         help="rack profile (YAML) or a directory of them")
+        if name == "fetch-k3s":
+            sub.add_argument("profiles", nargs="+", metavar="VERSION|PROFILE",
+                             help="a k3s release tag, or a rack profile (or directory) naming one")
+        else:
+            sub.add_argument("profiles", nargs="+", metavar="PROFILE",
+                             help="rack profile (YAML) or a directory of them")
         sub.add_argument("-o", "--output", type=Path, required=needs_output, metavar="DIR",
                          help="output directory" + (" (required)" if needs_output else ""))
         sub.add_argument("-v", "--verbose", action="store_true", help="log every command run")

@@ -33,6 +33,9 @@ datasource_list: [NoCloud, None]
 # (en_US.UTF-8) would need the locales package, which minbase lacks.
 # cc_locale skips itself for a false-y string.
 locale: "false"
+# Without a seed cloud-init would also make a DSA host key, which OpenSSH
+# no longer accepts.
+ssh_genkeytypes: [ed25519, ecdsa, rsa]
 system_info:
   network:
     renderers: [networkd]
@@ -111,7 +114,7 @@ def _configure(tree: Path) -> None:
     (tree / "boot/efi").mkdir(parents=True, exist_ok=True)
     (tree / "etc/hostname").write_text("rackboot\n")
     run(["systemctl", f"--root={tree}", "enable", "rackboot-firstboot.service",
-         "systemd-networkd.service", "systemd-timesyncd.service"])
+         "systemd-networkd.service", "systemd-resolved.service", "systemd-timesyncd.service"])
 
 
 def _strip_machine_state(tree: Path) -> None:

@@ -33,6 +33,7 @@ JUMPHOST_PACKAGES = (
     "linux-image-amd64", "initramfs-tools", "systemd", "systemd-sysv", "udev", "dbus",
     "systemd-boot-efi",                 # the ESP's boot loader is taken from the image itself
     "systemd-timesyncd",
+    "systemd-resolved",                 # networkd's DNS= only reaches resolv.conf through it
     "cloud-init", "cloud-guest-utils",  # growpart: the root grows to fill the disk it is flashed to
     "openssh-server", "sudo", "iproute2", "iputils-ping", "ca-certificates", "less",
     "dnsmasq-base", "nfs-kernel-server",  # Pi netboot: DHCP/TFTP and the NFS root

@@ -94,4 +94,7 @@ def test_unseeded_jumphost_recognises_its_network(built):
     report = boot(profile, out / "jumphost.img", "jumphost-unseeded", with_seed=False)
     assert report["identity"] == {"rack": "example", "role": "jumphost",
                                   "node": "jumphost-example", "source": "network"}
+    assert report["cloud_init"]["status"] == "done" and report["cloud_init"]["errors"] == []
     assert report["failed_units"] == []
+    assert sorted(report["ssh_host_keys"]) == ["ssh_host_ecdsa_key.pub", "ssh_host_ed25519_key.pub",
+                                               "ssh_host_rsa_key.pub"]
