@@ -49,6 +49,9 @@ def cmd_render(args) -> int:
 
 def cmd_image(args) -> int:
     profiles = load_profiles(args.profiles)
+    if os.geteuid() != 0:
+        raise RackbootError("building an image needs root (mmdebstrap in root mode, unpacking the "
+                            "root filesystem with its owners)", hint=f"sudo {' '.join(sys.argv)}")
     bundle = None
     if args.k3s_bundle:
         bundle = k3s_bundle.verify(args.k3s_bundle)

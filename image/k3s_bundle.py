@@ -28,6 +28,7 @@ from pathlib import Path
 
 from firstboot.errors import BadInput, RackbootError
 from image import log as progress
+from image.atomic import replace_directory
 
 log = logging.getLogger("rackboot")
 
@@ -149,14 +150,7 @@ def fetch(version: str, destination: Path, mirror: str | None = None, arches=ARC
                 os.chmod(staging / binary_name(arch), 0o755)
             (staging / "bundle.json").write_text(json.dumps(
                 {"version": version, "arches": list(arches), "files": files}, indent=2, sort_keys=True) + "\n")
-        if final.exists():
-            old = destination / f".{version}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-            staging.rename(final)
-            shutil.rmtree(old)
-        else:
-            staging.rename(final)
+        replace_directory(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 import jinja2
 
 from firstboot.errors import RackbootError
+from image.atomic import replace_directory
 from firstboot.profile import RackProfile
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -74,14 +75,7 @@ def write_tree(files: RenderedTree, destination: Path) -> None:
             path.write_text(content, encoding="utf-8")
             os.chmod(path, 0o644)
         os.chmod(staging, 0o755)
-        if destination.exists():
-            old = destination.with_name(f".{destination.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            destination.rename(old)
-            staging.rename(destination)
-            shutil.rmtree(old)
-        else:
-            staging.rename(destination)
+        replace_directory(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

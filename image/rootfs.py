@@ -17,6 +17,7 @@ from pathlib import Path
 
 from firstboot.errors import RackbootError
 from image import log as progress
+from image.atomic import replace_directory
 from image.run import run
 
 log = logging.getLogger("rackboot")
@@ -83,8 +84,7 @@ def build(spec: RootfsSpec, cache_dir: Path, use_cache: bool = True) -> Rootfs:
                  f"--customize-hook=copy-out /boot {staging}",
                  spec.release, str(staging / "rootfs.tar")], stream=True)
         (staging / "complete").write_text(spec.key() + "\n")
-        shutil.rmtree(entry, ignore_errors=True)
-        staging.rename(entry)
+        replace_directory(staging, entry)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import grpc
 import pytest
 
 from firstboot import secretref, secrets

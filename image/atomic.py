@@ -1,0 +1,19 @@
+"""Outputs appear whole or not at all: work happens in a staging directory
+beside the destination, which then takes the destination's place."""
+
+import shutil
+from pathlib import Path
+
+
+def replace_directory(staging: Path, destination: Path) -> None:
+    """Put staging where destination is. Both must be on one filesystem (make
+    staging beside destination). An old destination is moved aside first and
+    removed only once the new one is in place."""
+    if not destination.exists():
+        staging.rename(destination)
+        return
+    old = destination.with_name(f".{destination.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    destination.rename(old)
+    staging.rename(destination)
+    shutil.rmtree(old)
