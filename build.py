@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""rackboot: build a rack's jumphost and Raspberry Pi images from its profile.
+"""rackboot: build the images of racks of lab machines from their profiles.
 
     ./build.py VERB PROFILE... [-o DIR]
 
 The pipeline: profile (firstboot/profile.py) -> render (image/render.py) ->
-rootfs -> disk / netboot tree -> boot. Run `./build.py VERB --help` for each
-verb. Exit status: 0 success, 1 failure, 2 bad input (nothing written).
+rootfs (image/rootfs.py) -> disk (image/jumphost.py, image/disk.py) -> boot
+(image/qemu.py); the Raspberry Pi netboot tree is still to come. Run
+`./build.py VERB --help` for each verb. Exit status: 0 success, 1 failure,
+2 bad input (nothing written).
 """
 
 import sys
@@ -78,9 +80,19 @@ def cmd_fetch_k3s(args) -> int:
     return 0
 
 
+def _agent_env(settings: list[str]) -> dict[str, str]:
+    env = {}
+    for setting in settings:
+        name, sep, value = setting.partition("=")
+        if not sep:
+            raise BadInput(f"--agent-env {setting!r}: expected NAME=VALUE")
+        env[name] = value
+    return env
+
+
 def cmd_seed(args) -> int:
     for profile in load_profiles(args.profiles):
-        print(seed.make_seed(profile, args.output))
+        print(seed.make_seed(profile, args.output, _agent_env(args.agent_env), args.credentials))
     return 0
 
 
@@ -89,7 +101,8 @@ def cmd_boot(args) -> int:
     disk = args.output / jumphost.IMAGE_NAME
     if not disk.exists():
         raise BadInput(f"{disk} does not exist", hint=f"build it first: ./build.py image {profile.source} -o {args.output}")
-    seed_image = None if args.no_seed else seed.make_seed(profile, args.output)
+    seed_image = None if args.no_seed else seed.make_seed(profile, args.output, _agent_env(args.agent_env),
+                                                          args.credentials)
     files = qemu.BootFiles(args.output / f"boot-{profile.rack}")
     qemu.prepare(files)
     argv = qemu.qemu_argv(profile, disk, seed_image, files, kvm=args.kvm, ssh_port=args.ssh_port,
@@ -140,6 +153,13 @@ def _verb_options(name: str, sub: argparse.ArgumentParser) -> None:
     if name == "fetch-k3s":
         sub.add_argument("--mirror", metavar="URL",
                          help=f"where releases are (default: ${k3s_bundle.MIRROR_ENV} or {k3s_bundle.DEFAULT_MIRROR})")
+    if name in ("seed", "boot"):
+        sub.add_argument("--agent-env", action="append", default=[], metavar="NAME=VALUE",
+                         help="environment for the first-boot agent, e.g. SECRET_MANAGER_EMULATOR_HOST=host:port "
+                              "or RACKBOOT_SECRET_MANAGER_ENDPOINT=host (repeatable)")
+        sub.add_argument("--credentials", type=Path, metavar="KEY.json",
+                         help="a service account key for the agent (Application Default Credentials); "
+                              "the seed then holds a credential")
     if name == "boot":
         sub.add_argument("--kvm", action="store_true",
                          help="use KVM instead of TCG (guests are known to hang under KVM on some hosts)")

@@ -8,9 +8,18 @@ access  print one secret's value to stdout, like `berglas access`
 import argparse
 import logging
 import sys
+from pathlib import Path
 
-from firstboot import agent, secretref, secrets
-from firstboot.errors import RackbootError
+# In the image the agent runs on Debian's python3; its Google and Kubernetes
+# client libraries are installed beside it from PyPI as one consistent set.
+# They go first on the path: 'google' is a namespace package, and any older
+# google-auth Debian might have installed must not shadow theirs.
+VENDORED = Path(__file__).resolve().parent.parent / "site-packages"
+if VENDORED.is_dir():
+    sys.path.insert(0, str(VENDORED))
+
+from firstboot import agent, secretref, secrets  # noqa: E402
+from firstboot.errors import RackbootError  # noqa: E402
 
 
 def access(reference: str, key: str | None) -> int:

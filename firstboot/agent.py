@@ -1,10 +1,11 @@
 """The first-boot agent's steps, in order, each recorded in the status file.
 
-    identify -> report
+    identify -> token -> report
 
-(fetching the token, installing k3s and applying the rack's YAML come next;
-see the README's status.) Every step is safe to run again: a power cut in any
-of them means the next boot's run does it again and goes on.
+(installing k3s and applying the rack's YAML come next; see the README's
+status.) Every step is safe to run again: a power cut in any of them means
+the next boot's run does it again and goes on. When a step fails the rest are
+skipped, but report always runs, so the failure reaches the operator.
 """
 
 import logging
@@ -14,13 +15,13 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from firstboot import identify, report, state
+from firstboot import identify, report, state, token
 from firstboot.errors import RackbootError
 from firstboot.profile import load_profiles
 
 log = logging.getLogger("rackboot.agent")
 PROFILES = Path(os.environ.get("RACKBOOT_PROFILES", Path(__file__).resolve().parent.parent / "rack-profiles"))
-STEPS = ("identify", "report")
+STEPS = ("identify", "token", "report")
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Context:
     role: str
     status: dict
     identity: identify.Identity | None = None
+    profile: object = None          # the rack's RackProfile, once identified
     journal: object = None
     notes: dict = field(default_factory=dict)
 
@@ -56,7 +58,12 @@ def step_identify(ctx: Context) -> dict:
         ctx.identity = identify.identify_jumphost(profiles, cmdline, identify.rack_from_seed())
     else:
         ctx.identity = identify.identify_pi(profiles, identify.pi_serial(), identify.NetworkView.read().macs)
+    ctx.profile = next(p for p in profiles if p.rack == ctx.identity.rack)
     return ctx.identity.to_json()
+
+
+def step_token(ctx: Context) -> dict:
+    return token.install_token(ctx.profile.k3s.token)
 
 
 def step_report(ctx: Context) -> dict:
@@ -65,13 +72,15 @@ def step_report(ctx: Context) -> dict:
         "cloud_init": report.cloud_init(),
         "failed_units": [u for u in report.failed_units() if u != "rackboot-firstboot.service"],
         "ssh_host_keys": report.ssh_host_keys(),
-        "steps": {name: ctx.status["steps"].get(name, {}).get("outcome") for name in STEPS[:-1]},
+        "steps": {name: ctx.status["steps"].get(name, {}).get("outcome", "skipped") for name in STEPS[:-1]},
+        "errors": {name: record["error"] for name, record in ctx.status["steps"].items()
+                   if name != "report" and record.get("error")},
     }
     summary["sent_to_port"] = report.send(summary)
     return summary
 
 
-STEP_FUNCTIONS = {"identify": step_identify, "report": step_report}
+STEP_FUNCTIONS = {"identify": step_identify, "token": step_token, "report": step_report}
 
 
 def run(role: str) -> int:
@@ -81,7 +90,11 @@ def run(role: str) -> int:
         journal = None
     ctx = Context(role=role, status=state.load(), journal=journal)
     ctx.status.update(role=role, started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), failed=None)
+    ctx.status["steps"] = {}
+    failure = 0
     for name in STEPS:
+        if failure and name != "report":
+            continue
         _notify(f"STATUS={name}...")
         record = {"outcome": "running"}
         ctx.status["steps"][name] = record
@@ -99,7 +112,7 @@ def run(role: str) -> int:
                           traceback=traceback.format_exc())
             exit_status = 1
         if exit_status:
-            ctx.status["failed"] = name
+            ctx.status["failed"] = ctx.status["failed"] or name   # the first failure is the cause
         record["seconds"] = round(time.monotonic() - start, 1)
         state.save(ctx.status)
         _journal(ctx, f"step {name}: {record['outcome']} in {record['seconds']} s"
@@ -107,9 +120,11 @@ def run(role: str) -> int:
                  step=name, outcome=record["outcome"], duration=record["seconds"])
         if name == "identify" and ctx.identity:
             _notify("READY=1")  # boot goes on; the remaining steps run in the background
-        if record["outcome"] == "failed":
+        if record["outcome"] == "failed" and not failure:
             _notify(f"STATUS=failed at {name}: {record['error'].splitlines()[0]}")
-            return exit_status
+            failure = exit_status
+    if failure:
+        return failure
     _notify("STATUS=done")
     return 0
 

@@ -10,11 +10,12 @@ ssh host keys.
 """
 
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from firstboot.errors import BadInput
+from firstboot.errors import BadInput, RackbootError
 from firstboot.profile import DEFAULTS_NAME, SCHEMA_PATH, RackProfile
 from image import disk, render, rootfs
 from image import log as progress
@@ -91,9 +92,29 @@ def _install_profiles(profiles: list[RackProfile], tree: Path) -> None:
         shutil.copyfile(path, target / relative)
 
 
+# The agent's Google and Kubernetes client libraries, installed from PyPI as
+# wheels for the image's interpreter at the versions requirements.txt pins:
+# one consistent set (google-auth, urllib3, protobuf, ...) that the agent puts
+# first on its path.
+PYPI_AGENT_PACKAGES = ("google-cloud-secret-manager", "kubernetes")
+
+
+def _pinned(package: str) -> str:
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        if line.split("==")[0].strip().lower() == package:
+            return line.strip()
+    raise RackbootError(f"requirements.txt does not pin {package}")
+
+
 def _install_agent(tree: Path) -> None:
     shutil.copytree(REPO / "firstboot", tree / AGENT_DIR / "firstboot",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    python = sorted((tree / "usr/lib").glob("python3.[0-9]*"))[-1].name.removeprefix("python")
+    run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "--target", tree / AGENT_DIR / "site-packages", "--only-binary=:all:",
+         "--python-version", python, "--implementation", "cp", "--platform", "manylinux2014_x86_64",
+         *map(_pinned, PYPI_AGENT_PACKAGES)],
+         hint="the image build needs PyPI for the agent's Secret Manager client")
 
 
 def _install_racks(rendered: dict[str, render.RenderedTree], tree: Path) -> None:

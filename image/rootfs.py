@@ -25,10 +25,12 @@ log = logging.getLogger("rackboot")
 # Bump when the way a rootfs is made changes without the inputs changing.
 CACHE_VERSION = 1
 
-# The agent runs on Debian's python3 with Debian's packages of its
-# dependencies (PYTHONPATH=/usr/lib/rackboot), so the image needs no pip.
+# The agent runs on Debian's python3. Debian provides its compiled and
+# self-contained dependencies; the Google and Kubernetes client stack comes
+# from PyPI instead (image/jumphost.py), because Debian's older google-auth
+# would shadow the one google-cloud-secret-manager needs.
 AGENT_PACKAGES = ("python3", "python3-yaml", "python3-jinja2", "python3-jsonschema",
-                  "python3-netifaces", "python3-systemd", "python3-kubernetes")
+                  "python3-netifaces", "python3-systemd")
 
 JUMPHOST_PACKAGES = (
     "linux-image-amd64", "initramfs-tools", "systemd", "systemd-sysv", "udev", "dbus",

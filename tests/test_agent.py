@@ -1,5 +1,7 @@
-"""The agent's step runner: a failure is recorded where `status` explains it,
-and a later run after the cause is fixed finishes."""
+"""The agent's step runner: identify -> token -> report. A failure is recorded
+where `status` explains it, the report still goes out, and a later run after
+the cause is fixed finishes. The token comes through the real Secret Manager
+client from the double in tests/doubles/."""
 
 import ipaddress
 import json
@@ -10,15 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from firstboot import agent, identify, report, state
+from firstboot import agent, identify, report, state, token
+from tests.doubles.secret_manager import SecretManagerDouble
 
 REPO = Path(__file__).resolve().parent.parent
+TOKEN = b"K10twin::server:do-not-log-me"
 
 
 @pytest.fixture
 def machine(tmp_path, monkeypatch):
-    """A pretend machine: its state directory, racks, network and no seed."""
+    """A pretend machine: its state directory, racks, network, no seed, and
+    a Secret Manager holding the twins' token."""
     monkeypatch.setattr(state, "STATE_DIR", tmp_path / "state")
+    monkeypatch.setattr(token, "TOKEN_FILE", tmp_path / "etc/rancher/k3s/token")
     monkeypatch.setattr(agent, "PROFILES", REPO / "tests/profiles/twins")
     monkeypatch.setattr(identify, "rack_from_seed", lambda: None)
     monkeypatch.setattr(identify.NetworkView, "read", staticmethod(lambda: identify.NetworkView(
@@ -29,7 +35,11 @@ def machine(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "ssh_host_keys", lambda: {})
     sent = []
     monkeypatch.setattr(report, "send", lambda summary: sent.append(summary) or True)
-    return tmp_path, sent
+    sm = SecretManagerDouble()
+    sm.add("rackboot-test", "k3s-token", TOKEN)
+    monkeypatch.setenv("SECRET_MANAGER_EMULATOR_HOST", sm.start())
+    yield tmp_path, sent, sm
+    sm.stop()
 
 
 def status_text(tmp_path) -> str:
@@ -40,20 +50,23 @@ def status_text(tmp_path) -> str:
 
 
 def test_ambiguous_rack_fails_identify_and_status_explains(machine):
-    tmp_path, sent = machine
+    tmp_path, sent, sm = machine
     assert agent.run("jumphost") == 1
     saved = json.loads((tmp_path / "state/status.json").read_text())
     assert saved["failed"] == "identify" and saved["steps"]["identify"]["outcome"] == "failed"
-    assert "report" not in saved["steps"] and sent == []
+    assert "token" not in saved["steps"] and sm.calls == []
+    [summary] = sent   # the report still goes out
+    assert summary["steps"] == {"identify": "failed", "token": "skipped"}
+    assert "racks twin-a, twin-b all match" in summary["errors"]["identify"]
     text = status_text(tmp_path)
-    assert "identify   failed" in text
+    assert "identify   failed" in text and "token      not reached" in text
     assert "racks twin-a, twin-b all match this jumphost's network" in text
     assert "hint: boot with rackboot.rack=NAME" in text
     assert "failed at step identify; logs: journalctl -u rackboot-firstboot" in text
 
 
-def test_run_after_fix_finishes_and_reports(machine, monkeypatch):
-    tmp_path, sent = machine
+def test_run_after_fix_fetches_token_and_reports(machine, monkeypatch, capsys):
+    tmp_path, sent, sm = machine
     assert agent.run("jumphost") == 1
     monkeypatch.setattr(identify, "rack_from_seed", lambda: "twin-b")   # the seed is attached
     assert agent.run("jumphost") == 0
@@ -61,9 +74,25 @@ def test_run_after_fix_finishes_and_reports(machine, monkeypatch):
     assert saved["failed"] is None
     assert saved["steps"]["identify"]["result"] == {"rack": "twin-b", "role": "jumphost",
                                                     "node": "jh-b", "source": "seed"}
-    [summary] = sent
-    assert summary["identity"]["rack"] == "twin-b" and summary["steps"] == {"identify": "done"}
-    assert "identify   done" in status_text(tmp_path)
+    assert saved["steps"]["token"]["result"]["changed"] is True
+    assert (tmp_path / "etc/rancher/k3s/token").read_bytes() == TOKEN + b"\n"
+    assert sm.calls == ["projects/rackboot-test/secrets/k3s-token/versions/latest"]
+    assert sent[-1]["steps"] == {"identify": "done", "token": "done"} and sent[-1]["errors"] == {}
+    assert "token      done" in status_text(tmp_path)
+    # The value is nowhere but the token file.
+    everything = (tmp_path / "state/status.json").read_text() + json.dumps(sent) + str(capsys.readouterr())
+    assert TOKEN.decode() not in everything
+
+
+def test_missing_secret_fails_token_step_naming_the_reference(machine, monkeypatch):
+    tmp_path, sent, sm = machine
+    sm.secrets.clear()
+    monkeypatch.setattr(identify, "rack_from_seed", lambda: "twin-a")
+    assert agent.run("jumphost") == 1
+    assert sent[-1]["steps"] == {"identify": "done", "token": "failed"}
+    assert sent[-1]["errors"]["token"].startswith("sm://rackboot-test/k3s-token: NotFound")
+    text = status_text(tmp_path)
+    assert "failed at step token" in text and "secretAccessor" in text
 
 
 def test_status_before_any_run(tmp_path):

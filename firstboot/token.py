@@ -1,0 +1,44 @@
+"""Token: fetch the rack's shared k3s token and put it where k3s reads it.
+
+The token goes only into /etc/rancher/k3s/token (root-only, written
+atomically); k3s's config.yaml names it with token-file, so the value is in
+no config file, log, journal field or status record. The step reports whether
+the file changed (a rotated token), never the value or a hash of it.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+from firstboot import secrets
+from firstboot.errors import RackbootError
+from firstboot.secretref import SecretRef
+
+TOKEN_FILE = Path("/etc/rancher/k3s/token")
+
+
+def install_token(ref: SecretRef, path: Path | None = None, access=None) -> dict:
+    path = path or TOKEN_FILE
+    value = (access or secrets.access)(ref).strip()
+    if not value:
+        raise RackbootError(f"{ref}: the secret is empty", hint="store the k3s token there")
+    if b"\n" in value:
+        raise RackbootError(f"{ref}: the secret has more than one line; a k3s token has one",
+                            hint="store the token alone, or use {ref: ..., key: ...} for a Secret YAML")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        changed = path.read_bytes().strip() != value
+    except FileNotFoundError:
+        changed = True
+    if changed:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".token.")   # mode 0600 from the start
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(value + b"\n")
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return {"reference": str(ref), "file": str(path), "changed": changed}
