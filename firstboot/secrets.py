@@ -1,12 +1,18 @@
 """Read secret values by reference (see secretref.py), one backend per scheme.
 
-    file://   a file on the machine (a lab without Google Cloud)
-    sm://     Google Secret Manager, through google-cloud-secret-manager
+    file://     a file on the machine (a lab without Google Cloud)
+    sm://       Google Secret Manager, through google-cloud-secret-manager
+    berglas://  berglas's Cloud Storage + Cloud KMS envelope, decrypted as berglas
+                does: object = base64(KMS-encrypted DEK) ":" base64(nonce || AES-256-GCM
+                ciphertext+tag); the DEK is decrypted by the key named in the object's
+                berglas-kms-key metadata, with the object name as additional data
 
 Endpoints, for private endpoints and emulators:
     SECRET_MANAGER_EMULATOR_HOST=host:port   plaintext gRPC, no credentials
-                                             (as STORAGE_EMULATOR_HOST for Cloud Storage)
     RACKBOOT_SECRET_MANAGER_ENDPOINT=host    another TLS endpoint, with credentials
+    STORAGE_EMULATOR_HOST=http://host:port   Cloud Storage's own convention
+    RACKBOOT_KMS_EMULATOR_HOST=host:port     plaintext gRPC, no credentials
+    RACKBOOT_KMS_ENDPOINT=host               another TLS endpoint, with credentials
 Credentials are Application Default Credentials: GOOGLE_APPLICATION_CREDENTIALS
 (a key provisioned on the seed) or the GCE metadata protocol.
 
@@ -50,22 +56,27 @@ def _file(ref: SecretRef) -> bytes:
         raise SecretError(f"{ref}: permission denied", hint="the agent runs as root; check the file's mode") from None
 
 
-def _secret_manager_client():
+def _google_client(client_class, transport_class, emulator_env: str, endpoint_env: str):
+    """A Google API client: plaintext gRPC without credentials to an emulator,
+    or TLS with Application Default Credentials to an endpoint (default: Google's)."""
     from google.api_core.client_options import ClientOptions
-    from google.cloud import secretmanager_v1
 
-    emulator = os.environ.get("SECRET_MANAGER_EMULATOR_HOST")
+    emulator = os.environ.get(emulator_env)
     if emulator:
         import grpc
         from google.auth.credentials import AnonymousCredentials
-        from google.cloud.secretmanager_v1.services.secret_manager_service.transports import (
-            SecretManagerServiceGrpcTransport)
-        transport = SecretManagerServiceGrpcTransport(
-            channel=grpc.insecure_channel(emulator), credentials=AnonymousCredentials())
-        return secretmanager_v1.SecretManagerServiceClient(transport=transport)
-    endpoint = os.environ.get("RACKBOOT_SECRET_MANAGER_ENDPOINT")
-    options = ClientOptions(api_endpoint=endpoint) if endpoint else None
-    return secretmanager_v1.SecretManagerServiceClient(client_options=options)
+        return client_class(transport=transport_class(channel=grpc.insecure_channel(emulator),
+                                                      credentials=AnonymousCredentials()))
+    endpoint = os.environ.get(endpoint_env)
+    return client_class(client_options=ClientOptions(api_endpoint=endpoint) if endpoint else None)
+
+
+def _secret_manager_client():
+    from google.cloud import secretmanager_v1
+    from google.cloud.secretmanager_v1.services.secret_manager_service.transports import (
+        SecretManagerServiceGrpcTransport)
+    return _google_client(secretmanager_v1.SecretManagerServiceClient, SecretManagerServiceGrpcTransport,
+                          "SECRET_MANAGER_EMULATOR_HOST", "RACKBOOT_SECRET_MANAGER_ENDPOINT")
 
 
 def _secret_manager(ref: SecretRef) -> bytes:
@@ -92,9 +103,71 @@ def _secret_manager(ref: SecretRef) -> bytes:
     return bytes(response.payload.data)
 
 
+def _kms_client():
+    from google.cloud import kms_v1
+    from google.cloud.kms_v1.services.key_management_service.transports import (
+        KeyManagementServiceGrpcTransport)
+    return _google_client(kms_v1.KeyManagementServiceClient, KeyManagementServiceGrpcTransport,
+                          "RACKBOOT_KMS_EMULATOR_HOST", "RACKBOOT_KMS_ENDPOINT")
+
+
+def _storage_client():
+    from google.cloud import storage
+
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+        return storage.Client(project="rackboot", credentials=AnonymousCredentials())
+    return storage.Client()
+
+
+def _berglas(ref: SecretRef) -> bytes:
+    import requests
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from google.api_core import exceptions
+    from google.auth.exceptions import DefaultCredentialsError, TransportError
+
+    hint = ("check the reference, and that the machine's service account may read the object "
+            "(roles/storage.objectViewer) and use its key (roles/cloudkms.cryptoKeyDecrypter)")
+    try:
+        blob = _storage_client().bucket(ref.location).blob(
+            ref.name, generation=int(ref.version) if ref.version else None)
+        blob.reload(retry=None, timeout=30)     # our retries, as for every backend
+        data = blob.download_as_bytes(retry=None, timeout=30)
+        key = (blob.metadata or {}).get("berglas-kms-key")
+        if not key:
+            raise SecretError(f"{ref}: the object is not a berglas secret (no berglas-kms-key metadata)")
+        try:
+            encrypted_dek, payload = (base64.b64decode(part, validate=True) for part in data.split(b":", 1))
+        except (ValueError, binascii.Error):
+            raise SecretError(f"{ref}: the object is not in berglas's format "
+                              "(base64 DEK ':' base64 ciphertext)") from None
+        # berglas binds the data key to the object's name (KMS additional authenticated data).
+        dek = _kms_client().decrypt(request={"name": key, "ciphertext": encrypted_dek,
+                                             "additional_authenticated_data": ref.name.encode()},
+                                    retry=None, timeout=30).plaintext
+    except (exceptions.NotFound, exceptions.Forbidden, exceptions.PermissionDenied, exceptions.Unauthorized,
+            exceptions.Unauthenticated, exceptions.InvalidArgument, exceptions.FailedPrecondition) as err:
+        raise SecretError(f"{ref}: {type(err).__name__} ({err.message})", hint=hint) from None
+    except DefaultCredentialsError as err:
+        raise SecretError(f"{ref}: no Google credentials ({err})",
+                          hint="provision a service account key (GOOGLE_APPLICATION_CREDENTIALS) "
+                               "or run where the GCE metadata server answers") from None
+    except (exceptions.ServiceUnavailable, exceptions.DeadlineExceeded, exceptions.InternalServerError,
+            exceptions.TooManyRequests, exceptions.RetryError, TransportError,
+            requests.exceptions.ConnectionError, requests.exceptions.Timeout) as err:
+        raise TransientSecretError(f"{ref}: {type(err).__name__}") from None
+    nonce, ciphertext = payload[:12], payload[12:]
+    try:
+        return AESGCM(dek).decrypt(nonce, ciphertext, None)
+    except (InvalidTag, ValueError):
+        raise SecretError(f"{ref}: the value does not decrypt with its data key (corrupt or tampered)") from None
+
+
 BACKENDS: dict[str, Callable[[SecretRef], bytes]] = {
     "file": _file,
     "sm": _secret_manager,
+    "berglas": _berglas,
 }
 
 

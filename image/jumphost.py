@@ -96,7 +96,8 @@ def _install_profiles(profiles: list[RackProfile], tree: Path) -> None:
 # wheels for the image's interpreter at the versions requirements.txt pins:
 # one consistent set (google-auth, urllib3, protobuf, ...) that the agent puts
 # first on its path.
-PYPI_AGENT_PACKAGES = ("google-cloud-secret-manager", "kubernetes")
+PYPI_AGENT_PACKAGES = ("google-cloud-secret-manager", "google-cloud-storage", "google-cloud-kms",
+                       "cryptography", "kubernetes")
 
 
 def _pinned(package: str) -> str:

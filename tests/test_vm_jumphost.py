@@ -114,7 +114,9 @@ def test_image_holds_no_machine_state_and_the_whole_agent(built, tmp_path):
     for path in ("/usr/lib/rackboot/firstboot/identify.py", "/usr/lib/rackboot/rack-profiles/example.yaml",
                  "/usr/lib/rackboot/rack-profiles/schema.json", "/usr/lib/rackboot/rack-profiles/kube/example/10-hello.yaml",
                  "/usr/share/rackboot/racks/example/jumphost/seed/user-data",
-                 "/usr/lib/rackboot/site-packages/google/cloud/secretmanager_v1/__init__.py"):
+                 "/usr/lib/rackboot/site-packages/google/cloud/secretmanager_v1/__init__.py",
+                 "/usr/lib/rackboot/site-packages/google/cloud/storage/__init__.py",
+                 "/usr/lib/rackboot/site-packages/google/cloud/kms_v1/__init__.py"):
         assert "Type: regular" in _debugfs(root, f"stat {path}"), path
 
 
