@@ -1,11 +1,13 @@
 """The first-boot agent's steps, in order, each recorded in the status file.
 
-    identify -> token -> report
+    identify -> token -> k3s -> ready -> apply -> report
 
-(installing k3s and applying the rack's YAML come next; see the README's
-status.) Every step is safe to run again: a power cut in any of them means
-the next boot's run does it again and goes on. When a step fails the rest are
-skipped, but report always runs, so the failure reaches the operator.
+The unit runs them at every boot, and every step converges: it compares what
+is there with what should be and changes only the difference. So a power cut
+in any step means the next boot's run does it again and goes on, and a run on
+a finished machine changes nothing unless an input changed (a new bundle, a
+rotated token, a new profile). When a step fails the rest are skipped, but
+report always runs, so the failure reaches the operator.
 """
 
 import logging
@@ -15,13 +17,13 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from firstboot import identify, report, state, token
+from firstboot import apply, identify, k3s, ready, report, state, token
 from firstboot.errors import RackbootError
 from firstboot.profile import load_profiles
 
 log = logging.getLogger("rackboot.agent")
 PROFILES = Path(os.environ.get("RACKBOOT_PROFILES", Path(__file__).resolve().parent.parent / "rack-profiles"))
-STEPS = ("identify", "token", "report")
+STEPS = ("identify", "token", "k3s", "ready", "apply", "report")
 
 
 @dataclass
@@ -63,7 +65,26 @@ def step_identify(ctx: Context) -> dict:
 
 
 def step_token(ctx: Context) -> dict:
-    return token.install_token(ctx.profile.k3s.token)
+    # A k3s server that already has a datastore cannot simply take a new token.
+    datastore = k3s.DATASTORE if ctx.role == "jumphost" else None
+    return token.install_token(ctx.profile.k3s.token, datastore=datastore)
+
+
+def step_k3s(ctx: Context) -> dict:
+    return k3s.install(ctx.identity.rack, ctx.role, ctx.identity.node, ctx.profile.k3s.version,
+                       token_changed=ctx.status["steps"]["token"]["result"]["changed"])
+
+
+def step_ready(ctx: Context) -> dict:
+    return ready.wait(ctx.role, ctx.identity.node)
+
+
+def step_apply(ctx: Context) -> dict:
+    if ctx.role != "jumphost":
+        return {"skipped": "the jumphost applies the rack's YAML"}
+    result = apply.apply(ctx.profile, ctx.status.get("inventory", ()))
+    ctx.status["inventory"] = result["inventory"]   # what to look through when pruning next time
+    return result
 
 
 def step_report(ctx: Context) -> dict:
@@ -80,7 +101,8 @@ def step_report(ctx: Context) -> dict:
     return summary
 
 
-STEP_FUNCTIONS = {"identify": step_identify, "token": step_token, "report": step_report}
+STEP_FUNCTIONS = {"identify": step_identify, "token": step_token, "k3s": step_k3s, "ready": step_ready,
+                  "apply": step_apply, "report": step_report}
 
 
 def run(role: str) -> int:

@@ -25,6 +25,9 @@ def _output(argv: list[str], timeout: float = 900) -> tuple[int, str]:
 
 def cloud_init() -> dict:
     """Wait for cloud-init to finish, then return its outcome and errors."""
+    if not CLOUD_INIT_RESULT.parent.exists():
+        # cloud-init did not run this boot (disabled, or not installed): waiting would never end.
+        return {"status": "not run", "exit_status": None, "errors": []}
     status, text = _output(["cloud-init", "status", "--wait"])
     errors: list[str] = []
     for path in (CLOUD_INIT_RESULT, CLOUD_INIT_STATUS):

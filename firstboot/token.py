@@ -17,7 +17,10 @@ from firstboot.secretref import SecretRef
 TOKEN_FILE = Path("/etc/rancher/k3s/token")
 
 
-def install_token(ref: SecretRef, path: Path | None = None, access=None) -> dict:
+def install_token(ref: SecretRef, path: Path | None = None, access=None, datastore: Path | None = None) -> dict:
+    """datastore: a k3s server's datastore directory. When it exists, the server
+    was set up with the token in path, and k3s refuses to start with another;
+    a changed token then fails here and the old file stays."""
     path = path or TOKEN_FILE
     value = (access or secrets.access)(ref).strip()
     if not value:
@@ -30,6 +33,12 @@ def install_token(ref: SecretRef, path: Path | None = None, access=None) -> dict
         changed = path.read_bytes().strip() != value
     except FileNotFoundError:
         changed = True
+    if changed and datastore is not None and datastore.exists() and path.exists():
+        raise RackbootError(
+            f"{ref}: the k3s token changed, but this server's datastore ({datastore}) was made with "
+            "the old one and k3s refuses to start with another",
+            hint="rotate it in k3s first (on the jumphost: k3s token rotate --token OLD --new-token NEW), "
+                 "or reflash the jumphost; see the README, 'Rotating the token'")
     if changed:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".token.")   # mode 0600 from the start
         try:

@@ -1,0 +1,224 @@
+"""Apply: put the rack's Kubernetes YAML and Secrets into its cluster (on the
+jumphost, through k3s's admin kubeconfig).
+
+- Every document of the profile's manifests, in order, by server-side apply
+  with one field manager ("rackboot"), forced: the profile is the truth.
+- The profile's Secrets, their values read from their references into memory
+  and sent straight to the API; nothing is written to disk.
+- Everything applied carries two labels; objects with those labels that the
+  profile no longer contains are deleted (pruned). Objects without them are
+  never touched, whoever made them.
+- Then wait, with a timeout, until the Deployments, StatefulSets and
+  DaemonSets applied report their replicas ready.
+
+A document that is not a Kubernetes object, or that the API refuses, fails
+the step naming the file and the document's position (1 = first).
+"""
+
+import base64
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from firstboot import k3s, secrets
+from firstboot.errors import BadInput, RackbootError
+
+FIELD_MANAGER = "rackboot"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+RACK_LABEL = "rackboot.dev/rack"
+TIMEOUT = float(os.environ.get("RACKBOOT_APPLY_TIMEOUT", "300"))
+REQUEST_TIMEOUT = 60
+WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
+
+
+@dataclass(frozen=True)
+class Document:
+    source: str          # file, or "secrets" for the profile's Secrets
+    index: int           # position in the file, from 1
+    body: dict
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        meta = self.body["metadata"]
+        return self.body["apiVersion"], self.body["kind"], meta.get("namespace") or "", meta["name"]
+
+    def __str__(self) -> str:
+        api_version, kind, namespace, name = self.key
+        return f"{self.source}: document {self.index} ({kind} {namespace + '/' if namespace else ''}{name})"
+
+
+def load_documents(manifests: tuple[Path, ...]) -> list[Document]:
+    documents = []
+    for path in manifests:
+        try:
+            loaded = list(yaml.safe_load_all(path.read_text()))
+        except yaml.YAMLError as err:
+            raise BadInput(f"{path}: not valid YAML: {err}") from None
+        except OSError as err:
+            raise BadInput(f"{path}: {err.strerror}") from None
+        for index, body in enumerate(loaded, start=1):
+            if body is None:       # an empty document between two '---'
+                continue
+            problem = None
+            if not isinstance(body, dict):
+                problem = "is not a mapping"
+            elif not all(isinstance(body.get(k), str) and body[k] for k in ("apiVersion", "kind")):
+                problem = "has no apiVersion or kind"
+            elif not isinstance(body.get("metadata"), dict) or not isinstance(body["metadata"].get("name"), str):
+                problem = "has no metadata.name"
+            if problem:
+                raise BadInput(f"{path}: document {index} {problem}; each document must be one "
+                               "Kubernetes object", hint="fix the manifest and rebuild the image")
+            documents.append(Document(str(path), index, body))
+    return documents
+
+
+def secret_documents(profile) -> list[Document]:
+    documents = []
+    for index, spec in enumerate(profile.secrets, start=1):
+        data = {key: base64.b64encode(secrets.access(ref)).decode() for key, ref in spec.data}
+        documents.append(Document("secrets", index, {
+            "apiVersion": "v1", "kind": "Secret", "type": spec.type,
+            "metadata": {"name": spec.name, "namespace": spec.namespace}, "data": data}))
+    return documents
+
+
+def _labelled(body: dict, rack: str) -> dict:
+    meta = dict(body["metadata"])
+    meta["labels"] = {**(meta.get("labels") or {}), MANAGED_BY: FIELD_MANAGER, RACK_LABEL: rack}
+    return {**body, "metadata": meta}
+
+
+def _client():
+    from kubernetes import config
+    from kubernetes.dynamic import DynamicClient
+
+    try:
+        api = config.new_client_from_config(config_file=str(k3s.KUBECONFIG))
+    except (config.ConfigException, OSError) as err:
+        raise RackbootError(f"{k3s.KUBECONFIG}: cannot use k3s's kubeconfig: {err}",
+                            hint="is k3s running? journalctl -u k3s") from None
+    return DynamicClient(api)
+
+
+def _api_error(what, err) -> RackbootError:
+    """Refusals (4xx) are the document's fault: bad input. Anything else may pass."""
+    import json
+
+    try:
+        message = json.loads(err.body).get("message", err.reason)
+    except (TypeError, ValueError, AttributeError):
+        message = getattr(err, "reason", None) or str(err)
+    status = getattr(err, "status", None)
+    text = f"{what}: the API refused it ({status}): {message}"
+    if status in (400, 403, 404, 409, 415, 422):
+        return BadInput(text, hint="fix the document and rebuild the image; objects before it were applied")
+    return RackbootError(text, hint="the agent tries again at its next run")
+
+
+def _resource(dyn, document: Document):
+    from kubernetes.dynamic.exceptions import ResourceNotFoundError
+
+    api_version, kind, _, _ = document.key
+    try:
+        return dyn.resources.get(api_version=api_version, kind=kind)
+    except ResourceNotFoundError:
+        raise BadInput(f"{document}: the cluster serves no {kind} in {api_version}",
+                       hint="check apiVersion and kind; custom resources need their CRD first") from None
+
+
+def apply(profile, previous_inventory=(), timeout: float = TIMEOUT) -> dict:
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    documents = load_documents(profile.manifests)
+    documents += secret_documents(profile)
+    dyn = _client()
+    applied = []
+    try:
+        for document in documents:
+            resource = _resource(dyn, document)
+            body = _labelled(document.body, profile.rack)
+            namespace = None
+            if resource.namespaced:
+                namespace = body["metadata"].get("namespace") or "default"
+                body["metadata"]["namespace"] = namespace
+            try:
+                dyn.server_side_apply(resource, body=body, name=body["metadata"]["name"], namespace=namespace,
+                                      field_manager=FIELD_MANAGER, force_conflicts=True,
+                                      _request_timeout=REQUEST_TIMEOUT)
+            except ApiException as err:
+                raise _api_error(document, err) from None
+            applied.append((document.body["apiVersion"], document.body["kind"], namespace or "",
+                            body["metadata"]["name"]))
+        inventory = sorted({(a, k) for a, k, _, _ in applied} | {tuple(kind) for kind in previous_inventory})
+        pruned = _prune(dyn, profile.rack, inventory, set(applied))
+        waited = _wait_for_workloads(dyn, [a for a in applied if a[1] in WORKLOADS], timeout)
+    except (HTTPError, OSError) as err:
+        raise RackbootError(f"the k3s API is not reachable ({type(err).__name__}: {err})",
+                            hint="journalctl -u k3s; the agent tries again at its next run") from None
+    return {"applied": [f"{k} {ns + '/' if ns else ''}{n}" for _, k, ns, n in applied],
+            "secrets": [f"{d.body['metadata']['namespace']}/{d.body['metadata']['name']}"
+                        for d in documents if d.source == "secrets"],
+            "pruned": pruned, "inventory": [list(kind) for kind in inventory], "waited_seconds": waited}
+
+
+def _prune(dyn, rack: str, inventory, keep: set) -> list[str]:
+    from kubernetes.client.exceptions import ApiException
+    from kubernetes.dynamic.exceptions import ResourceNotFoundError
+
+    selector = f"{MANAGED_BY}={FIELD_MANAGER},{RACK_LABEL}={rack}"
+    doomed = []
+    for api_version, kind in inventory:
+        try:
+            resource = dyn.resources.get(api_version=api_version, kind=kind)
+        except ResourceNotFoundError:
+            continue
+        for item in dyn.get(resource, label_selector=selector, _request_timeout=REQUEST_TIMEOUT).items:
+            key = (api_version, kind, item.metadata.namespace or "", item.metadata.name)
+            if key not in keep:
+                doomed.append((resource, key))
+    # Namespaces last: deleting one deletes what is in it.
+    doomed.sort(key=lambda entry: entry[1][1] == "Namespace")
+    pruned = []
+    for resource, (_, kind, namespace, name) in doomed:
+        try:
+            dyn.delete(resource, name=name, namespace=namespace or None, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as err:
+            if err.status != 404:
+                raise _api_error(f"pruning {kind} {namespace}/{name}", err) from None
+        pruned.append(f"{kind} {namespace + '/' if namespace else ''}{name}")
+    return pruned
+
+
+def _not_ready(obj) -> str | None:
+    status = obj.status or {}
+    spec = obj.spec or {}
+    generation = obj.metadata.generation or 0
+    if (status.get("observedGeneration") or 0) < generation:
+        return "not yet seen by its controller"
+    if obj.kind == "DaemonSet":
+        want, ready = status.get("desiredNumberScheduled", 0), status.get("numberReady", 0)
+    else:
+        want, ready = spec.get("replicas", 1), status.get("readyReplicas", 0)
+    return None if (ready or 0) >= want else f"{ready or 0}/{want} ready"
+
+
+def _wait_for_workloads(dyn, workloads, timeout: float) -> float:
+    start = time.monotonic()
+    while True:
+        waiting = []
+        for api_version, kind, namespace, name in workloads:
+            resource = dyn.resources.get(api_version=api_version, kind=kind)
+            reason = _not_ready(dyn.get(resource, name=name, namespace=namespace, _request_timeout=REQUEST_TIMEOUT))
+            if reason:
+                waiting.append(f"{kind} {namespace}/{name}: {reason}")
+        if not waiting:
+            return round(time.monotonic() - start, 1)
+        if time.monotonic() - start > timeout:
+            raise RackbootError(f"not ready after {timeout:.0f} s: " + "; ".join(waiting),
+                                hint="kubectl -n NAMESPACE describe KIND/NAME on the jumphost says why")
+        time.sleep(2)

@@ -1,0 +1,212 @@
+"""k3s: install the image's k3s as the server (jumphost) or an agent (Pi),
+the way k3s's install.sh does it air-gapped, and start it.
+
+    /usr/lib/rackboot/k3s/VERSION/            the bundle in the image (binary, images, checksums)
+    /usr/local/bin/k3s (+ kubectl, crictl, ctr links)
+    /var/lib/rancher/k3s/agent/images/        the air-gap images k3s imports at start
+    /etc/rancher/k3s/config.yaml              the rack's rendered config (token-file, labels, ...)
+    /etc/rancher/node/password                this node's password (see below)
+    /etc/systemd/system/k3s.service           or k3s-agent.service on a Pi
+
+Every file is compared first and replaced atomically only when it differs;
+the service restarts only when something changed, so running the agent again
+with a newer bundle upgrades k3s, and running it on an unchanged machine
+changes nothing ("to upgrade, run it again").
+
+Node password: k3s registers each node name with a password and rejects a
+node that comes back under the same name with another one ("Node password
+rejected"), which is what a re-imaged jumphost, a replaced Pi or a netbooted
+Pi whose /etc/rancher lives in RAM would do with k3s's random password. The
+password here is derived from the rack's token and the node name, so the same
+name on new hardware presents the same password. Whoever holds the token can
+already join the cluster; deriving the password adds no new secret.
+"""
+
+import hashlib
+import hmac
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from firstboot.errors import RackbootError
+
+BUNDLES = Path(os.environ.get("RACKBOOT_K3S_BUNDLES", "/usr/lib/rackboot/k3s"))
+RACKS = Path(os.environ.get("RACKBOOT_RACKS", "/usr/share/rackboot/racks"))
+BIN_DIR = Path("/usr/local/bin")
+CONFIG = Path("/etc/rancher/k3s/config.yaml")
+TOKEN_FILE = Path("/etc/rancher/k3s/token")
+NODE_PASSWORD = Path("/etc/rancher/node/password")
+IMAGES_DIR = Path("/var/lib/rancher/k3s/agent/images")
+DATASTORE = Path("/var/lib/rancher/k3s/server/db")
+UNIT_DIR = Path("/etc/systemd/system")
+KUBECONFIG = Path("/etc/rancher/k3s/k3s.yaml")
+LINKS = ("kubectl", "crictl", "ctr")
+ARCHES = {"x86_64": "amd64", "aarch64": "arm64"}
+
+# As install.sh writes it, less NetworkManager's cloud-setup check (the images
+# have no NetworkManager).
+UNIT = """\
+# k3s {command}. Written by rackboot's first-boot agent (as k3s's install.sh would).
+[Unit]
+Description=Lightweight Kubernetes
+Documentation=https://k3s.io
+Wants=network-online.target
+After=network-online.target
+
+[Install]
+WantedBy=multi-user.target
+
+[Service]
+Type=notify
+EnvironmentFile=-/etc/default/%N
+EnvironmentFile=-/etc/systemd/system/%N.service.env
+KillMode=process
+Delegate=yes
+LimitNOFILE=1048576
+LimitNPROC=infinity
+LimitCORE=infinity
+TasksMax=infinity
+TimeoutStartSec=0
+Restart=always
+RestartSec=5s
+ExecStartPre=-/sbin/modprobe br_netfilter
+ExecStartPre=-/sbin/modprobe overlay
+ExecStart=/usr/local/bin/k3s {command}
+"""
+
+
+def service_name(role: str) -> str:
+    return "k3s.service" if role == "jumphost" else "k3s-agent.service"
+
+
+def machine_arch() -> str:
+    machine = platform.machine()
+    if machine not in ARCHES:
+        raise RackbootError(f"k3s has no build for this machine's architecture ({machine})")
+    return ARCHES[machine]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as data:
+        for chunk in iter(lambda: data.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _place(content: bytes | Path, target: Path, mode: int) -> bool:
+    """Make target hold content with mode; True if anything changed. Atomic."""
+    same = False
+    if target.exists():
+        if isinstance(content, Path):
+            same = target.stat().st_size == content.stat().st_size and _sha256(target) == _sha256(content)
+        else:
+            same = target.read_bytes() == content
+        same = same and (target.stat().st_mode & 0o7777) == mode
+    if same:
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if isinstance(content, Path):
+                with open(content, "rb") as source:
+                    shutil.copyfileobj(source, out, 1 << 20)
+            else:
+                out.write(content)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True
+
+
+def find_bundle(version: str, arch: str) -> tuple[Path, Path]:
+    """The bundle's binary and images for arch, checked against its checksums."""
+    bundle = BUNDLES / version
+    if not bundle.is_dir():
+        present = sorted(p.name for p in BUNDLES.iterdir()) if BUNDLES.is_dir() else []
+        raise RackbootError(
+            f"k3s {version}: not in this image ({bundle} missing; the image has "
+            f"{', '.join(present) or 'no k3s bundle'})",
+            hint="build the image with --k3s-bundle DIR holding that version "
+                 "(./build.py fetch-k3s VERSION -o DIR), or set k3s.version in the profile to one it has")
+    names = ("k3s" if arch == "amd64" else f"k3s-{arch}", f"k3s-airgap-images-{arch}.tar.zst")
+    sums_file = bundle / f"sha256sum-{arch}.txt"
+    try:
+        sums = dict(reversed(line.split()) for line in sums_file.read_text().splitlines() if len(line.split()) == 2)
+    except OSError as err:
+        raise RackbootError(f"{sums_file}: {err.strerror}", hint="the image's k3s bundle is incomplete; rebuild it")
+    for name in names:
+        path = bundle / name
+        if not path.exists():
+            raise RackbootError(f"{path}: missing from the image's k3s bundle", hint="rebuild the image")
+        if sums.get(name) != _sha256(path):
+            raise RackbootError(f"{path}: does not match {sums_file.name} (corrupt image?)",
+                                hint="reflash the image, or rebuild it with a freshly fetched bundle")
+    return bundle / names[0], bundle / names[1]
+
+
+def config_source(rack: str, role: str, node: str) -> Path:
+    if role == "jumphost":
+        return RACKS / rack / "jumphost/rootfs/etc/rancher/k3s/config.yaml"
+    return RACKS / rack / "pi/nodes" / node / "etc/rancher/k3s/config.yaml"
+
+
+def node_password(token: bytes, node: str) -> bytes:
+    return hmac.new(token, b"rackboot k3s node password\0" + node.encode(), hashlib.sha256).hexdigest().encode()
+
+
+def systemctl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(["systemctl", *args], stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise RackbootError(f"systemctl {' '.join(args)} failed: {(result.stderr or result.stdout).strip()}",
+                            hint="journalctl -u k3s -u k3s-agent says more")
+    return result
+
+
+def install(rack: str, role: str, node: str, version: str, token_changed: bool) -> dict:
+    """Install or upgrade k3s and (re)start it when anything changed."""
+    arch = machine_arch()
+    binary, images = find_bundle(version, arch)
+    config = config_source(rack, role, node)
+    if not config.exists():
+        raise RackbootError(f"{config}: the rack's k3s config is not in this image",
+                            hint=f"rebuild the image with the profile of rack {rack}")
+    try:
+        token = TOKEN_FILE.read_bytes().strip()
+    except FileNotFoundError:
+        raise RackbootError(f"{TOKEN_FILE}: missing; the token step writes it") from None
+    changed = []
+    if _place(binary, BIN_DIR / "k3s", 0o755):
+        changed.append("binary")
+    for name in LINKS:   # install.sh links these unless the system has its own
+        link = BIN_DIR / name
+        if not link.exists() and not shutil.which(name, path="/usr/bin:/bin"):
+            link.symlink_to("k3s")
+    if _place(images, IMAGES_DIR / images.name, 0o644):
+        changed.append("images")
+    if _place(config.read_bytes(), CONFIG, 0o600):
+        changed.append("config")
+    if _place(node_password(token, node) + b"\n", NODE_PASSWORD, 0o600):
+        changed.append("node-password")
+    if token_changed:
+        changed.append("token")
+    unit = service_name(role)
+    if _place(UNIT.format(command="server" if role == "jumphost" else "agent").encode(), UNIT_DIR / unit, 0o644):
+        changed.append("unit")
+        systemctl("daemon-reload")
+    systemctl("enable", unit)
+    running = systemctl("is-active", "--quiet", unit, check=False).returncode == 0
+    # --no-block: k3s's unit has no start timeout; the ready step waits, with one.
+    if changed or not running:
+        systemctl("restart" if running else "start", "--no-block", unit)
+    return {"version": version, "arch": arch, "service": unit, "changed": changed,
+            "started": "restarted" if changed and running else ("started" if not running else "unchanged")}
+

@@ -1,0 +1,773 @@
+#!/usr/bin/env python3
+"""Stand-in for the real k3s binary (k3s-io/k3s); to run the tests against real k3s, set RACKBOOT_K3S_BUNDLE=DIR (a bundle from `./build.py fetch-k3s`).
+
+It is what a test bundle carries as `k3s` / `k3s-arm64`, so the agent installs
+and runs it exactly as it would the real binary. It implements the part of
+k3s's command line, files and protocols that rackboot relies on:
+
+  k3s --version
+  k3s server   reads --config / K3S_CONFIG_FILE (default /etc/rancher/k3s/config.yaml)
+               and config.yaml.d/*.yaml; keys: token, token-file, node-name,
+               node-ip, node-label, https-listen-port, write-kubeconfig,
+               write-kubeconfig-mode, data-dir, tls-san, disable.
+               Makes its CAs and certificates (openssl), writes
+               DATA/server/token and node-token ("K10<sha256 of CA>::server:SECRET"),
+               the admin kubeconfig, registers its own node, serves a Kubernetes
+               API over HTTPS (client-certificate auth) and the join endpoints,
+               keeps its datastore in DATA/server/db, sends sd_notify READY=1.
+               Refuses to start on a datastore made with another token, as k3s does.
+  k3s agent    reads the same config (server, token, token-file, node-name,
+               node-label); pins the server CA when the token is K10-style;
+               presents /etc/rancher/node/password; a node name already
+               registered with another password gets k3s's "Node password
+               rejected" and is retried, as the real agent does.
+
+The Kubernetes API is a small in-memory server persisted as JSON: discovery,
+get/list (label selectors), create, replace, delete, JSON merge patch and
+server-side apply (one applier owns the whole object: the applied
+configuration replaces the previous one; managedFields records the manager).
+Workload controllers are simulated: Deployments, StatefulSets, DaemonSets and
+Jobs report themselves ready once applied, because no containers run here.
+K3S_STANDIN_API_DELAY=SECONDS slows every API request (fault tests).
+Only the standard library and the openssl command are used, so the stand-in
+runs unchanged inside the images (Debian's python3, ca-certificates' openssl).
+"""
+
+import base64
+import copy
+import hashlib
+import http.server
+import json
+import os
+import secrets
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+VERSION = "v1.31.4+k3s1"
+NODE_PASSWORD_FILE = Path("/etc/rancher/node/password")
+REJECTED = ("Node password rejected, duplicate hostname or contents of '/etc/rancher/node/password' "
+            "may not match server node-passwd entry, try enabling a unique node name with the "
+            "--with-node-id flag")
+KNOWN_KEYS = {"token", "token-file", "server", "node-name", "node-ip", "node-label",
+              "https-listen-port", "write-kubeconfig", "write-kubeconfig-mode", "data-dir",
+              "tls-san", "disable", "agent-token", "snapshotter", "prefer-bundled-bin"}
+
+# group, version, kind, plural, namespaced
+RESOURCES = [
+    ("", "v1", "Namespace", "namespaces", False),
+    ("", "v1", "Node", "nodes", False),
+    ("", "v1", "ConfigMap", "configmaps", True),
+    ("", "v1", "Secret", "secrets", True),
+    ("", "v1", "Service", "services", True),
+    ("", "v1", "ServiceAccount", "serviceaccounts", True),
+    ("", "v1", "Pod", "pods", True),
+    ("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", True),
+    ("apps", "v1", "Deployment", "deployments", True),
+    ("apps", "v1", "StatefulSet", "statefulsets", True),
+    ("apps", "v1", "DaemonSet", "daemonsets", True),
+    ("batch", "v1", "Job", "jobs", True),
+    ("batch", "v1", "CronJob", "cronjobs", True),
+    ("networking.k8s.io", "v1", "Ingress", "ingresses", True),
+    ("rbac.authorization.k8s.io", "v1", "Role", "roles", True),
+    ("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", True),
+    ("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", False),
+    ("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", False),
+    ("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", True),
+]
+BY_PATH = {(g, v, plural): (kind, namespaced) for g, v, kind, plural, namespaced in RESOURCES}
+
+
+def log(message: str) -> None:
+    # k3s logs logrus-style lines to stderr; systemd puts them in the journal.
+    print(f'time="{time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}" level=info msg="{message}"',
+          file=sys.stderr, flush=True)
+
+
+def fatal(message: str) -> None:
+    print(f'time="{time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}" level=fatal msg="{message}"',
+          file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def sd_notify(text: str) -> None:
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.sendall(text.encode())
+
+
+# --- configuration -----------------------------------------------------------
+
+def parse_yaml_config(text: str, source: str) -> dict:
+    """k3s's config files are flat: `key: value` or `key:` followed by `- item`
+    lines. That subset, parsed without PyYAML so the stand-in needs nothing."""
+    config, current = {}, None
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split(" #")[0].rstrip() if not raw.lstrip().startswith("#") else ""
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("- ") and current is not None:
+            config[current].append(_scalar(line.lstrip()[2:]))
+        elif ":" in line and not line.startswith(" "):
+            key, _, value = line.partition(":")
+            if value.strip():
+                config[key.strip()], current = _scalar(value.strip()), None
+            else:
+                config[key.strip()], current = [], key.strip()
+        else:
+            fatal(f"{source}:{number}: cannot parse {raw!r}")
+    return config
+
+
+def _scalar(text: str):
+    text = text.strip()
+    if text[:1] in "\"'":
+        return json.loads(text) if text[0] == '"' else text[1:-1]
+    return int(text) if text.isdigit() else text
+
+
+def load_config(argv: list[str]) -> dict:
+    path = Path(os.environ.get("K3S_CONFIG_FILE", "/etc/rancher/k3s/config.yaml"))
+    flags = {}
+    args = iter(argv)
+    for arg in args:
+        if arg in ("--config", "-c"):
+            path = Path(next(args))
+        elif arg.startswith("--"):
+            key, _, value = arg[2:].partition("=")
+            flags.setdefault(key, []).append(value if value else next(args))
+        else:
+            fatal(f"unexpected argument {arg!r}")
+    config = {}
+    files = [path] if path.exists() else []
+    files += sorted(Path(str(path) + ".d").glob("*.yaml"))
+    for file in files:
+        for key, value in parse_yaml_config(file.read_text(), str(file)).items():
+            if key not in KNOWN_KEYS:
+                fatal(f"{file}: unknown flag {key!r}")
+            if isinstance(value, list) and key in config and isinstance(config[key], list):
+                config[key] = config[key] + value   # k3s appends list flags from drop-ins
+            else:
+                config[key] = value
+    for key, values in flags.items():
+        config[key] = values if key in ("node-label", "tls-san", "disable") else values[-1]
+    if "K3S_TOKEN" in os.environ:
+        config.setdefault("token", os.environ["K3S_TOKEN"])
+    if "K3S_URL" in os.environ:
+        config.setdefault("server", os.environ["K3S_URL"])
+    return config
+
+
+def read_token(config: dict) -> str:
+    if config.get("token"):
+        return str(config["token"]).strip()
+    if config.get("token-file"):
+        try:
+            return Path(config["token-file"]).read_text().strip()
+        except OSError as err:
+            fatal(f"reading token file {config['token-file']}: {err.strerror}")
+    return ""
+
+
+def token_secret(token: str) -> str:
+    # K10<hash>::<user>:<secret> or a bare secret.
+    return token.split("::", 1)[1].split(":", 1)[1] if token.startswith("K10") and "::" in token else token
+
+
+def labels_from(config: dict) -> dict:
+    labels = {}
+    for item in config.get("node-label") or []:
+        key, _, value = str(item).partition("=")
+        labels[key] = value
+    return labels
+
+
+# --- certificates ------------------------------------------------------------
+
+def openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def make_ca(directory: Path, name: str) -> None:
+    if (directory / f"{name}.crt").exists():
+        return
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", str(directory / f"{name}.key"), "-out", str(directory / f"{name}.crt"),
+            "-days", "3650", "-subj", f"/CN=k3s-{name}@{int(time.time())}")
+
+
+def sign(directory: Path, ca: str, name: str, subject: str, extensions: str) -> None:
+    ext = directory / f"{name}.ext"
+    ext.write_text(extensions + "\n")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", str(directory / f"{name}.key"), "-out", str(directory / f"{name}.csr"),
+            "-subj", subject)
+    openssl("x509", "-req", "-in", str(directory / f"{name}.csr"), "-CA", str(directory / f"{ca}.crt"),
+            "-CAkey", str(directory / f"{ca}.key"), "-CAcreateserial", "-days", "365",
+            "-out", str(directory / f"{name}.crt"), "-extfile", str(ext))
+    for leftover in (ext, directory / f"{name}.csr"):
+        leftover.unlink()
+
+
+def write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+# --- the Kubernetes API ------------------------------------------------------
+
+class ApiError(Exception):
+    def __init__(self, code: int, reason: str, message: str):
+        super().__init__(message)
+        self.code, self.reason = code, reason
+
+    def status(self) -> dict:
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": str(self), "reason": self.reason, "code": self.code}
+
+
+def matches(labels: dict, selector: str) -> bool:
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key) == value:
+                return False
+        elif "=" in term:
+            key, value = term.split("==", 1) if "==" in term else term.split("=", 1)
+            if labels.get(key) != value:
+                return False
+        elif term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+def merge_patch(target, patch):
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+class Store:
+    """Objects by (plural, namespace, name), persisted as one JSON file (k3s keeps
+    its datastore in DATA/server/db too)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.lock = threading.RLock()
+        self.version = 1
+        self.objects: dict[str, dict] = {}
+        self.extra: dict = {}
+        if path.exists():
+            saved = json.loads(path.read_text())
+            self.version, self.objects, self.extra = saved["version"], saved["objects"], saved["extra"]
+
+    def save(self) -> None:
+        write_private(self.path, json.dumps({"version": self.version, "objects": self.objects,
+                                             "extra": self.extra}))
+
+    @staticmethod
+    def key(plural: str, namespace: str, name: str) -> str:
+        return f"{plural}/{namespace}/{name}"
+
+    def get(self, plural, namespace, name):
+        return self.objects.get(self.key(plural, namespace, name))
+
+    def put(self, plural, namespace, obj: dict, manager: str | None = None, operation: str = "Update"):
+        with self.lock:
+            meta = obj.setdefault("metadata", {})
+            old = self.get(plural, namespace, meta["name"])
+            if old and _content(old) == _content(obj) and manager in (None, *_managers(old)):
+                return old    # like the API server: a no-op write is not a new version
+            self.version += 1
+            if old:
+                meta["uid"] = old["metadata"]["uid"]
+                meta["creationTimestamp"] = old["metadata"]["creationTimestamp"]
+                spec_changed = {k: v for k, v in old.items() if k not in ("metadata", "status")} != \
+                    {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+                meta["generation"] = old["metadata"].get("generation", 1) + (1 if spec_changed else 0)
+            else:
+                meta["uid"] = str(uuid.uuid4())
+                meta["creationTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                meta["generation"] = 1
+            meta["resourceVersion"] = str(self.version)
+            if namespace:
+                meta["namespace"] = namespace
+            if manager:
+                meta["managedFields"] = [{"manager": manager, "operation": operation,
+                                          "apiVersion": obj.get("apiVersion"), "fieldsType": "FieldsV1",
+                                          "time": meta["creationTimestamp"]}]
+            simulate_controllers(plural, obj, self)
+            self.objects[self.key(plural, namespace, meta["name"])] = obj
+            self.save()
+            return obj
+
+    def delete(self, plural, namespace, name):
+        with self.lock:
+            obj = self.objects.pop(self.key(plural, namespace, name), None)
+            if obj and plural == "namespaces":
+                for key in [k for k in self.objects if k.split("/")[1] == name]:
+                    del self.objects[key]
+            self.version += 1
+            self.save()
+            return obj
+
+    def list(self, plural, namespace=None, selector=""):
+        with self.lock:
+            return [copy.deepcopy(obj) for key, obj in sorted(self.objects.items())
+                    if key.split("/")[0] == plural
+                    and (namespace is None or key.split("/")[1] == namespace)
+                    and matches(obj["metadata"].get("labels") or {}, selector)]
+
+
+SERVER_FIELDS = ("uid", "creationTimestamp", "generation", "resourceVersion", "managedFields")
+
+
+def _content(obj: dict) -> dict:
+    meta = {k: v for k, v in obj.get("metadata", {}).items() if k not in SERVER_FIELDS}
+    return {**obj, "metadata": meta}
+
+
+def _managers(obj: dict) -> list[str]:
+    return [f["manager"] for f in obj["metadata"].get("managedFields", [])]
+
+
+def simulate_controllers(plural: str, obj: dict, store: Store) -> None:
+    generation = obj["metadata"]["generation"]
+    spec = obj.get("spec") or {}
+    if plural in ("deployments", "statefulsets"):
+        replicas = spec.get("replicas", 1)
+        obj["status"] = {"observedGeneration": generation, "replicas": replicas, "readyReplicas": replicas,
+                         "updatedReplicas": replicas, "availableReplicas": replicas}
+    elif plural == "daemonsets":
+        nodes = len([k for k in store.objects if k.startswith("nodes/")])
+        obj["status"] = {"observedGeneration": generation, "desiredNumberScheduled": nodes,
+                         "currentNumberScheduled": nodes, "numberReady": nodes,
+                         "updatedNumberScheduled": nodes, "numberAvailable": nodes}
+    elif plural == "jobs":
+        obj["status"] = {"succeeded": spec.get("completions", 1)}
+    elif plural == "namespaces":
+        obj["status"] = {"phase": "Active"}
+
+
+def node_password() -> str:
+    """k3s reads /etc/rancher/node/password, or makes a random one and keeps it there."""
+    if NODE_PASSWORD_FILE.exists():
+        return NODE_PASSWORD_FILE.read_text().strip()
+    password = secrets.token_hex(16)
+    write_private(NODE_PASSWORD_FILE, password + "\n")
+    return password
+
+
+def ready_node(name: str, labels: dict, address: str, role: str) -> dict:
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                                                  "node.kubernetes.io/instance-type": "k3s", **role_labels(role),
+                                                  **labels}},
+            "spec": {"podCIDR": "10.42.0.0/24"},
+            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                                       "lastHeartbeatTime": now, "message": "kubelet is posting ready status"}],
+                       "addresses": [{"type": "InternalIP", "address": address},
+                                     {"type": "Hostname", "address": name}],
+                       "nodeInfo": {"kubeletVersion": VERSION, "kubeProxyVersion": VERSION,
+                                    "osImage": "rackboot", "operatingSystem": "linux",
+                                    "architecture": os.uname().machine, "kernelVersion": os.uname().release,
+                                    "containerRuntimeVersion": "containerd://1.7.23-k3s2",
+                                    "machineID": machine_id(), "systemUUID": machine_id(), "bootID": machine_id()}}}
+
+
+def machine_id() -> str:
+    try:
+        return Path("/etc/machine-id").read_text().strip() or "0" * 32
+    except OSError:
+        return "0" * 32
+
+
+def role_labels(role: str) -> dict:
+    if role == "server":
+        return {"node-role.kubernetes.io/control-plane": "true", "node-role.kubernetes.io/master": "true"}
+    return {}
+
+
+class Server:
+    def __init__(self, config: dict):
+        self.config = config
+        self.data = Path(config.get("data-dir", "/var/lib/rancher/k3s"))
+        self.tls = self.data / "server/tls"
+        self.node_name = str(config.get("node-name") or socket.gethostname())
+        self.address = str(config.get("node-ip") or "127.0.0.1")
+        self.port = int(config.get("https-listen-port", 6443))
+        self.delay = float(os.environ.get("K3S_STANDIN_API_DELAY", "0"))
+        self.agent_tokens: dict[str, str] = {}
+
+    def start(self) -> None:
+        token = read_token(self.config)
+        self.tls.mkdir(parents=True, exist_ok=True)
+        for ca in ("server-ca", "client-ca"):
+            make_ca(self.tls, ca)
+        sans = ["IP:127.0.0.1", "DNS:localhost", "DNS:kubernetes", f"IP:{self.address}", f"DNS:{self.node_name}"]
+        sans += [f"IP:{s}" if s.replace(".", "").isdigit() else f"DNS:{s}" for s in self.config.get("tls-san") or []]
+        sign(self.tls, "server-ca", "serving-kube-apiserver", "/CN=kube-apiserver",
+             "subjectAltName=" + ",".join(sans))
+        if not (self.tls / "client-admin.crt").exists():
+            sign(self.tls, "client-ca", "client-admin", "/O=system:masters/CN=system:admin",
+                 "extendedKeyUsage=clientAuth")
+        self.store = Store(self.data / "server/db/standin-state.json")
+        ca_hash = hashlib.sha256((self.tls / "server-ca.crt").read_bytes()).hexdigest()
+        saved_secret = self.store.extra.get("token_sha256")
+        if not token:
+            token = self.store.extra.get("generated") or secrets.token_hex(16)
+            self.store.extra["generated"] = token
+        secret = token_secret(token)
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        if saved_secret and saved_secret != digest:
+            fatal("starting kubernetes: preparing server: bootstrap data already found and encrypted "
+                  "with different token")
+        if token.startswith("K10") and "::" in token and token[3:].split("::")[0] != ca_hash:
+            fatal("token CA hash does not match the Cluster CA certificate hash")
+        self.store.extra["token_sha256"] = digest
+        full = f"K10{ca_hash}::server:{secret}"
+        write_private(self.data / "server/token", full + "\n")
+        write_private(self.data / "server/node-token", full + "\n")
+        self.secret = secret
+        for namespace in ("default", "kube-system", "kube-public", "kube-node-lease"):
+            if not self.store.get("namespaces", "", namespace):
+                self.store.put("namespaces", "", {"apiVersion": "v1", "kind": "Namespace",
+                                                  "metadata": {"name": namespace}})
+        self.register(self.node_name, node_password(), labels_from(self.config), self.address, "server")
+        self.write_kubeconfig()
+        handler = type("Handler", (ApiHandler,), {"server_state": self})
+        httpd = http.server.ThreadingHTTPServer(("0.0.0.0", self.port), handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.tls / "serving-kube-apiserver.crt", self.tls / "serving-kube-apiserver.key")
+        context.load_verify_locations(self.tls / "client-ca.crt")
+        context.verify_mode = ssl.CERT_OPTIONAL
+        httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+        log(f"k3s stand-in {VERSION} server listening on :{self.port}, node {self.node_name}")
+        sd_notify("READY=1")
+        httpd.serve_forever()
+
+    def register(self, name: str, password: str, labels: dict, address: str, role: str) -> None:
+        """k3s keeps a hash of each node's password in kube-system/NAME.node-password.k3s."""
+        secret_name = f"{name}.node-password.k3s"
+        digest = hashlib.sha256(password.encode()).hexdigest()
+        saved = self.store.get("secrets", "kube-system", secret_name)
+        if saved and base64.b64decode(saved["data"]["hash"]).decode() != digest:
+            raise ApiError(403, "Forbidden", REJECTED)
+        if not saved:
+            self.store.put("secrets", "kube-system", {
+                "apiVersion": "v1", "kind": "Secret", "type": "k3s.cattle.io/node-password",
+                "metadata": {"name": secret_name, "namespace": "kube-system"},
+                "data": {"hash": base64.b64encode(digest.encode()).decode()}})
+        node = ready_node(name, labels, address, role)
+        old = self.store.get("nodes", "", name)
+        if old:
+            node["metadata"]["labels"] = {**old["metadata"].get("labels", {}), **node["metadata"]["labels"]}
+        self.store.put("nodes", "", node, manager="k3s")
+
+    def write_kubeconfig(self) -> None:
+        def b64(name):
+            return base64.b64encode((self.tls / name).read_bytes()).decode()
+        path = Path(self.config.get("write-kubeconfig", "/etc/rancher/k3s/k3s.yaml"))
+        mode = int(str(self.config.get("write-kubeconfig-mode", "0600")), 8)
+        write_private(path, f"""apiVersion: v1
+clusters:
+- cluster:
+    certificate-authority-data: {b64("server-ca.crt")}
+    server: https://127.0.0.1:{self.port}
+  name: default
+contexts:
+- context:
+    cluster: default
+    user: default
+  name: default
+current-context: default
+kind: Config
+preferences: {{}}
+users:
+- name: default
+  user:
+    client-certificate-data: {b64("client-admin.crt")}
+    client-key-data: {b64("client-admin.key")}
+""", mode)
+
+
+class ApiHandler(http.server.BaseHTTPRequestHandler):
+    server_state: Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):   # the journal gets k3s-style lines only
+        pass
+
+    def send_json(self, code: int, body) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def send_text(self, code: int, text: str, content_type: str = "text/plain") -> None:
+        data = text.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def authenticated(self) -> bool:
+        if self.connection.getpeercert():
+            return True
+        auth = self.headers.get("Authorization", "")
+        return auth.startswith("Bearer ") and auth[7:] in self.server_state.agent_tokens
+
+    def handle_any(self, method: str) -> None:
+        state = self.server_state
+        if state.delay:
+            time.sleep(state.delay)
+        url = urllib.parse.urlsplit(self.path)
+        query = dict(urllib.parse.parse_qsl(url.query))
+        try:
+            if url.path == "/cacerts":
+                return self.send_text(200, (state.tls / "server-ca.crt").read_text())
+            if url.path == "/v1-k3s/standin-join":
+                return self.join()
+            if not self.authenticated():
+                raise ApiError(401, "Unauthorized", "Unauthorized")
+            if url.path in ("/readyz", "/livez", "/healthz"):
+                return self.send_text(200, "ok")
+            if url.path == "/version":
+                return self.send_json(200, {"major": "1", "minor": "31", "gitVersion": VERSION,
+                                            "platform": "linux/amd64"})
+            status, body = self.api(method, url.path.strip("/").split("/"), query)
+            return self.send_json(status, body)
+        except ApiError as err:
+            return self.send_json(err.code, err.status())
+
+    do_GET = lambda self: self.handle_any("GET")          # noqa: E731
+    do_POST = lambda self: self.handle_any("POST")        # noqa: E731
+    do_PUT = lambda self: self.handle_any("PUT")          # noqa: E731
+    do_PATCH = lambda self: self.handle_any("PATCH")      # noqa: E731
+    do_DELETE = lambda self: self.handle_any("DELETE")    # noqa: E731
+
+    def join(self) -> None:
+        """The agent's side of joining: token in basic auth, node name and
+        password in k3s's headers (k3s-Node-Name, k3s-Node-Password)."""
+        state = self.server_state
+        auth = self.headers.get("Authorization", "")
+        try:
+            user, _, secret = base64.b64decode(auth.removeprefix("Basic ")).decode().partition(":")
+        except ValueError:
+            user, secret = "", ""
+        if user not in ("node", "server") or not secrets.compare_digest(secret, state.secret):
+            raise ApiError(401, "Unauthorized", "Unauthorized")
+        request = json.loads(self.body() or b"{}")
+        name = self.headers.get("k3s-Node-Name", "")
+        state.register(name, self.headers.get("k3s-Node-Password", ""), request.get("labels", {}),
+                       request.get("address", self.client_address[0]), "agent")
+        log(f"node {name} joined")
+        bearer = secrets.token_hex(16)
+        state.agent_tokens[bearer] = name
+        self.send_json(200, {"node": name, "token": bearer})
+
+    # /api/v1/..., /apis/GROUP/VERSION/...
+    def api(self, method: str, parts: list[str], query: dict):
+        if parts == ["api"]:
+            return 200, {"kind": "APIVersions", "versions": ["v1"],
+                         "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}
+        if parts == ["apis"]:
+            groups = sorted({g for g, *_ in RESOURCES if g})
+            return 200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+                {"name": g, "versions": [{"groupVersion": f"{g}/v1", "version": "v1"}],
+                 "preferredVersion": {"groupVersion": f"{g}/v1", "version": "v1"}} for g in groups]}
+        if parts[0] == "api":
+            group, rest = "", parts[1:]
+        elif parts[0] == "apis" and len(parts) >= 3:
+            group, rest = parts[1], parts[2:]
+        else:
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({'/'.join(parts)})")
+        version, rest = rest[0], rest[1:]
+        if not rest:
+            return 200, {"kind": "APIResourceList", "apiVersion": "v1",
+                         "groupVersion": f"{group}/{version}" if group else version,
+                         "resources": [{"name": plural, "singularName": kind.lower(), "namespaced": namespaced,
+                                        "kind": kind, "verbs": ["create", "delete", "get", "list", "patch", "update"]}
+                                       for g, v, kind, plural, namespaced in RESOURCES
+                                       if g == group and v == version]}
+        namespace = ""
+        if rest[0] == "namespaces" and len(rest) >= 3:
+            namespace, rest = rest[1], rest[2:]
+        plural, name = rest[0], (rest[1] if len(rest) > 1 else None)
+        if len(rest) > 2:
+            raise ApiError(404, "NotFound", f"subresource {rest[2]} is not served by the k3s stand-in")
+        if (group, version, plural) not in BY_PATH:
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({plural})")
+        kind, namespaced = BY_PATH[(group, version, plural)]
+        api_version = f"{group}/{version}" if group else version
+        return self.resource(method, plural, kind, api_version, namespaced, namespace, name, query)
+
+    def resource(self, method, plural, kind, api_version, namespaced, namespace, name, query):
+        store = self.server_state.store
+        if method == "GET" and name is None:
+            items = store.list(plural, namespace if namespaced and namespace else None,
+                               query.get("labelSelector", ""))
+            return 200, {"kind": f"{kind}List", "apiVersion": api_version,
+                         "metadata": {"resourceVersion": str(store.version)}, "items": items}
+        if namespaced and namespace and method in ("POST", "PUT", "PATCH") \
+                and not store.get("namespaces", "", namespace):
+            raise ApiError(404, "NotFound", f'namespaces "{namespace}" not found')
+        current = store.get(plural, namespace, name) if name else None
+        what = f'{plural} "{name}"'
+        if method == "GET":
+            if not current:
+                raise ApiError(404, "NotFound", f"{what} not found")
+            return 200, current
+        if method == "DELETE":
+            if not store.delete(plural, namespace, name):
+                raise ApiError(404, "NotFound", f"{what} not found")
+            return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success",
+                         "details": {"name": name, "kind": plural}}
+        body = self.body()
+        content_type = self.headers.get("Content-Type", "").split(";")[0]
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            raise ApiError(415, "UnsupportedMediaType",
+                           "the k3s stand-in reads JSON bodies only (YAML is JSON's superset; send JSON)") from None
+        if method == "POST":
+            name = doc.get("metadata", {}).get("name")
+            if store.get(plural, namespace, name):
+                raise ApiError(409, "AlreadyExists", f'{plural} "{name}" already exists')
+            return 201, store.put(plural, namespace, self.checked(doc, kind, api_version, name),
+                                  query.get("fieldManager", "unknown"))
+        if method == "PUT":
+            if not current:
+                raise ApiError(404, "NotFound", f"{what} not found")
+            return 200, store.put(plural, namespace, self.checked(doc, kind, api_version, name),
+                                  query.get("fieldManager", "unknown"))
+        if content_type == "application/apply-patch+yaml":
+            manager = query.get("fieldManager")
+            if not manager:
+                raise ApiError(400, "BadRequest", "PATCH, fieldManager: Required value: is required for apply patch")
+            owners = {f["manager"] for f in (current or {}).get("metadata", {}).get("managedFields", [])}
+            if current and owners - {manager} and query.get("force") != "true":
+                raise ApiError(409, "Conflict", f"Apply failed with conflicts: fields are managed by {sorted(owners)}")
+            applied = self.checked(doc, kind, api_version, name)
+            if current and "status" in current:
+                applied.setdefault("status", current["status"])
+            return (200 if current else 201), store.put(plural, namespace, applied, manager, "Apply")
+        if content_type in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+            if not current:
+                raise ApiError(404, "NotFound", f"{what} not found")
+            return 200, store.put(plural, namespace, merge_patch(current, doc), query.get("fieldManager"))
+        raise ApiError(415, "UnsupportedMediaType", f"unsupported patch type {content_type!r}")
+
+    @staticmethod
+    def checked(doc: dict, kind: str, api_version: str, name: str | None) -> dict:
+        if doc.get("kind") != kind or doc.get("apiVersion") != api_version:
+            raise ApiError(400, "BadRequest", f"the body's kind/apiVersion ({doc.get('apiVersion')}/{doc.get('kind')}) "
+                                              f"does not match the URL ({api_version}/{kind})")
+        meta = doc.get("metadata") or {}
+        if not meta.get("name") or (name and meta["name"] != name):
+            raise ApiError(400, "BadRequest", "metadata.name: Required value, and must match the URL")
+        return copy.deepcopy(doc)
+
+
+# --- the agent ---------------------------------------------------------------
+
+def run_agent(config: dict) -> None:
+    server = str(config.get("server") or "")
+    if not server:
+        fatal("--server is required for the agent")
+    token = read_token(config)
+    if not token:
+        fatal("--token is required")
+    name = str(config.get("node-name") or socket.gethostname())
+    password = node_password()
+    labels = labels_from(config)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    ready = False
+    while True:
+        try:
+            with urllib.request.urlopen(f"{server}/cacerts", context=context, timeout=10) as response:
+                ca = response.read()
+            if token.startswith("K10") and "::" in token:
+                want = token[3:].split("::")[0]
+                if hashlib.sha256(ca).hexdigest() != want:
+                    fatal(f"token CA hash does not match the Cluster CA certificate hash: {server}/cacerts")
+            pinned = ssl.create_default_context(cadata=ca.decode())
+            pinned.check_hostname = False
+            request = urllib.request.Request(
+                f"{server}/v1-k3s/standin-join", method="POST",
+                data=json.dumps({"labels": labels, "address": str(config.get("node-ip", ""))}).encode(),
+                headers={"Authorization": "Basic " + base64.b64encode(f"node:{token_secret(token)}".encode()).decode(),
+                         "k3s-Node-Name": name, "k3s-Node-Password": password,
+                         "Content-Type": "application/json"})
+            with urllib.request.urlopen(request, context=pinned, timeout=10):
+                pass
+            if not ready:
+                log(f"k3s stand-in {VERSION} agent: node {name} joined {server}")
+                sd_notify("READY=1")
+                ready = True
+            time.sleep(10)
+        except urllib.error.HTTPError as err:
+            message = json.loads(err.read() or b"{}").get("message", err.reason)
+            log(f"Waiting to retrieve agent configuration; server is not ready: {message}")
+            time.sleep(5)
+        except (urllib.error.URLError, OSError) as err:
+            log(f"Waiting to retrieve agent configuration; server is not ready: {getattr(err, 'reason', err)}")
+            time.sleep(2)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("--version", "-v", "version"):
+        print(f"k3s version {VERSION} (rackboot test stand-in)\ngo version go1.22.9")
+        return 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    command, rest = argv[0], argv[1:]
+    if command == "server":
+        Server(load_config(rest)).start()
+    elif command == "agent":
+        run_agent(load_config(rest))
+    else:
+        print(f"k3s stand-in: command {command!r} is not implemented (server, agent, --version are)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,52 @@
+"""Stands in for a k3s air-gap bundle (./build.py fetch-k3s) by carrying tests/doubles/k3s_standin.py as its `k3s` binaries; to run the tests against real k3s, set RACKBOOT_K3S_BUNDLE=DIR to a bundle fetched with ./build.py fetch-k3s.
+
+The layout and checksum files are a real bundle's, so the image build
+(image.k3s_bundle.verify) and the agent's k3s step take it as one.
+"""
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+from image import k3s_bundle
+
+STANDIN = Path(__file__).resolve().parent / "k3s_standin.py"
+REAL_BUNDLE_ENV = "RACKBOOT_K3S_BUNDLE"
+
+
+def real_bundle() -> Path | None:
+    value = os.environ.get(REAL_BUNDLE_ENV)
+    return Path(value) if value else None
+
+
+def make(destination: Path, version: str = "v1.31.4+k3s1") -> Path:
+    """Write a stand-in bundle for version into destination/version; return it."""
+    bundle = destination / version
+    bundle.mkdir(parents=True)
+    source = STANDIN.read_text()
+    binary = source.replace('VERSION = "v1.31.4+k3s1"', f'VERSION = "{version}"', 1).encode()
+    # The images tarball: a real zstd-compressed tar (with nothing k3s would import).
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w") as archive:
+        note = f"k3s {version} air-gap images stand-in: no images\n".encode()
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(note)
+        archive.addfile(info, io.BytesIO(note))
+    images = subprocess.run(["zstd", "-q", "-c"], input=tar.getvalue(), capture_output=True, check=True).stdout
+    files = {}
+    for arch in k3s_bundle.ARCHES:
+        assets = {k3s_bundle.binary_name(arch): binary, k3s_bundle.images_name(arch): images}
+        lines = []
+        for name, data in assets.items():
+            (bundle / name).write_bytes(data)
+            files[name] = hashlib.sha256(data).hexdigest()
+            lines.append(f"{files[name]}  {name}")
+        (bundle / k3s_bundle.binary_name(arch)).chmod(0o755)
+        (bundle / k3s_bundle.checksums_name(arch)).write_text("\n".join(lines) + "\n")
+    (bundle / "bundle.json").write_text(json.dumps({"version": version, "arches": list(k3s_bundle.ARCHES),
+                                                    "files": files, "standin": True}, indent=2) + "\n")
+    return bundle

@@ -1,0 +1,115 @@
+"""A pretend machine for running the first-boot agent on the test host.
+
+The agent keeps its real paths (/etc/rancher, /var/lib/rancher,
+/usr/local/bin, /etc/systemd/system, ...). A private mount namespace
+(`unshare --mount`) binds a per-test directory over each of them and a file
+over /proc/cmdline, so the agent, the k3s it installs and the services it
+starts see a machine of their own, and the host is untouched apart from
+empty mount points. systemctl is the stand-in in tests/doubles/bin; the
+network is the host's, so the test reaches the k3s API on 127.0.0.1.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DOUBLES_BIN = REPO / "tests/doubles/bin"
+
+# Machine path -> directory name under the machine's root.
+BINDS = {
+    "/etc/rancher": "etc/rancher",
+    "/var/lib/rancher": "var/lib/rancher",
+    "/usr/local/bin": "usr/local/bin",
+    "/etc/systemd/system": "etc/systemd/system",
+    "/var/lib/rackboot": "var/lib/rackboot",
+    "/etc/rackboot": "etc/rackboot",
+    "/usr/lib/rackboot/k3s": "usr/lib/rackboot/k3s",
+    "/usr/share/rackboot/racks": "usr/share/rackboot/racks",
+}
+
+
+class Machine:
+    def __init__(self, root: Path, cmdline: str, cpuinfo: str | None = None):
+        self.root = root
+        self.systemctl_state = root / "run/systemctl"
+        for path in [*BINDS.values(), "run/systemctl"]:
+            (root / path).mkdir(parents=True, exist_ok=True)
+        (root / "proc-cmdline").write_text(cmdline + "\n")
+        self.holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sleep", "infinity"])
+        ours = os.readlink("/proc/self/ns/mnt")
+        for _ in range(100):
+            if os.readlink(f"/proc/{self.holder.pid}/ns/mnt") != ours:
+                break
+            time.sleep(0.02)
+        self.namespace = os.readlink(f"/proc/{self.holder.pid}/ns/mnt")
+        mounts = [f"mkdir -p {target} && mount --bind {root / source} {target}" for target, source in BINDS.items()]
+        mounts.append(f"mount --bind {root / 'proc-cmdline'} /proc/cmdline")
+        if cpuinfo is not None:      # a Pi's serial number, as its kernel shows it
+            (root / "proc-cpuinfo").write_text(cpuinfo)
+            mounts.append(f"mount --bind {root / 'proc-cpuinfo'} /proc/cpuinfo")
+        self._nsenter(["sh", "-ec", " && ".join(mounts)], check=True)
+
+    def env(self, **extra) -> dict:
+        env = dict(os.environ)
+        env.update(PATH=f"{DOUBLES_BIN}:{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}",
+                   PYTHONPATH=str(REPO), SYSTEMCTL_STANDIN_STATE=str(self.systemctl_state),
+                   RACKBOOT_PROFILES=str(REPO / "rack-profiles"))
+        env.update({k: str(v) for k, v in extra.items()})
+        return env
+
+    def _nsenter(self, argv, **kwargs):
+        return subprocess.run(["nsenter", "-t", str(self.holder.pid), "-m", "--", *argv], **kwargs)
+
+    def run(self, argv: list[str], timeout: float = 300, **env) -> subprocess.CompletedProcess:
+        return self._nsenter(argv, env=self.env(**env), cwd=REPO, stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=timeout)
+
+    def popen(self, argv: list[str], **env) -> subprocess.Popen:
+        return subprocess.Popen(["nsenter", "-t", str(self.holder.pid), "-m", "--", *argv],
+                                env=self.env(**env), cwd=REPO, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def agent(self, role: str = "jumphost", timeout: float = 300, **env) -> subprocess.CompletedProcess:
+        return self.run([sys.executable, "-m", "firstboot", "run", f"--role={role}"], timeout=timeout, **env)
+
+    def path(self, machine_path: str) -> Path:
+        """Where a machine path lives on the host (only under the bound directories)."""
+        for target, source in BINDS.items():
+            if machine_path == target or machine_path.startswith(target + "/"):
+                return self.root / source / machine_path[len(target):].lstrip("/")
+        raise ValueError(f"{machine_path} is not one of the pretend machine's own directories")
+
+    def journal(self, unit: str) -> str:
+        log = self.systemctl_state / f"{unit}.log"
+        return log.read_text(errors="replace") if log.exists() else ""
+
+    def processes(self) -> list[int]:
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if os.readlink(entry / "ns/mnt") == self.namespace:
+                        pids.append(int(entry.name))
+                except OSError:
+                    pass
+        return pids
+
+    def power_off(self) -> None:
+        """Every process of the machine dies at once, as in a power cut."""
+        for pid in self.processes():
+            if pid != self.holder.pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for unit in self.systemctl_state.glob("*.pid"):
+            unit.unlink()
+
+    def destroy(self) -> None:
+        self.power_off()
+        self.holder.kill()
+        self.holder.wait()

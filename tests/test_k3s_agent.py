@@ -1,0 +1,257 @@
+"""The agent's whole run on a pretend jumphost: token from the Secret Manager
+double, k3s installed from the bundle (the stand-in, or real k3s with
+RACKBOOT_K3S_BUNDLE) and started through systemctl, the API ready, the rack's
+YAML and Secrets applied, pruned, and a second run that changes nothing.
+Everything is read back through the real kubernetes client."""
+
+import base64
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from firstboot.profile import load_profiles
+from image import render
+from tests.doubles import k3s_standin_bundle
+from tests.doubles.secret_manager import SecretManagerDouble
+from tests.machine import REPO, Machine
+
+TOKEN = b"rackboot-test-token-must-not-leak-7f3a"
+VERSION = "v1.31.4+k3s1"
+
+
+@pytest.fixture
+def secret_manager():
+    sm = SecretManagerDouble()
+    sm.add("rackboot-example", "k3s-node-token", TOKEN)
+    host = sm.start()
+    yield sm, host
+    sm.stop()
+
+
+class Rack:
+    """A pretend jumphost with the image's files for the example rack."""
+
+    def __init__(self, tmp: Path, sm_host: str):
+        self.tmp = tmp
+        self.profiles = tmp / "profiles"
+        shutil.copytree(REPO / "rack-profiles", self.profiles)
+        self.machine = Machine(tmp / "jumphost", "console=ttyS0 rackboot.rack=example")
+        self.env = {"SECRET_MANAGER_EMULATOR_HOST": sm_host, "RACKBOOT_PROFILES": self.profiles,
+                    "RACKBOOT_READY_TIMEOUT": 60, "RACKBOOT_APPLY_TIMEOUT": 60}
+        bundles = self.machine.path("/usr/lib/rackboot/k3s")
+        real = k3s_standin_bundle.real_bundle()
+        if real:
+            shutil.copytree(real, bundles / real.name)
+        else:
+            k3s_standin_bundle.make(bundles, VERSION)
+        self.rerender()
+
+    def rerender(self) -> None:
+        racks = self.machine.path("/usr/share/rackboot/racks")
+        shutil.rmtree(racks / "example", ignore_errors=True)
+        render.render([p for p in load_profiles([self.profiles]) if p.rack == "example"], racks)
+
+    def edit_profile(self, change) -> None:
+        path = self.profiles / "example.yaml"
+        profile = yaml.safe_load(path.read_text())
+        change(profile)
+        path.write_text(yaml.safe_dump(profile))
+        self.rerender()
+
+    def agent(self, **env) -> subprocess.CompletedProcess:
+        return self.machine.agent("jumphost", **{**self.env, **env})
+
+    def status(self) -> dict:
+        return json.loads(self.machine.path("/var/lib/rackboot/status.json").read_text())
+
+    def status_text(self) -> str:
+        return self.machine.run([sys.executable, "-m", "firstboot", "status"]).stdout
+
+    def kube(self):
+        from kubernetes import config
+        from kubernetes.dynamic import DynamicClient
+        return DynamicClient(config.new_client_from_config(str(self.machine.path("/etc/rancher/k3s/k3s.yaml"))))
+
+    def get(self, api_version, kind, name, namespace=None):
+        dyn = self.kube()
+        return dyn.get(dyn.resources.get(api_version=api_version, kind=kind), name=name, namespace=namespace)
+
+    def k3s_pid(self) -> int:
+        return int((self.machine.systemctl_state / "k3s.service.pid").read_text())
+
+
+@pytest.fixture
+def rack(tmp_path, secret_manager):
+    sm, host = secret_manager
+    rack = Rack(tmp_path, host)
+    rack.sm = sm
+    yield rack
+    rack.machine.destroy()
+
+
+def every_file(root: Path):
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            yield path
+
+
+def test_jumphost_reaches_rack_ready(rack):
+    done = rack.agent()
+    assert done.returncode == 0, done.stderr + rack.status_text()
+    status = rack.status()
+    assert {name: step["outcome"] for name, step in status["steps"].items()} == {
+        "identify": "done", "token": "done", "k3s": "done", "ready": "done", "apply": "done", "report": "done"}
+    m = rack.machine
+    # Installed as k3s's install.sh would: binary, unit, config, token file, node password.
+    bundle = m.path(f"/usr/lib/rackboot/k3s/{VERSION}")
+    assert m.path("/usr/local/bin/k3s").read_bytes() == (bundle / "k3s").read_bytes()
+    for tool in ("kubectl", "crictl", "ctr"):   # linked, unless the system has its own (as install.sh does)
+        if not shutil.which(tool, path="/usr/bin:/bin"):
+            assert m.path(f"/usr/local/bin/{tool}").readlink() == Path("k3s")
+    rendered = m.path("/usr/share/rackboot/racks/example/jumphost/rootfs/etc/rancher/k3s/config.yaml")
+    assert m.path("/etc/rancher/k3s/config.yaml").read_bytes() == rendered.read_bytes()
+    for secret_file in ("/etc/rancher/k3s/token", "/etc/rancher/node/password", "/etc/rancher/k3s/config.yaml"):
+        assert m.path(secret_file).stat().st_mode & 0o777 == 0o600, secret_file
+    assert m.path("/etc/rancher/k3s/token").read_bytes() == TOKEN + b"\n"
+    assert "ExecStart=/usr/local/bin/k3s server" in m.path("/etc/systemd/system/k3s.service").read_text()
+    assert m.path("/etc/systemd/system/multi-user.target.wants/k3s.service").is_symlink()
+    assert m.path("/var/lib/rancher/k3s/agent/images/k3s-airgap-images-amd64.tar.zst").exists()
+    assert status["steps"]["k3s"]["result"]["changed"] == ["binary", "images", "config", "node-password",
+                                                            "token", "unit"]
+    # The cluster: the node with the profile's labels, the rack's YAML applied with our labels.
+    node = rack.get("v1", "Node", "jumphost-example")
+    assert node.metadata.labels["rackboot.dev/rack"] == "example"
+    assert node.metadata.labels["example.dev/owner"] == "lab-team"
+    info = rack.get("v1", "ConfigMap", "rack-info", "rack-apps")
+    assert dict(info.data) == {"rack": "example", "owner": "rackboot"}
+    assert info.metadata.labels["app.kubernetes.io/managed-by"] == "rackboot"
+    assert info.metadata.managedFields[0].manager == "rackboot"
+    assert rack.get("v1", "Service", "metadata", "rack-apps").spec.ports[0].port == 80
+    assert status["steps"]["apply"]["result"]["applied"] == [
+        "Namespace rack-apps", "ConfigMap rack-apps/rack-info", "Service rack-apps/metadata"]
+    # The token is in the token file and nowhere else: not in any other file of the
+    # machine, the agent's output, k3s's journal or the status.
+    outputs = done.stdout + done.stderr + m.journal("k3s.service") + rack.status_text()
+    assert TOKEN.decode() not in outputs
+    # (k3s itself keeps it, as K10<ca hash>::server:TOKEN, in server/token and node-token.)
+    allowed = {m.path(p) for p in ("/etc/rancher/k3s/token", "/var/lib/rancher/k3s/server/token",
+                                   "/var/lib/rancher/k3s/server/node-token")}
+    leaks = [p for p in every_file(m.root) if TOKEN in p.read_bytes() and p not in allowed]
+    assert leaks == []
+
+
+def test_second_run_changes_nothing(rack):
+    assert rack.agent().returncode == 0
+    pid = rack.k3s_pid()
+    version = rack.get("v1", "ConfigMap", "rack-info", "rack-apps").metadata.resourceVersion
+    again = rack.agent()
+    assert again.returncode == 0, again.stderr
+    result = rack.status()["steps"]["k3s"]["result"]
+    assert result["changed"] == [] and result["started"] == "unchanged"
+    assert rack.k3s_pid() == pid                                     # k3s was not restarted
+    assert rack.get("v1", "ConfigMap", "rack-info", "rack-apps").metadata.resourceVersion == version
+    assert rack.status()["steps"]["apply"]["result"]["pruned"] == []
+
+
+def test_newer_bundle_upgrades_and_restarts(rack):
+    assert rack.agent().returncode == 0
+    pid = rack.k3s_pid()
+    if k3s_standin_bundle.real_bundle():
+        pytest.skip("needs two k3s versions; with a real bundle only one is given")
+    k3s_standin_bundle.make(rack.machine.path("/usr/lib/rackboot/k3s"), "v1.31.5+k3s1")
+    rack.edit_profile(lambda p: p["k3s"].update(version="v1.31.5+k3s1"))
+    done = rack.agent()
+    assert done.returncode == 0, done.stderr
+    result = rack.status()["steps"]["k3s"]["result"]
+    assert result["changed"] == ["binary", "images"] and result["started"] == "restarted"
+    assert rack.k3s_pid() != pid
+    version = rack.machine.run(["k3s", "--version"]).stdout
+    assert "v1.31.5+k3s1" in version
+    assert rack.get("v1", "Node", "jumphost-example").status.nodeInfo.kubeletVersion == "v1.31.5+k3s1"
+    # The datastore survived the restart: what was applied is still there.
+    assert rack.get("v1", "ConfigMap", "rack-info", "rack-apps").data["owner"] == "rackboot"
+
+
+def test_missing_bundle_version_fails_k3s_step_naming_it(rack):
+    rack.edit_profile(lambda p: p["k3s"].update(version="v1.32.0+k3s1"))
+    done = rack.agent()
+    assert done.returncode == 1
+    text = rack.status_text()
+    assert "k3s        failed" in text
+    assert "k3s v1.32.0+k3s1: not in this image" in text and f"the image has {VERSION}" in text
+    assert "hint: build the image with --k3s-bundle" in text
+
+
+def test_corrupt_bundle_fails_naming_the_file(rack):
+    binary = rack.machine.path(f"/usr/lib/rackboot/k3s/{VERSION}/k3s")
+    binary.write_bytes(binary.read_bytes() + b"\n# flipped")
+    assert rack.agent().returncode == 1
+    assert f"{VERSION}/k3s: does not match sha256sum-amd64.txt" in rack.status()["steps"]["k3s"]["error"]
+    assert not rack.machine.path("/usr/local/bin/k3s").exists()
+
+
+def test_removed_objects_are_pruned_and_others_left_alone(rack):
+    assert rack.agent().returncode == 0
+    dyn = rack.kube()
+    configmaps = dyn.resources.get(api_version="v1", kind="ConfigMap")
+    dyn.create(configmaps, namespace="rack-apps",
+               body={"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "made-by-hand"}, "data": {}})
+    hello = rack.profiles / "kube/example/10-hello.yaml"
+    hello.write_text(hello.read_text().split("---")[0])     # the Service is gone from the profile
+    done = rack.agent()
+    assert done.returncode == 0, done.stderr
+    assert rack.status()["steps"]["apply"]["result"]["pruned"] == ["Service rack-apps/metadata"]
+    services = dyn.resources.get(api_version="v1", kind="Service")
+    assert [s.metadata.name for s in dyn.get(services, namespace="rack-apps").items] == []
+    assert dyn.get(configmaps, name="made-by-hand", namespace="rack-apps").metadata.name == "made-by-hand"
+
+
+def test_secrets_come_from_their_references_and_never_touch_disk(rack):
+    value = b'{"type": "service_account", "private_key": "----- never on disk -----"}'
+    wrapped = yaml.safe_dump({"apiVersion": "v1", "kind": "Secret",
+                              "data": {"key.json": base64.b64encode(b"wrapped-value-9b1").decode()}}).encode()
+    rack.sm.add("rackboot-example", "metadata-sa", value)
+    rack.sm.add("rackboot-example", "old-style", wrapped)
+    rack.edit_profile(lambda p: p.update(secrets=[
+        {"name": "metadata-sa", "namespace": "rack-apps",
+         "data": {"key.json": "sm://rackboot-example/metadata-sa",
+                  "old.json": {"ref": "sm://rackboot-example/old-style", "key": "key.json"}}}]))
+    done = rack.agent()
+    assert done.returncode == 0, done.stderr + rack.status_text()
+    secret = rack.get("v1", "Secret", "metadata-sa", "rack-apps")
+    assert base64.b64decode(secret.data["key.json"]) == value
+    assert base64.b64decode(secret.data["old.json"]) == b"wrapped-value-9b1"
+    assert secret.metadata.labels["rackboot.dev/rack"] == "example"
+    assert rack.status()["steps"]["apply"]["result"]["secrets"] == ["rack-apps/metadata-sa"]
+    # The values went to the API only: on the machine, the sole copy is k3s's datastore.
+    datastore = rack.machine.path("/var/lib/rancher/k3s/server/db")
+    for path in every_file(rack.machine.root):
+        if datastore not in path.parents:
+            content = path.read_bytes()
+            assert b"never on disk" not in content and b"wrapped-value-9b1" not in content, path
+
+
+def test_malformed_manifest_fails_apply_naming_file_and_document(rack):
+    bad = rack.profiles / "kube/example/20-bad.yaml"
+    bad.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: fine, namespace: rack-apps}\n---\n"
+                   "- just\n- a list\n")
+    done = rack.agent()
+    assert done.returncode == 2
+    text = rack.status_text()
+    assert "apply      failed" in text
+    assert f"{bad}: document 2 is not a mapping" in text
+    assert rack.status()["failed"] == "apply"
+
+
+def test_document_the_api_refuses_is_reported(rack):
+    bad = rack.profiles / "kube/example/20-orphan.yaml"
+    bad.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: orphan, namespace: no-such-ns}\n")
+    assert rack.agent().returncode == 2
+    error = rack.status()["steps"]["apply"]["error"]
+    assert error.startswith(f"{bad}: document 1 (ConfigMap no-such-ns/orphan): the API refused it (404)")
+    assert 'namespaces "no-such-ns" not found' in error
