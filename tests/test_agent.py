@@ -1,7 +1,8 @@
-"""The agent's step runner: identify -> token -> report. A failure is recorded
-where `status` explains it, the report still goes out, and a later run after
-the cause is fixed finishes. The token comes through the real Secret Manager
-client from the double in tests/doubles/."""
+"""The agent's step runner, in process, for identify and token: a failure is
+recorded where `status` explains it, the report still goes out, and a later
+run after the cause is fixed goes on (here to the k3s step, which finds no
+bundle: the whole run is in test_k3s_agent.py). The token comes through the
+real Secret Manager client from the double in tests/doubles/."""
 
 import ipaddress
 import json
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from firstboot import agent, identify, report, state, token
+from firstboot import agent, identify, k3s, report, state, token
 from tests.doubles.secret_manager import SecretManagerDouble
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,6 +26,7 @@ def machine(tmp_path, monkeypatch):
     a Secret Manager holding the twins' token."""
     monkeypatch.setattr(state, "STATE_DIR", tmp_path / "state")
     monkeypatch.setattr(token, "TOKEN_FILE", tmp_path / "etc/rancher/k3s/token")
+    monkeypatch.setattr(k3s, "BUNDLES", tmp_path / "usr/lib/rackboot/k3s")     # an image without k3s
     monkeypatch.setattr(agent, "PROFILES", REPO / "tests/profiles/twins")
     monkeypatch.setattr(identify, "rack_from_seed", lambda: None)
     monkeypatch.setattr(identify.NetworkView, "read", staticmethod(lambda: identify.NetworkView(
@@ -56,7 +58,8 @@ def test_ambiguous_rack_fails_identify_and_status_explains(machine):
     assert saved["failed"] == "identify" and saved["steps"]["identify"]["outcome"] == "failed"
     assert "token" not in saved["steps"] and sm.calls == []
     [summary] = sent   # the report still goes out
-    assert summary["steps"] == {"identify": "failed", "token": "skipped"}
+    assert summary["steps"] == {"identify": "failed", "token": "skipped", "k3s": "skipped",
+                                "ready": "skipped", "apply": "skipped"}
     assert "racks twin-a, twin-b all match" in summary["errors"]["identify"]
     text = status_text(tmp_path)
     assert "identify   failed" in text and "token      not reached" in text
@@ -69,15 +72,17 @@ def test_run_after_fix_fetches_token_and_reports(machine, monkeypatch, capsys):
     tmp_path, sent, sm = machine
     assert agent.run("jumphost") == 1
     monkeypatch.setattr(identify, "rack_from_seed", lambda: "twin-b")   # the seed is attached
-    assert agent.run("jumphost") == 0
+    assert agent.run("jumphost") == 1
     saved = json.loads((tmp_path / "state/status.json").read_text())
-    assert saved["failed"] is None
+    assert saved["failed"] == "k3s"
+    assert saved["steps"]["k3s"]["error"].startswith("k3s v1.31.4+k3s1: not in this image")
     assert saved["steps"]["identify"]["result"] == {"rack": "twin-b", "role": "jumphost",
                                                     "node": "jh-b", "source": "seed"}
     assert saved["steps"]["token"]["result"]["changed"] is True
     assert (tmp_path / "etc/rancher/k3s/token").read_bytes() == TOKEN + b"\n"
     assert sm.calls == ["projects/rackboot-test/secrets/k3s-token/versions/latest"]
-    assert sent[-1]["steps"] == {"identify": "done", "token": "done"} and sent[-1]["errors"] == {}
+    assert sent[-1]["steps"] == {"identify": "done", "token": "done", "k3s": "failed",
+                                 "ready": "skipped", "apply": "skipped"}
     assert "token      done" in status_text(tmp_path)
     # The value is nowhere but the token file.
     everything = (tmp_path / "state/status.json").read_text() + json.dumps(sent) + str(capsys.readouterr())
@@ -89,7 +94,8 @@ def test_missing_secret_fails_token_step_naming_the_reference(machine, monkeypat
     sm.secrets.clear()
     monkeypatch.setattr(identify, "rack_from_seed", lambda: "twin-a")
     assert agent.run("jumphost") == 1
-    assert sent[-1]["steps"] == {"identify": "done", "token": "failed"}
+    assert sent[-1]["steps"] == {"identify": "done", "token": "failed", "k3s": "skipped",
+                                 "ready": "skipped", "apply": "skipped"}
     assert sent[-1]["errors"]["token"].startswith("sm://rackboot-test/k3s-token: NotFound")
     text = status_text(tmp_path)
     assert "failed at step token" in text and "secretAccessor" in text

@@ -5,23 +5,18 @@ YAML and Secrets applied, pruned, and a second run that changes nothing.
 Everything is read back through the real kubernetes client."""
 
 import base64
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from firstboot.profile import load_profiles
-from image import render
 from tests.doubles import k3s_standin_bundle
 from tests.doubles.secret_manager import SecretManagerDouble
-from tests.machine import REPO, Machine
+from tests.machine import REPO
+from tests.rack import VERSION, Rack
 
 TOKEN = b"rackboot-test-token-must-not-leak-7f3a"
-VERSION = "v1.31.4+k3s1"
 
 
 @pytest.fixture
@@ -33,65 +28,13 @@ def secret_manager():
     sm.stop()
 
 
-class Rack:
-    """A pretend jumphost with the image's files for the example rack."""
-
-    def __init__(self, tmp: Path, sm_host: str):
-        self.tmp = tmp
-        self.profiles = tmp / "profiles"
-        shutil.copytree(REPO / "rack-profiles", self.profiles)
-        self.machine = Machine(tmp / "jumphost", "console=ttyS0 rackboot.rack=example")
-        self.env = {"SECRET_MANAGER_EMULATOR_HOST": sm_host, "RACKBOOT_PROFILES": self.profiles,
-                    "RACKBOOT_READY_TIMEOUT": 60, "RACKBOOT_APPLY_TIMEOUT": 60}
-        bundles = self.machine.path("/usr/lib/rackboot/k3s")
-        real = k3s_standin_bundle.real_bundle()
-        if real:
-            shutil.copytree(real, bundles / real.name)
-        else:
-            k3s_standin_bundle.make(bundles, VERSION)
-        self.rerender()
-
-    def rerender(self) -> None:
-        racks = self.machine.path("/usr/share/rackboot/racks")
-        shutil.rmtree(racks / "example", ignore_errors=True)
-        render.render([p for p in load_profiles([self.profiles]) if p.rack == "example"], racks)
-
-    def edit_profile(self, change) -> None:
-        path = self.profiles / "example.yaml"
-        profile = yaml.safe_load(path.read_text())
-        change(profile)
-        path.write_text(yaml.safe_dump(profile))
-        self.rerender()
-
-    def agent(self, **env) -> subprocess.CompletedProcess:
-        return self.machine.agent("jumphost", **{**self.env, **env})
-
-    def status(self) -> dict:
-        return json.loads(self.machine.path("/var/lib/rackboot/status.json").read_text())
-
-    def status_text(self) -> str:
-        return self.machine.run([sys.executable, "-m", "firstboot", "status"]).stdout
-
-    def kube(self):
-        from kubernetes import config
-        from kubernetes.dynamic import DynamicClient
-        return DynamicClient(config.new_client_from_config(str(self.machine.path("/etc/rancher/k3s/k3s.yaml"))))
-
-    def get(self, api_version, kind, name, namespace=None):
-        dyn = self.kube()
-        return dyn.get(dyn.resources.get(api_version=api_version, kind=kind), name=name, namespace=namespace)
-
-    def k3s_pid(self) -> int:
-        return int((self.machine.systemctl_state / "k3s.service.pid").read_text())
-
-
 @pytest.fixture
 def rack(tmp_path, secret_manager):
     sm, host = secret_manager
-    rack = Rack(tmp_path, host)
+    rack = Rack(tmp_path, REPO / "rack-profiles", "example", host)
     rack.sm = sm
     yield rack
-    rack.machine.destroy()
+    rack.destroy()
 
 
 def every_file(root: Path):

@@ -32,6 +32,11 @@ class SecretManagerDouble:
         with self._lock:
             self._faults += [code] * count
 
+    def recover(self) -> None:
+        """Drop the faults still ordered: the store is back."""
+        with self._lock:
+            self._faults.clear()
+
     def _access(self, request: types.AccessSecretVersionRequest, context) -> types.AccessSecretVersionResponse:
         with self._lock:
             self.calls.append(request.name)

@@ -1,0 +1,117 @@
+"""Pis join their rack's cluster: the agent on a pretend Pi (found by the
+serial its kernel shows) installs k3s as an agent pointed at the jumphost,
+and the node registers with the profile's labels. A Pi that lost its local
+state (a netbooted Pi keeps /etc/rancher in RAM) and a replacement Pi with
+the same name join again as the same node, where k3s's own random node
+password would be rejected; the test shows that rejection too."""
+
+import fcntl
+import os
+import shutil
+import time
+
+import pytest
+
+from tests.doubles.secret_manager import SecretManagerDouble
+from tests.machine import REPO
+from tests.rack import Rack
+
+TOKEN = b"loop-rack-token-4c9e"
+
+
+@pytest.fixture
+def rack(tmp_path):
+    sm = SecretManagerDouble()
+    sm.add("rackboot-loop", "k3s-node-token", TOKEN)
+    rack = Rack(tmp_path, REPO / "tests/profiles/loopback", "loop", sm.start())
+    done = rack.agent()
+    assert done.returncode == 0, done.stderr + rack.status_text()
+    yield rack
+    rack.destroy()
+    sm.stop()
+
+
+def nodes(rack) -> dict:
+    dyn = rack.kube()
+    return {n.metadata.name: n for n in dyn.get(dyn.resources.get(api_version="v1", kind="Node")).items}
+
+
+def node_password_hash(rack, name: str) -> str:
+    return rack.get("v1", "Secret", f"{name}.node-password.k3s", "kube-system").data["hash"]
+
+
+def join(rack, pi):
+    done = rack.agent(pi, role="pi")
+    assert done.returncode == 0, done.stderr + rack.status_text(pi) + pi.journal("k3s-agent.service")
+    return rack.status(pi)
+
+
+def test_pis_join_with_their_labels(rack):
+    first, second = rack.add_pi("pi1", "0b0b0b01"), rack.add_pi("pi2", "0b0b0b02")
+    status = join(rack, first)
+    assert status["steps"]["identify"]["result"] == {"rack": "loop", "role": "pi", "node": "loop-pi-01",
+                                                     "source": "serial"}
+    assert status["steps"]["apply"]["result"] == {"skipped": "the jumphost applies the rack's YAML"}
+    join(rack, second)
+    found = nodes(rack)
+    assert set(found) == {"jumphost-loop", "loop-pi-01", "loop-pi-02"}
+    labels = found["loop-pi-01"].metadata.labels
+    assert labels["rackboot.dev/rack"] == "loop" and labels["rackboot.dev/role"] == "pi"
+    assert labels["rackboot.dev/model"] == "pi4" and labels["example.dev/device-pool"] == "android"
+    assert "example.dev/device-pool" not in found["loop-pi-02"].metadata.labels
+    assert first.path("/etc/systemd/system/k3s-agent.service").read_text().count("ExecStart=/usr/local/bin/k3s agent")
+    assert "server: https://127.0.0.2:16443" in first.path("/etc/rancher/k3s/config.yaml").read_text()
+
+
+def test_pi_that_lost_its_state_and_a_replacement_rejoin_as_the_same_node(rack):
+    pi = rack.add_pi("pi1", "0b0b0b01")
+    join(rack, pi)
+    registered = node_password_hash(rack, "loop-pi-01")
+    # Power cut on a netbooted Pi: /etc/rancher and /var/lib/rancher were in RAM.
+    pi.power_off()
+    for directory in ("/etc/rancher", "/var/lib/rancher"):
+        for child in pi.path(directory).iterdir():
+            shutil.rmtree(child)
+    join(rack, pi)
+    assert "Node password rejected" not in pi.journal("k3s-agent.service")
+    # The board dies; a new one (new serial) takes its name in the profile.
+    pi.destroy()
+    rack.edit_profile(lambda p: p["pis"][0].update(serial="0b0b0b99"))
+    replacement = rack.add_pi("pi1-new", "0b0b0b99")
+    status = join(rack, replacement)
+    assert status["steps"]["identify"]["result"]["node"] == "loop-pi-01"
+    assert node_password_hash(rack, "loop-pi-01") == registered
+    assert nodes(rack)["loop-pi-01"].status.conditions[0].status == "True"
+
+
+def test_k3s_random_node_password_would_be_rejected(rack):
+    """The control: what a replaced Pi meets without rackboot's derived password."""
+    join(rack, rack.add_pi("pi1", "0b0b0b01"))
+    stranger = rack.add_pi("stranger", "0b0b0b01")
+    # k3s's own behaviour: no password file, so it makes a random one.
+    config = stranger.path("/etc/rancher/k3s")
+    config.mkdir(parents=True)
+    (config / "token").write_bytes(TOKEN + b"\n")
+    (config / "config.yaml").write_text("server: https://127.0.0.2:16443\ntoken-file: /etc/rancher/k3s/token\n"
+                                        "node-name: loop-pi-01\n")
+    bundle = next(stranger.path("/usr/lib/rackboot/k3s").iterdir())
+    agent = stranger.popen([str(bundle / "k3s"), "agent"])
+    try:
+        deadline = time.monotonic() + 30
+        seen = ""
+        while "Node password rejected" not in seen and time.monotonic() < deadline:
+            time.sleep(0.5)
+            if agent.poll() is not None:
+                break
+            seen = _stderr_so_far(agent)
+        assert "Node password rejected" in seen
+    finally:
+        stranger.power_off()
+
+
+def _stderr_so_far(process) -> str:
+    fd = process.stderr.fileno()
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+    chunk = process.stderr.read() or ""
+    process.captured = getattr(process, "captured", "") + chunk
+    return process.captured
