@@ -106,7 +106,7 @@ def cmd_boot(args) -> int:
     files = qemu.BootFiles(args.output / f"boot-{profile.rack}")
     qemu.prepare(files)
     argv = qemu.qemu_argv(profile, disk, seed_image, files, kvm=args.kvm, ssh_port=args.ssh_port,
-                          interactive=not args.until_report)
+                          api_port=args.api_port, interactive=not args.until_report)
     log.info("booting %s (%s); status port log: %s", disk, "KVM" if args.kvm else "TCG", files.status_log)
     if not args.until_report:
         log.info("serial console follows; Ctrl-A X quits%s",
@@ -166,6 +166,9 @@ def _verb_options(name: str, sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--no-seed", action="store_true",
                          help="boot without the rack's seed (the jumphost must then recognise its network)")
         sub.add_argument("--ssh-port", type=int, metavar="PORT", help="forward 127.0.0.1:PORT to the guest's ssh")
+        sub.add_argument("--api-port", type=int, metavar="PORT",
+                         help="forward 127.0.0.1:PORT to the guest's k3s API (kubeconfig: sudo cat "
+                              "/etc/rancher/k3s/k3s.yaml on the guest, server port changed to PORT)")
         sub.add_argument("--until-report", action="store_true",
                          help="run headless until the agent reports, print the report, and stop")
         sub.add_argument("--timeout", type=float, default=900, help="seconds to wait with --until-report")

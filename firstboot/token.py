@@ -28,6 +28,12 @@ def install_token(ref: SecretRef, path: Path | None = None, access=None, datasto
     if b"\n" in value:
         raise RackbootError(f"{ref}: the secret has more than one line; a k3s token has one",
                             hint="store the token alone, or use {ref: ..., key: ...} for a Secret YAML")
+    if value.startswith(b"K10") and b"::" in value:
+        # A secure token pins one server's CA; every jumphost flashed from the
+        # image makes its own, so the rack's shared token must not pin one.
+        raise RackbootError(f"{ref}: the secret is a secure k3s token (K10<CA hash>::...), which pins "
+                            "one server's CA; a replacement jumphost would have another",
+                            hint="store the short form: the part after the last ':' of K10...::server:SECRET")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         changed = path.read_bytes().strip() != value

@@ -57,6 +57,7 @@ def accelerator(kvm: bool) -> str:
 
 def qemu_argv(profile: RackProfile, disk: Path, seed: Path | None, files: BootFiles,
               kvm: bool = False, memory_mb: int = 2048, ssh_port: int | None = None,
+              api_port: int | None = None,
               interactive: bool = False) -> list[str]:
     for firmware in (OVMF_CODE, OVMF_VARS):
         if not firmware.exists():
@@ -68,6 +69,8 @@ def qemu_argv(profile: RackProfile, disk: Path, seed: Path | None, files: BootFi
               f"dhcpstart={first_dynamic}")
     if ssh_port:
         netdev += f",hostfwd=tcp:127.0.0.1:{ssh_port}-{profile.jumphost.address}:22"
+    if api_port:     # the rack's k3s API, as attach.sh's ssh -L would give it
+        netdev += f",hostfwd=tcp:127.0.0.1:{api_port}-{profile.jumphost.address}:{profile.k3s.api_port}"
     argv = [
         "qemu-system-x86_64", "-machine", "q35", "-accel", accelerator(kvm),
         "-cpu", "host" if kvm else "max", "-smp", "2", "-m", str(memory_mb),
@@ -96,8 +99,9 @@ def prepare(files: BootFiles) -> None:
         path.unlink(missing_ok=True)
 
 
-def boot_until_report(argv: list[str], files: BootFiles, timeout: float) -> dict:
-    """Boot, wait for the agent's report on the status port, then stop the VM."""
+def boot_until_report(argv: list[str], files: BootFiles, timeout: float, while_running=None) -> dict:
+    """Boot, wait for the agent's report on the status port, then stop the VM.
+    while_running(report), if given, is called with the VM still up."""
     with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True) as proc:
         deadline = time.monotonic() + timeout
@@ -105,6 +109,8 @@ def boot_until_report(argv: list[str], files: BootFiles, timeout: float) -> dict
             while time.monotonic() < deadline:
                 report = _read_report(files.status_log)
                 if report is not None:
+                    if while_running is not None:
+                        while_running(report)
                     return report
                 if proc.poll() is not None:
                     raise RackbootError(f"QEMU exited ({proc.returncode}) before the guest reported: "

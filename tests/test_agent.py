@@ -17,7 +17,7 @@ from firstboot import agent, identify, k3s, report, state, token
 from tests.doubles.secret_manager import SecretManagerDouble
 
 REPO = Path(__file__).resolve().parent.parent
-TOKEN = b"K10twin::server:do-not-log-me"
+TOKEN = b"twin-rack-token-do-not-log-me"
 
 
 @pytest.fixture

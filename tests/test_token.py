@@ -9,7 +9,7 @@ from firstboot import secretref
 from firstboot.errors import RackbootError
 from firstboot.token import install_token
 
-TOKEN = b"K10abc::server:never-in-a-log"
+TOKEN = b"rack-token-never-in-a-log"
 REF = secretref.parse("sm://rackboot-test/k3s-token")
 
 
@@ -22,16 +22,30 @@ def test_writes_token_file_root_only_and_reports_change(tmp_path):
     assert TOKEN.decode() not in repr(result)
     again = install_token(REF, path, access=lambda ref: TOKEN)
     assert again["changed"] is False
-    rotated = install_token(REF, path, access=lambda ref: b"K10new::server:rotated")
-    assert rotated["changed"] is True and path.read_bytes() == b"K10new::server:rotated\n"
+    rotated = install_token(REF, path, access=lambda ref: b"rotated-rack-token")
+    assert rotated["changed"] is True and path.read_bytes() == b"rotated-rack-token\n"
     assert [p.name for p in path.parent.iterdir()] == ["token"]
 
 
 @pytest.mark.parametrize("value, message", [(b"  \n", "the secret is empty"),
-                                            (b"line1\nline2", "more than one line")])
+                                            (b"line1\nline2", "more than one line"),
+                                            (b"K10" + b"ab" * 32 + b"::server:line1", "pins one server's CA")])
 def test_refuses_values_that_are_not_a_token(tmp_path, value, message):
     path = tmp_path / "token"
     with pytest.raises(RackbootError, match=message) as caught:
         install_token(REF, path, access=lambda ref: value)
     assert not path.exists()
     assert "line1" not in str(caught.value)
+
+
+def test_server_with_a_datastore_keeps_its_token_when_the_store_changes(tmp_path):
+    """k3s refuses to start on a datastore made with another token: the old
+    file stays and the error says how to rotate."""
+    path, datastore = tmp_path / "token", tmp_path / "db"
+    install_token(REF, path, access=lambda ref: TOKEN, datastore=datastore)
+    datastore.mkdir()
+    assert install_token(REF, path, access=lambda ref: TOKEN, datastore=datastore)["changed"] is False
+    with pytest.raises(RackbootError, match="datastore .* was made with the old one") as caught:
+        install_token(REF, path, access=lambda ref: b"new-token", datastore=datastore)
+    assert "k3s token rotate" in caught.value.hint
+    assert path.read_bytes() == TOKEN + b"\n"

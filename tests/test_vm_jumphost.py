@@ -1,21 +1,29 @@
 """VM tier: the example rack's jumphost image, booted in QEMU with OVMF (TCG).
 
-The guest judges itself: the first-boot agent writes its report (identity,
-cloud-init outcome, failed units, host key fingerprints) to a virtio-serial
-port, and these tests read that report. Each boot's serial log is kept under
-tests/artifacts/.
+The image carries a k3s bundle: the stand-in's (tests/doubles/k3s_standin.py),
+or real k3s when RACKBOOT_K3S_BUNDLE names one. The guest judges itself: the
+first-boot agent writes its report (identity, steps, cloud-init outcome,
+failed units, host key fingerprints) to a virtio-serial port, and these tests
+read that report. One boot is also inspected from outside while it runs: ssh
+in as the profile's admin, take k3s's kubeconfig, and read the applied
+objects back through a forwarded API port, as attach.sh did. Each boot's
+serial log is kept under tests/artifacts/.
 """
 
+import dataclasses
 import json
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from firstboot.profile import load_profiles
-from image import jumphost, qemu, seed
+from image import jumphost, k3s_bundle, qemu, seed
+from tests.doubles import k3s_standin_bundle
 from tests.doubles.secret_manager import SecretManagerDouble
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,11 +52,14 @@ def built(tmp_path_factory):
         pytest.skip(reason)
     out = tmp_path_factory.mktemp("image")
     [profile] = load_profiles([PROFILE])
-    outputs = jumphost.build([profile], jumphost.ImageOptions(output=out))
+    bundle_dir = k3s_standin_bundle.real_bundle() or k3s_standin_bundle.make(
+        tmp_path_factory.mktemp("k3s"), profile.k3s.version)
+    options = jumphost.ImageOptions(output=out, k3s_bundle=k3s_bundle.verify(bundle_dir))
+    outputs = jumphost.build([profile], options)
     return profile, out, outputs
 
 
-TOKEN = b"K10rackboot-vm-test::server:token-that-must-not-leak"
+TOKEN = b"rackboot-vm-test-token-that-must-not-leak"
 
 
 @pytest.fixture
@@ -62,7 +73,8 @@ def secret_manager():
     double.stop()
 
 
-def boot(profile, image: Path, name: str, agent_env: dict | None = None, with_seed: bool = True) -> dict:
+def boot(profile, image: Path, name: str, agent_env: dict | None = None, with_seed: bool = True,
+         while_running=None, **ports) -> dict:
     """Boot a fresh copy of the image; return the guest's report."""
     files = qemu.BootFiles(ARTIFACTS / name)
     qemu.prepare(files)
@@ -70,7 +82,8 @@ def boot(profile, image: Path, name: str, agent_env: dict | None = None, with_se
     subprocess.run(["cp", "--sparse=always", str(image), str(disk)], check=True)
     seed_image = seed.make_seed(profile, files.workdir, agent_env) if with_seed else None
     try:
-        return qemu.boot_until_report(qemu.qemu_argv(profile, disk, seed_image, files), files, BOOT_TIMEOUT)
+        return qemu.boot_until_report(qemu.qemu_argv(profile, disk, seed_image, files, **ports), files,
+                                      BOOT_TIMEOUT, while_running)
     finally:
         disk.unlink(missing_ok=True)   # keep the logs, not 2 GB of disk
 
@@ -116,30 +129,80 @@ def test_image_holds_no_machine_state_and_the_whole_agent(built, tmp_path):
                  "/usr/share/rackboot/racks/example/jumphost/seed/user-data",
                  "/usr/lib/rackboot/site-packages/google/cloud/secretmanager_v1/__init__.py",
                  "/usr/lib/rackboot/site-packages/google/cloud/storage/__init__.py",
-                 "/usr/lib/rackboot/site-packages/google/cloud/kms_v1/__init__.py"):
+                 "/usr/lib/rackboot/site-packages/google/cloud/kms_v1/__init__.py",
+                 "/usr/lib/rackboot/site-packages/kubernetes/dynamic/client.py",
+                 "/usr/lib/rackboot/k3s/v1.31.4+k3s1/k3s",
+                 "/usr/lib/rackboot/k3s/v1.31.4+k3s1/k3s-airgap-images-amd64.tar.zst"):
         assert "Type: regular" in _debugfs(root, f"stat {path}"), path
 
 
-def test_two_boots_of_one_image(built, secret_manager):
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+ALL_DONE = {"identify": "done", "token": "done", "k3s": "done", "ready": "done", "apply": "done"}
+
+
+def test_two_boots_of_one_image_reach_rack_ready(built, secret_manager, tmp_path):
     """Seeded boots: cloud-init clean, no failed unit, rack identified, the
-    token fetched by the image's own Secret Manager client, and two jumphosts
-    flashed from the same image get different ssh host keys."""
+    token fetched by the image's own Secret Manager client, k3s installed and
+    ready, the rack's YAML applied; two jumphosts flashed from the same image
+    get different ssh host keys. The first boot is read from outside."""
     profile, out, _ = built
     port = secret_manager.address.rsplit(":", 1)[1]
     env = {"SECRET_MANAGER_EMULATOR_HOST": f"{profile.network.router}:{port}"}
-    reports = [boot(profile, out / "jumphost.img", f"jumphost-boot-{n}", env) for n in (1, 2)]
+    key = tmp_path / "admin"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    admin = dataclasses.replace(profile, jumphost=dataclasses.replace(
+        profile.jumphost, ssh_authorized_keys=(key.with_suffix(".pub").read_text().strip(),)))
+    ssh_port, api_port = _free_port(), _free_port()
+    seen = {}
+
+    def read_back(report):
+        ssh = ["ssh", "-i", str(key), "-p", str(ssh_port), "-o", "StrictHostKeyChecking=no",
+               "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "rackboot@127.0.0.1"]
+        kubeconfig = yaml.safe_load(subprocess.run([*ssh, "sudo", "cat", "/etc/rancher/k3s/k3s.yaml"],
+                                                   capture_output=True, text=True, check=True, timeout=120).stdout)
+        kubeconfig["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{api_port}"
+        from kubernetes import config
+        from kubernetes.dynamic import DynamicClient
+        dyn = DynamicClient(config.new_client_from_config_dict(kubeconfig))
+        def get(api_version, kind, name, namespace=None):
+            return dyn.get(dyn.resources.get(api_version=api_version, kind=kind), name=name, namespace=namespace)
+        seen["configmap"] = get("v1", "ConfigMap", "rack-info", "rack-apps").to_dict()
+        seen["service"] = get("v1", "Service", "metadata", "rack-apps").to_dict()
+        seen["node"] = get("v1", "Node", "jumphost-example").to_dict()
+        seen["status"] = subprocess.run([*ssh, "sudo", "env", "PYTHONPATH=/usr/lib/rackboot", "python3", "-m",
+                                         "firstboot", "status"], capture_output=True, text=True, timeout=120).stdout
+        seen["k3s_journal"] = subprocess.run([*ssh, "sudo", "journalctl", "-u", "k3s", "-u", "rackboot-firstboot",
+                                              "--no-pager"], capture_output=True, text=True, timeout=120).stdout
+
+    reports = [boot(admin, out / "jumphost.img", "jumphost-boot-1", env, while_running=read_back,
+                    ssh_port=ssh_port, api_port=api_port),
+               boot(profile, out / "jumphost.img", "jumphost-boot-2", env)]
     for n, report in enumerate(reports, start=1):
         assert report["identity"] == {"rack": "example", "role": "jumphost",
                                       "node": "jumphost-example", "source": "seed"}
         assert report["cloud_init"]["status"] == "done", report["cloud_init"]
         assert report["cloud_init"]["errors"] == []
         assert report["failed_units"] == []
-        assert report["steps"] == {"identify": "done", "token": "done"}, report["errors"]
+        assert report["steps"] == ALL_DONE, report["errors"]
         assert len(report["ssh_host_keys"]) == 3
         assert TOKEN not in (ARTIFACTS / f"jumphost-boot-{n}" / "serial.log").read_bytes()
     assert secret_manager.calls == ["projects/rackboot-example/secrets/k3s-node-token/versions/latest"] * 2
     first, second = (r["ssh_host_keys"] for r in reports)
     assert set(first.values()).isdisjoint(second.values())
+    # Read back from outside the guest.
+    assert seen["configmap"]["data"] == {"rack": "example", "owner": "rackboot"}
+    assert seen["configmap"]["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "rackboot"
+    assert seen["service"]["spec"]["ports"][0]["port"] == 80
+    assert seen["node"]["metadata"]["labels"]["rackboot.dev/rack"] == "example"
+    assert seen["node"]["metadata"]["labels"]["example.dev/owner"] == "lab-team"
+    assert "apply      done" in seen["status"] and "failed" not in seen["status"]
+    assert TOKEN.decode() not in seen["k3s_journal"] + seen["status"]
+    assert "step apply: done" in seen["k3s_journal"]
 
 
 def test_unseeded_jumphost_recognises_its_network(built):
@@ -150,7 +213,8 @@ def test_unseeded_jumphost_recognises_its_network(built):
     assert report["identity"] == {"rack": "example", "role": "jumphost",
                                   "node": "jumphost-example", "source": "network"}
     # Without a seed there are no credentials: the token step fails and says why.
-    assert report["steps"] == {"identify": "done", "token": "failed"}
+    assert report["steps"] == {"identify": "done", "token": "failed", "k3s": "skipped", "ready": "skipped",
+                               "apply": "skipped"}
     assert report["errors"]["token"].startswith("sm://rackboot-example/k3s-node-token: no Google credentials")
     assert report["cloud_init"]["status"] == "done" and report["cloud_init"]["errors"] == []
     assert report["failed_units"] == []
