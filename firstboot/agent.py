@@ -91,6 +91,9 @@ def step_report(ctx: Context) -> dict:
     summary = {
         "identity": ctx.identity.to_json() if ctx.identity else None,
         "cloud_init": report.cloud_init(),
+        # Seconds since the kernel started: when cloud-init finished, and now (the rack is
+        # ready when every step before this one is done).
+        "uptime": {"cloud_init_finished": report.cloud_init_finished_uptime(), "report": report.uptime()},
         "failed_units": [u for u in report.failed_units() if u != "rackboot-firstboot.service"],
         "ssh_host_keys": report.ssh_host_keys(),
         "steps": {name: ctx.status["steps"].get(name, {}).get("outcome", "skipped") for name in STEPS[:-1]},

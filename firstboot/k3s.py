@@ -17,13 +17,14 @@ Node password: k3s registers each node name with a password and rejects a
 node that comes back under the same name with another one ("Node password
 rejected"), which is what a re-imaged jumphost, a replaced Pi or a netbooted
 Pi whose /etc/rancher lives in RAM would do with k3s's random password. The
-password here is derived from the rack's token and the node name, so the same
-name on new hardware presents the same password. Whoever holds the token can
-already join the cluster; deriving the password adds no new secret.
+password here is derived from the rack and node names, so the same name on
+new hardware presents the same one. That gives up, on purpose, k3s's guard
+against one token holder taking over another node's name: Pis that boot one
+shared root and one token cannot hold per-node secrets. Joining at all still
+needs the token.
 """
 
 import hashlib
-import hmac
 import os
 import platform
 import shutil
@@ -159,8 +160,8 @@ def config_source(rack: str, role: str, node: str) -> Path:
     return RACKS / rack / "pi/nodes" / node / "etc/rancher/k3s/config.yaml"
 
 
-def node_password(token: bytes, node: str) -> bytes:
-    return hmac.new(token, b"rackboot k3s node password\0" + node.encode(), hashlib.sha256).hexdigest().encode()
+def node_password(rack: str, node: str) -> bytes:
+    return hashlib.sha256(f"rackboot k3s node password\0{rack}\0{node}".encode()).hexdigest().encode()
 
 
 def systemctl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -179,10 +180,8 @@ def install(rack: str, role: str, node: str, version: str, token_changed: bool) 
     if not config.exists():
         raise RackbootError(f"{config}: the rack's k3s config is not in this image",
                             hint=f"rebuild the image with the profile of rack {rack}")
-    try:
-        token = TOKEN_FILE.read_bytes().strip()
-    except FileNotFoundError:
-        raise RackbootError(f"{TOKEN_FILE}: missing; the token step writes it") from None
+    if not TOKEN_FILE.exists():
+        raise RackbootError(f"{TOKEN_FILE}: missing; the token step writes it")
     changed = []
     if _place(binary, BIN_DIR / "k3s", 0o755):
         changed.append("binary")
@@ -194,7 +193,7 @@ def install(rack: str, role: str, node: str, version: str, token_changed: bool) 
         changed.append("images")
     if _place(config.read_bytes(), CONFIG, 0o600):
         changed.append("config")
-    if _place(node_password(token, node) + b"\n", NODE_PASSWORD, 0o600):
+    if _place(node_password(rack, node) + b"\n", NODE_PASSWORD, 0o600):
         changed.append("node-password")
     if token_changed:
         changed.append("token")

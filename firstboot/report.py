@@ -13,6 +13,20 @@ from pathlib import Path
 STATUS_PORT = Path("/dev/virtio-ports/org.rackboot.status")
 CLOUD_INIT_RESULT = Path("/run/cloud-init/result.json")
 CLOUD_INIT_STATUS = Path("/run/cloud-init/status.json")
+CLOUD_INIT_FINISHED = Path("/var/lib/cloud/instance/boot-finished")
+
+
+def uptime() -> float:
+    return float(Path("/proc/uptime").read_text().split()[0])
+
+
+def cloud_init_finished_uptime() -> float | None:
+    """When cloud-init finished this boot, in seconds since the kernel started
+    (boot-finished starts with the uptime it was written at)."""
+    try:
+        return float(CLOUD_INIT_FINISHED.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _output(argv: list[str], timeout: float = 900) -> tuple[int, str]:

@@ -18,9 +18,10 @@ TOKEN_FILE = Path("/etc/rancher/k3s/token")
 
 
 def install_token(ref: SecretRef, path: Path | None = None, access=None, datastore: Path | None = None) -> dict:
-    """datastore: a k3s server's datastore directory. When it exists, the server
-    was set up with the token in path, and k3s refuses to start with another;
-    a changed token then fails here and the old file stays."""
+    """datastore: a k3s server's datastore directory. When it exists, k3s
+    refuses to start with a token other than the one it was set up (or
+    rotated, with `k3s token rotate`) to; any other changed token fails here
+    and the old file stays."""
     path = path or TOKEN_FILE
     value = (access or secrets.access)(ref).strip()
     if not value:
@@ -39,7 +40,8 @@ def install_token(ref: SecretRef, path: Path | None = None, access=None, datasto
         changed = path.read_bytes().strip() != value
     except FileNotFoundError:
         changed = True
-    if changed and datastore is not None and datastore.exists() and path.exists():
+    if changed and datastore is not None and datastore.exists() and path.exists() \
+            and _server_token_secret(datastore) != value:
         raise RackbootError(
             f"{ref}: the k3s token changed, but this server's datastore ({datastore}) was made with "
             "the old one and k3s refuses to start with another",
@@ -57,3 +59,13 @@ def install_token(ref: SecretRef, path: Path | None = None, access=None, datasto
             Path(tmp).unlink(missing_ok=True)
             raise
     return {"reference": str(ref), "file": str(path), "changed": changed}
+
+
+def _server_token_secret(datastore: Path) -> bytes | None:
+    """The secret k3s's datastore now takes: k3s keeps K10<hash>::server:SECRET
+    in server/token, next to the datastore, and rewrites it when rotated."""
+    try:
+        full = (datastore.parent / "token").read_bytes().strip()
+    except OSError:
+        return None
+    return full.rsplit(b":", 1)[-1] if b"::" in full else full

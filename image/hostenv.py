@@ -29,6 +29,9 @@ HOST_PACKAGES = (
     "mmdebstrap", "e2fsprogs", "dosfstools", "mtools", "genimage", "bmap-tools", "zstd",
     # Booting them: QEMU with UEFI firmware.
     "qemu-system-x86", "ovmf",
+    # Testing: the agent on pretend machines (unshare, nsenter), the k3s
+    # stand-in's certificates, ssh into booted images.
+    "util-linux", "openssl", "openssh-client",
 )
 
 

@@ -24,6 +24,7 @@ def rack(tmp_path):
     sm = SecretManagerDouble()
     sm.add("rackboot-loop", "k3s-node-token", TOKEN)
     rack = Rack(tmp_path, REPO / "tests/profiles/loopback", "loop", sm.start())
+    rack.sm = sm
     done = rack.agent()
     assert done.returncode == 0, done.stderr + rack.status_text()
     yield rack
@@ -115,3 +116,30 @@ def _stderr_so_far(process) -> str:
     chunk = process.stderr.read() or ""
     process.captured = getattr(process, "captured", "") + chunk
     return process.captured
+
+
+def test_rotating_the_token_as_the_readme_says(rack, tmp_path):
+    sm = rack.sm
+    pi = rack.add_pi("pi1", "0b0b0b01")
+    join(rack, pi)
+    # The store changes without k3s being told: the jumphost keeps its token and k3s.
+    sm.add("rackboot-loop", "k3s-node-token", b"rotated-token-1e77")
+    pid = rack.k3s_pid()
+    assert rack.agent().returncode == 1
+    assert "the k3s token changed, but this server's datastore" in rack.status()["steps"]["token"]["error"]
+    assert "k3s token rotate" in rack.status_text()
+    assert rack.machine.path("/etc/rancher/k3s/token").read_bytes() == TOKEN + b"\n"
+    assert rack.k3s_pid() == pid
+    # README: 1. rotate in k3s, 2. (stored above), 3. re-run the jumphost's agent, then the Pi's.
+    rotate = rack.machine.run(["k3s", "token", "rotate", "--server", "https://127.0.0.2:16443",
+                               "--token", TOKEN.decode(), "--new-token", "rotated-token-1e77"])
+    assert rotate.returncode == 0, rotate.stderr
+    done = rack.agent()
+    assert done.returncode == 0, done.stderr + rack.status_text()
+    assert rack.status()["steps"]["k3s"]["result"]["changed"] == ["token"]
+    assert rack.k3s_pid() != pid
+    status = join(rack, pi)
+    assert status["steps"]["token"]["result"]["changed"] is True
+    assert status["steps"]["k3s"]["result"]["started"] == "restarted"
+    assert "Node password rejected" not in pi.journal("k3s-agent.service")
+    assert nodes(rack)["loop-pi-01"].status.conditions[0].status == "True"

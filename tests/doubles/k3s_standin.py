@@ -16,6 +16,9 @@ k3s's command line, files and protocols that rackboot relies on:
                API over HTTPS (client-certificate auth) and the join endpoints,
                keeps its datastore in DATA/server/db, sends sd_notify READY=1.
                Refuses to start on a datastore made with another token, as k3s does.
+  k3s token rotate --token OLD --new-token NEW [--server URL]
+               asks the running server to take NEW: it rewrites server/token
+               and node-token and accepts only NEW from then on, as k3s does.
   k3s agent    reads the same config (server, token, token-file, node-name,
                node-label); pins the server CA when the token is K10-style;
                presents /etc/rancher/node/password; a node name already
@@ -453,11 +456,7 @@ class Server:
                   "with different token")
         if token.startswith("K10") and "::" in token and token[3:].split("::")[0] != ca_hash:
             fatal("token CA hash does not match the Cluster CA certificate hash")
-        self.store.extra["token_sha256"] = digest
-        full = f"K10{ca_hash}::server:{secret}"
-        write_private(self.data / "server/token", full + "\n")
-        write_private(self.data / "server/node-token", full + "\n")
-        self.secret = secret
+        self.set_token(secret)
         for namespace in ("default", "kube-system", "kube-public", "kube-node-lease"):
             if not self.store.get("namespaces", "", namespace):
                 self.store.put("namespaces", "", {"apiVersion": "v1", "kind": "Namespace",
@@ -474,6 +473,16 @@ class Server:
         log(f"k3s stand-in {VERSION} server listening on :{self.port}, node {self.node_name}")
         sd_notify("READY=1")
         httpd.serve_forever()
+
+    def set_token(self, secret: str) -> None:
+        ca_hash = hashlib.sha256((self.tls / "server-ca.crt").read_bytes()).hexdigest()
+        with self.store.lock:
+            self.store.extra["token_sha256"] = hashlib.sha256(secret.encode()).hexdigest()
+            self.store.save()
+        full = f"K10{ca_hash}::server:{secret}"
+        write_private(self.data / "server/token", full + "\n")
+        write_private(self.data / "server/node-token", full + "\n")
+        self.secret = secret
 
     def register(self, name: str, password: str, labels: dict, address: str, role: str) -> None:
         """k3s keeps a hash of each node's password in kube-system/NAME.node-password.k3s."""
@@ -563,6 +572,8 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
                 return self.send_text(200, (state.tls / "server-ca.crt").read_text())
             if url.path == "/v1-k3s/standin-join":
                 return self.join()
+            if url.path == "/v1-k3s/token" and method == "PUT":
+                return self.rotate()
             if not self.authenticated():
                 raise ApiError(401, "Unauthorized", "Unauthorized")
             if url.path in ("/readyz", "/livez", "/healthz"):
@@ -600,6 +611,20 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
         bearer = secrets.token_hex(16)
         state.agent_tokens[bearer] = name
         self.send_json(200, {"node": name, "token": bearer})
+
+    def rotate(self) -> None:
+        state = self.server_state
+        auth = self.headers.get("Authorization", "")
+        try:
+            user, _, secret = base64.b64decode(auth.removeprefix("Basic ")).decode().partition(":")
+        except ValueError:
+            user, secret = "", ""
+        if user != "server" or not secrets.compare_digest(secret, state.secret):
+            raise ApiError(401, "Unauthorized", "Unauthorized")
+        new = token_secret(json.loads(self.body())["token"])
+        state.set_token(new)
+        log("token rotated; restart servers and agents with the new token")
+        self.send_json(200, {})
 
     # /api/v1/..., /apis/GROUP/VERSION/...
     def api(self, method: str, parts: list[str], query: dict):
@@ -752,6 +777,30 @@ def run_agent(config: dict) -> None:
             time.sleep(2)
 
 
+def rotate_token(argv: list[str]) -> int:
+    options = {"server": "https://127.0.0.1:6443", "token": os.environ.get("K3S_TOKEN", "")}
+    args = iter(argv)
+    for arg in args:
+        key, _, value = arg.removeprefix("--").partition("=")
+        options[key] = value or next(args)
+    if not options["token"] or not options.get("new-token"):
+        fatal("--token and --new-token are required")
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    request = urllib.request.Request(
+        f"{options['server']}/v1-k3s/token", method="PUT",
+        data=json.dumps({"token": options["new-token"]}).encode(),
+        headers={"Authorization": "Basic " + base64.b64encode(
+            f"server:{token_secret(options['token'])}".encode()).decode(), "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=30):
+            pass
+    except urllib.error.HTTPError as err:
+        fatal(f"token rotation failed: {err.code} {err.reason}")
+    print("Token rotated, restart k3s nodes with new token")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("--version", "-v", "version"):
         print(f"k3s version {VERSION} (rackboot test stand-in)\ngo version go1.22.9")
@@ -762,6 +811,8 @@ def main(argv: list[str]) -> int:
         Server(load_config(rest)).start()
     elif command == "agent":
         run_agent(load_config(rest))
+    elif command == "token" and rest[:1] == ["rotate"]:
+        return rotate_token(rest[1:])
     else:
         print(f"k3s stand-in: command {command!r} is not implemented (server, agent, --version are)",
               file=sys.stderr)
