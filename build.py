@@ -5,7 +5,8 @@
 
 The pipeline: profile (firstboot/profile.py) -> render (image/render.py) ->
 rootfs (image/rootfs.py) -> disk (image/jumphost.py, image/disk.py) -> boot
-(image/qemu.py); the Raspberry Pi netboot tree is still to come. Run
+(image/qemu.py), and for Raspberry Pis rootfs (arm64) -> TFTP tree
+(image/netboot.py). Run
 `./build.py VERB --help` for each verb. Exit status: 0 success, 1 failure,
 2 bad input (nothing written).
 """
@@ -26,7 +27,7 @@ from pathlib import Path  # noqa: E402
 
 from firstboot.errors import BadInput, RackbootError  # noqa: E402
 from firstboot.profile import load_profiles  # noqa: E402
-from image import jumphost, k3s_bundle, qemu, render, rootfs, seed  # noqa: E402
+from image import jumphost, k3s_bundle, netboot, qemu, render, rootfs, seed  # noqa: E402
 from image import log as progress  # noqa: E402
 
 log = logging.getLogger("rackboot")
@@ -124,6 +125,19 @@ def _one_profile(args):
     return profiles
 
 
+def cmd_netboot(args) -> int:
+    profiles = load_profiles(args.profiles)
+    if os.geteuid() != 0:
+        raise RackbootError("building the Pi root filesystem needs root (mmdebstrap in root mode)",
+                            hint=f"sudo {' '.join(sys.argv)}")
+    for profile in profiles:
+        target = args.output / profile.rack if len(profiles) > 1 else args.output
+        tree = netboot.build(profile, target, args.release, args.cache_dir, not args.no_cache)
+        log.info("  %s: %d files, %d Pi directories", tree, sum(1 for p in tree.iterdir() if p.is_file()),
+                 sum(1 for p in tree.iterdir() if p.is_dir()))
+    return 0
+
+
 VERBS = {
     "check": (cmd_check, "validate rack profiles; report every problem as FILE: PATH: MESSAGE",
               False),
@@ -135,17 +149,21 @@ VERBS = {
     "fetch-k3s": (cmd_fetch_k3s, "download a k3s release's binaries and air-gap images (amd64, arm64) "
                                  "into DIR/VERSION/, verified against the release's checksums; each "
                                  "argument is a version (v1.31.4+k3s1) or a profile naming one", True),
+    "netboot": (cmd_netboot, "write the Raspberry Pi TFTP tree a Pi 4 bootloader fetches: firmware, "
+                             "config.txt, kernel, initramfs, device trees, cmdline.txt (NFS root), one "
+                             "directory per Pi; DIR/tftp (DIR/RACK/tftp for several racks; needs root)", True),
     "boot": (cmd_boot, "boot DIR/jumphost.img in QEMU (UEFI, TCG) as a jumphost of this rack, "
                        "with its seed; changes are discarded", True),
 }
 
 
 def _verb_options(name: str, sub: argparse.ArgumentParser) -> None:
-    if name == "image":
+    if name in ("image", "netboot"):
         sub.add_argument("--release", default="bookworm", help="Debian release (default: bookworm)")
         sub.add_argument("--cache-dir", type=Path, default=rootfs.default_cache_dir(), metavar="DIR",
                          help="root filesystem cache (default: %(default)s)")
         sub.add_argument("--no-cache", action="store_true", help="rebuild the root filesystem")
+    if name == "image":
         sub.add_argument("--compress", action="store_true", help="also write jumphost.img.zst")
         sub.add_argument("--k3s-bundle", type=Path, metavar="DIR",
                          help="include this k3s bundle (from fetch-k3s: DIR is its VERSION directory); "

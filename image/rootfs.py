@@ -49,10 +49,20 @@ class RootfsSpec:
     release: str
     arch: str
     packages: tuple[str, ...]
+    # initramfs-tools' MODULES= (most, dep, netboot, list), set before the
+    # kernel is installed; None keeps Debian's default (most).
+    initramfs_modules: str | None = None
+    # Paths (shell globs) copied out of the tree into the cache entry's copied/.
+    copy_out: tuple[str, ...] = ()
+    components: tuple[str, ...] = ("main",)
 
     def key(self) -> str:
-        text = json.dumps({"v": CACHE_VERSION, "release": self.release, "arch": self.arch,
-                           "packages": sorted(self.packages)}, sort_keys=True)
+        inputs = {"v": CACHE_VERSION, "release": self.release, "arch": self.arch,
+                  "packages": sorted(self.packages)}
+        if self.initramfs_modules or self.copy_out or self.components != ("main",):   # existing keys stay
+            inputs.update(initramfs_modules=self.initramfs_modules, copy_out=list(self.copy_out),
+                          components=list(self.components))
+        text = json.dumps(inputs, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -67,17 +77,44 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rackboot"
 
 
+def _ensure_foreign_arch(arch: str) -> None:
+    """mmdebstrap runs a foreign architecture's maintainer scripts under
+    qemu-user, which needs binfmt_misc; on hosts without systemd running
+    (containers, chroots) nothing registers it at boot, so do it here."""
+    if run(["dpkg", "--print-architecture"], capture=True).stdout.strip() == arch:
+        return
+    if run(["arch-test", arch], capture=True, check=False).returncode == 0:
+        return
+    binfmt = Path("/proc/sys/fs/binfmt_misc")
+    if not (binfmt / "status").exists():
+        run(["mount", "-t", "binfmt_misc", "binfmt_misc", binfmt], capture=True, check=False)
+    run(["update-binfmts", "--enable"], capture=True, check=False)
+    if run(["arch-test", arch], capture=True, check=False).returncode != 0:
+        raise RackbootError(f"this machine cannot run {arch} programs (needed to build the {arch} root filesystem)",
+                            hint="apt-get install qemu-user-static binfmt-support; "
+                                 "mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc")
+
+
 def build(spec: RootfsSpec, cache_dir: Path, use_cache: bool = True) -> Rootfs:
     entry = cache_dir / f"rootfs-{spec.release}-{spec.arch}-{spec.key()}"
     tarball, boot = entry / "rootfs.tar", entry / "boot"
     if use_cache and (entry / "complete").exists():
         log.info("  reusing cached root filesystem %s", entry)
         return Rootfs(tarball, boot, cached=True)
+    _ensure_foreign_arch(spec.arch)
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=cache_dir))
+    hooks = []
+    if spec.initramfs_modules:
+        hooks.append('--setup-hook=mkdir -p "$1/etc/initramfs-tools/conf.d" && '
+                     f'echo MODULES={spec.initramfs_modules} > "$1/etc/initramfs-tools/conf.d/rackboot"')
+    if spec.copy_out:
+        sources = " ".join(f'"$1"{path}' for path in spec.copy_out)    # the chroot quoted, globs not
+        hooks.append(f'--customize-hook=mkdir -p {staging}/copied && cp -a {sources} {staging}/copied/')
     try:
         with progress.step(f"mmdebstrap {spec.release} {spec.arch} ({len(spec.packages)} packages)"):
             run(["mmdebstrap", "--variant=minbase", "--mode=root", f"--architectures={spec.arch}",
+                 f"--components={','.join(spec.components)}", *hooks,
                  "--include=" + ",".join(spec.packages),
                  # No man pages or docs (copyrights stay): smaller image, same function.
                  "--dpkgopt=path-exclude=/usr/share/man/*",

@@ -1,0 +1,126 @@
+"""The Raspberry Pi netboot tree: what a Pi 4's bootloader fetches over TFTP.
+
+    render -> Pi rootfs (arm64, cached) -> TFTP tree
+
+    tftp/start4.elf, fixup4.dat          firmware, from Debian's raspi-firmware
+    tftp/bcm2711-rpi-4-b.dtb, ...        device trees, from Debian's arm64 kernel
+    tftp/vmlinuz, initrd.img             that kernel and its (NFS-capable) initramfs
+    tftp/config.txt, cmdline.txt         rendered from the profile (templates/pi/tftp/)
+    tftp/SERIAL/ or tftp/MAC/            one directory per Pi of the profile: links to the above
+
+The bootloader asks for SERIAL/start4.elf first (or dc-a6-32-...-/start4.elf
+with TFTP_PREFIX=2) and, finding it, takes every later file from that
+directory; a Pi without one falls back to the root, boots the same system,
+and its agent then says it is in no profile.
+"""
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from firstboot.errors import RackbootError
+from firstboot.profile import BootDirBy, RackProfile
+from image import render, rootfs
+from image import log as progress
+from image.atomic import replace_directory
+
+log = logging.getLogger("rackboot")
+
+# Firmware for the Pi 4 family (start4*/fixup4*) and the Pi 5's needs none
+# (its bootloader is in EEPROM); bootcode.bin only for older Pis.
+FIRMWARE = ("start4.elf", "fixup4.dat", "start4cd.elf", "fixup4cd.dat", "start4x.elf", "fixup4x.dat",
+            "start4db.elf", "fixup4db.dat")
+DEVICE_TREES = ("bcm2711-rpi-4-b.dtb", "bcm2711-rpi-400.dtb", "bcm2711-rpi-cm4.dtb", "bcm2712-rpi-5-b.dtb")
+REQUIRED = ("start4.elf", "fixup4.dat", "bcm2711-rpi-4-b.dtb")
+
+# The Pi's packages: the same agent as the jumphost's (its node role), k3s's
+# needs, the NFS client, and time sync (a Pi has no clock; TLS needs one).
+PI_PACKAGES = (
+    "linux-image-arm64", "initramfs-tools", "raspi-firmware",
+    "systemd", "systemd-sysv", "udev", "dbus", "systemd-timesyncd",
+    "nfs-common", "iproute2", "openssh-server", "ca-certificates",
+    *rootfs.AGENT_PACKAGES,
+)
+
+
+def pi_rootfs_spec(release: str) -> rootfs.RootfsSpec:
+    # MODULES=netboot: the initramfs gets network drivers and NFS, not every
+    # module (MODULES=most takes over 20 minutes under qemu-user here).
+    # raspi-firmware is in Debian's non-free-firmware component.
+    return rootfs.RootfsSpec(release, "arm64", PI_PACKAGES, initramfs_modules="netboot",
+                             copy_out=("/usr/lib/raspi-firmware", "/usr/lib/linux-image-*"),
+                             components=("main", "non-free-firmware"))
+
+
+@dataclass(frozen=True)
+class BootFiles:
+    kernel: Path
+    initrd: Path
+    firmware: dict[str, Path]       # name in the TFTP tree -> file
+    device_trees: dict[str, Path]
+
+
+def boot_files(pi_rootfs: rootfs.Rootfs) -> BootFiles:
+    kernel, initrd = rootfs.kernel_and_initrd(pi_rootfs)
+    extra = pi_rootfs.boot.parent / "copied"
+    firmware = {name: extra / "raspi-firmware" / name for name in FIRMWARE
+                if (extra / "raspi-firmware" / name).exists()}
+    trees = {}
+    for tree_dir in sorted(extra.glob("linux-image-*/broadcom")):
+        trees.update({name: tree_dir / name for name in DEVICE_TREES if (tree_dir / name).exists()})
+    missing = [name for name in REQUIRED if name not in firmware and name not in trees]
+    if missing:
+        raise RackbootError(f"the Pi root filesystem lacks {', '.join(missing)} (looked in {extra})",
+                            hint="rebuild it with --no-cache; raspi-firmware and linux-image-arm64 provide them")
+    return BootFiles(kernel, initrd, firmware, trees)
+
+
+def pi_directory(pi, by: BootDirBy) -> str | None:
+    """The directory the Pi's bootloader asks for: its serial, or its MAC as
+    dc-a6-32-01-36-c2 (TFTP_PREFIX=2)."""
+    if by == BootDirBy.SERIAL:
+        return pi.serial
+    return pi.mac.replace(":", "-") if pi.mac else None
+
+
+def write_tftp_tree(profile: RackProfile, rendered: render.RenderedTree, files: BootFiles, output: Path) -> Path:
+    """Write output/tftp for profile, replacing it whole; return it."""
+    output.mkdir(parents=True, exist_ok=True)
+    final = output / "tftp"
+    staging = Path(tempfile.mkdtemp(prefix=".tftp.", dir=output))
+    try:
+        shared = {**files.firmware, **files.device_trees, "vmlinuz": files.kernel, "initrd.img": files.initrd}
+        for name, source in shared.items():
+            shutil.copyfile(source, staging / name)
+        for name in ("config.txt", "cmdline.txt"):
+            text = rendered[PurePosixPath("pi/tftp", name)]
+            (staging / name).write_text(text if text.endswith("\n") else text + "\n")
+        names = sorted([*shared, "config.txt", "cmdline.txt"])
+        for pi in profile.pis:
+            directory = pi_directory(pi, profile.netboot.boot_dir_by)
+            if directory is None:
+                log.warning("  %s has no %s: it boots from the TFTP root", pi.name, profile.netboot.boot_dir_by)
+                continue
+            (staging / directory).mkdir()
+            for name in names:       # relative links: the tree can move (into the image, to /srv)
+                (staging / directory / name).symlink_to(Path("..") / name)
+        for path in [staging, *staging.rglob("*")]:
+            if not path.is_symlink():
+                os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        replace_directory(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def build(profile: RackProfile, output: Path, release: str = "bookworm", cache_dir: Path | None = None,
+          use_cache: bool = True) -> Path:
+    rendered = render.render_rack(profile)
+    with progress.step("Pi root filesystem (arm64)"):
+        pi_rootfs = rootfs.build(pi_rootfs_spec(release), cache_dir or rootfs.default_cache_dir(), use_cache)
+    with progress.step(f"TFTP tree for {len(profile.pis)} Pis of rack {profile.rack}"):
+        return write_tftp_tree(profile, rendered, boot_files(pi_rootfs), output)

@@ -1,0 +1,163 @@
+"""The Pi netboot tree and the jumphost's dnsmasq serving it.
+
+The conformance test replays a Raspberry Pi 4 bootloader's TFTP requests
+(serial directory probe, fall back to the root for an unknown Pi, config.txt,
+firmware, device tree, optional files it asks for and may miss, cmdline.txt,
+kernel, initramfs) against real dnsmasq, started with the rack's rendered
+configuration in a network namespace of its own, and checks every answer
+byte for byte. The fast tier serves a tree written from stand-in boot files;
+the vm tier builds the real arm64 root filesystem (Debian's raspi-firmware,
+kernel and NFS initramfs) with `netboot.build` and serves that.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from firstboot.profile import load_profiles
+from image import netboot, render
+from tests.machine import REPO
+
+EXAMPLE = REPO / "rack-profiles/example.yaml"
+# The order a Pi 4 bootloader asks in (raspberrypi/documentation, "Network boot"),
+# after finding its serial directory; files marked optional may be missing.
+SEQUENCE = ["start4.elf", "config.txt", "pieeprom.sig", "recovery.elf", "start4.elf", "fixup4.dat",
+            "bcm2711-rpi-4-b.dtb", "overlays/overlay_map.dtb", "cmdline.txt", "vmlinuz", "initrd.img"]
+OPTIONAL = {"pieeprom.sig", "recovery.elf", "overlays/overlay_map.dtb"}
+
+
+@pytest.fixture(scope="module")
+def profile():
+    [example] = load_profiles([EXAMPLE])
+    return example
+
+
+def standin_boot_files(directory: Path) -> netboot.BootFiles:
+    """Files with the right names and distinct contents, for the fast tier."""
+    directory.mkdir()
+    def make(name, size):
+        path = directory / name
+        path.write_bytes(os.urandom(size))
+        return path
+    return netboot.BootFiles(
+        kernel=make("vmlinuz-6.1.0-arm64", 300_000), initrd=make("initrd.img-6.1.0-arm64", 700_001),
+        firmware={"start4.elf": make("start4.elf", 2_200_000), "fixup4.dat": make("fixup4.dat", 5_400)},
+        device_trees={"bcm2711-rpi-4-b.dtb": make("bcm2711-rpi-4-b.dtb", 52_000)})
+
+
+class Dnsmasq:
+    """The jumphost's dnsmasq, configured from the rendered file, in a private
+    network namespace (its own loopback: TFTP's port 69 is free there)."""
+
+    def __init__(self, conf_text: str, tftp_root: Path, tftp_root_in_conf: str, workdir: Path):
+        self.holder = subprocess.Popen(["unshare", "--net", "sleep", "infinity"])
+        time.sleep(0.2)
+        self.nsenter = ["nsenter", "-t", str(self.holder.pid), "-n", "--"]
+        subprocess.run([*self.nsenter, "ip", "link", "set", "lo", "up"], check=True)
+        assert f"tftp-root={tftp_root_in_conf}" in conf_text
+        conf = workdir / "dnsmasq.conf"
+        conf.write_text(conf_text.replace(f"tftp-root={tftp_root_in_conf}", f"tftp-root={tftp_root}")
+                        + "interface=lo\n")
+        self.log = workdir / "dnsmasq.log"
+        subprocess.run(["dnsmasq", "--test", f"--conf-file={conf}"], check=True, capture_output=True)
+        self.process = subprocess.Popen([*self.nsenter, "dnsmasq", "--keep-in-foreground", "--no-resolv",
+                                         f"--conf-file={conf}", f"--log-facility={self.log}",
+                                         "--user=root", "--pid-file="])
+        for _ in range(50):
+            if self.log.exists() and "TFTP root" in self.log.read_text():
+                break
+            time.sleep(0.1)
+
+    def fetch(self, names: list[str], out: Path) -> list[dict]:
+        out.mkdir(exist_ok=True)
+        result = subprocess.run([*self.nsenter, sys.executable, "-m", "tests.tftp_client", "127.0.0.1", *names,
+                                 "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return [json.loads(line) for line in result.stdout.splitlines()]
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait()
+        self.holder.kill()
+        self.holder.wait()
+
+
+def check_conformance(profile, tree: Path, workdir: Path) -> None:
+    rendered = render.render_rack(profile)
+    conf = rendered[PurePosixPath("jumphost/rootfs/etc/dnsmasq.d/rackboot-netboot.conf")]
+    server = Dnsmasq(conf, tree, profile.netboot.tftp_root, workdir)
+    try:
+        known = profile.pis[0].serial
+        # A known Pi: its serial directory answers, and every later request is under it.
+        answers = server.fetch([f"{known}/{name}" for name in SEQUENCE], workdir / "known")
+        for name, answer in zip(SEQUENCE, answers):
+            if name in OPTIONAL:
+                assert not answer["ok"] and answer["error_code"] == 1, answer   # "file not found"
+                continue
+            assert answer["ok"], answer
+            expected = (tree / name).read_bytes()
+            assert Path(answer["saved"]).read_bytes() == expected, name
+            assert answer["tsize"] == len(expected) and answer["blksize"] == 1468
+        cmdline = (tree / known / "cmdline.txt").read_text()
+        assert f"nfsroot={profile.jumphost.address}:{profile.netboot.nfs_root}" in cmdline
+        for flag in ("root=/dev/nfs", "ip=dhcp", "cgroup_memory=1", "cgroup_enable=memory", "rootwait"):
+            assert flag in cmdline.split()
+        assert "arm_64bit=1" in (tree / known / "config.txt").read_text().splitlines()
+        # An unknown Pi: the probe fails, it falls back to the root and gets the same files.
+        probe, *fallback = server.fetch(["deadbeef/start4.elf", "start4.elf", "config.txt", "cmdline.txt"],
+                                        workdir / "unknown")
+        assert not probe["ok"] and probe["error_code"] == 1
+        for name, answer in zip(["start4.elf", "config.txt", "cmdline.txt"], fallback):
+            assert answer["ok"] and Path(answer["saved"]).read_bytes() == (tree / name).read_bytes()
+        # Nothing outside the TFTP root.
+        [escape] = server.fetch(["../dnsmasq.conf"], workdir / "escape")
+        assert not escape["ok"]
+    finally:
+        server.stop()
+    assert "sent" in server.log.read_text()      # dnsmasq's own log saw the transfers
+
+
+def test_tree_layout(profile, tmp_path):
+    files = standin_boot_files(tmp_path / "boot")
+    tree = netboot.write_tftp_tree(profile, render.render_rack(profile), files, tmp_path / "out")
+    assert tree == tmp_path / "out/tftp"
+    top = sorted(p.name for p in tree.iterdir())
+    assert top == sorted(["0a1b2c01", "0a1b2c02", "bcm2711-rpi-4-b.dtb", "cmdline.txt", "config.txt",
+                          "fixup4.dat", "initrd.img", "start4.elf", "vmlinuz"])
+    for pi in profile.pis:
+        entries = {p.name: os.readlink(p) for p in (tree / pi.serial).iterdir()}
+        assert entries["start4.elf"] == "../start4.elf" and len(entries) == 7
+    assert (tree / "vmlinuz").read_bytes() == files.kernel.read_bytes()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["tftp"]     # no staging left
+
+
+def test_tree_by_mac(profile, tmp_path):
+    import dataclasses
+    by_mac = dataclasses.replace(profile, netboot=dataclasses.replace(profile.netboot, boot_dir_by="mac"))
+    tree = netboot.write_tftp_tree(by_mac, render.render_rack(by_mac), standin_boot_files(tmp_path / "b"),
+                                   tmp_path / "out")
+    assert (tree / "dc-a6-32-00-00-01" / "start4.elf").exists()
+
+
+def test_dnsmasq_serves_the_pi4_request_sequence(profile, tmp_path):
+    tree = netboot.write_tftp_tree(profile, render.render_rack(profile), standin_boot_files(tmp_path / "boot"),
+                                   tmp_path / "out")
+    check_conformance(profile, tree, tmp_path)
+
+
+@pytest.mark.vm
+def test_real_pi_tree_from_debian(profile, tmp_path):
+    """The real tree: Debian's arm64 kernel, its NFS initramfs, raspi-firmware."""
+    if os.geteuid() != 0:
+        pytest.skip("building the Pi root filesystem needs root")
+    tree = netboot.build(profile, tmp_path / "out")
+    unpacked = subprocess.run(["zstd", "-dc", str(tree / "initrd.img")], capture_output=True, check=True).stdout
+    initrd = subprocess.run(["cpio", "-it", "--quiet"], input=unpacked, capture_output=True, check=True).stdout.decode()
+    for module in ("nfs.ko", "bcmgenet.ko", "virtio_net.ko"):     # NFS; the Pi 4's NIC; QEMU virt's
+        assert module in initrd, module
+    check_conformance(profile, tree, tmp_path)
