@@ -33,7 +33,7 @@ HOST_PACKAGES = (
     "qemu-user-static", "binfmt-support", "arch-test",
     # Testing: the agent on pretend machines (unshare, nsenter), the k3s
     # stand-in's certificates, ssh into booted images.
-    "util-linux", "openssl", "openssh-client",
+    "util-linux", "openssl", "openssh-client", "cpio",
 )
 
 
