@@ -33,7 +33,9 @@ log = logging.getLogger("rackboot")
 # (its bootloader is in EEPROM); bootcode.bin only for older Pis.
 FIRMWARE = ("start4.elf", "fixup4.dat", "start4cd.elf", "fixup4cd.dat", "start4x.elf", "fixup4x.dat",
             "start4db.elf", "fixup4db.dat")
-DEVICE_TREES = ("bcm2711-rpi-4-b.dtb", "bcm2711-rpi-400.dtb", "bcm2711-rpi-cm4.dtb", "bcm2712-rpi-5-b.dtb")
+# Debian 12's kernel (6.1) has the Pi 4 family's; the Pi 5's (bcm2712) comes
+# with newer kernels and is taken when present.
+DEVICE_TREES = ("bcm2711-rpi-4-b.dtb", "bcm2711-rpi-400.dtb", "bcm2711-rpi-cm4-io.dtb", "bcm2712-rpi-5-b.dtb")
 REQUIRED = ("start4.elf", "fixup4.dat", "bcm2711-rpi-4-b.dtb")
 
 # The Pi's packages: the same agent as the jumphost's (its node role), k3s's
