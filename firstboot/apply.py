@@ -16,6 +16,7 @@ the step naming the file and the document's position (1 = first).
 """
 
 import base64
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -106,8 +107,6 @@ def _client():
 
 def _api_error(what, err) -> RackbootError:
     """Refusals (4xx) are the document's fault: bad input. Anything else may pass."""
-    import json
-
     try:
         message = json.loads(err.body).get("message", err.reason)
     except (TypeError, ValueError, AttributeError):
