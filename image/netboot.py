@@ -48,13 +48,17 @@ PI_PACKAGES = (
 )
 
 
+# initramfs-tools hook and script that give the NFS root a tmpfs overlay.
+PI_INITRAMFS = Path(__file__).parent / "pi-initramfs"
+
+
 def pi_rootfs_spec(release: str) -> rootfs.RootfsSpec:
     # MODULES=netboot: the initramfs gets network drivers and NFS, not every
     # module (MODULES=most takes over 20 minutes under qemu-user here).
     # raspi-firmware is in Debian's non-free-firmware component.
     return rootfs.RootfsSpec(release, "arm64", PI_PACKAGES, initramfs_modules="netboot",
                              copy_out=("/usr/lib/raspi-firmware", "/usr/lib/linux-image-*"),
-                             components=("main", "non-free-firmware"))
+                             components=("main", "non-free-firmware"), preseed_dir=PI_INITRAMFS)
 
 
 @dataclass(frozen=True)

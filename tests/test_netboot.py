@@ -160,6 +160,7 @@ def test_real_pi_tree_from_debian(profile, tmp_path):
     initrd = subprocess.run(["cpio", "-it", "--quiet"], input=unpacked, capture_output=True, check=True).stdout.decode()
     # NFS root support; the Pi 4's NIC (BCMGENET, built as genet.ko); QEMU virt's NIC.
     for path in ("scripts/nfs", "fs/nfs/nfs.ko", "fs/nfs/nfsv3.ko", "broadcom/genet/genet.ko",
-                 "drivers/net/virtio_net.ko"):
+                 "drivers/net/virtio_net.ko", "fs/overlayfs/overlay.ko",
+                 "scripts/nfs-bottom/rackboot-overlay"):
         assert path in initrd, path
     check_conformance(profile, tree, tmp_path)
