@@ -60,7 +60,9 @@ def _install_packages(packages: list[str]) -> None:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     for argv in (["apt-get", "update", "-qq"],
                  ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]):
-        if subprocess.run(argv, stdin=subprocess.DEVNULL, env=env).returncode != 0:
+        # Their output goes to stderr: stdout carries only the venv's path
+        # (tests/run reads it with $(...)).
+        if subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=sys.stderr, env=env).returncode != 0:
             sys.exit(f"rackboot setup: '{' '.join(argv)}' failed; see its output above")
 
 
@@ -77,11 +79,11 @@ def _ensure_venv() -> None:
     base = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
     if not python.exists():
         _say(f"creating virtualenv {VENV}")
-        subprocess.run([base, "-m", "venv", str(VENV)], check=True, stdin=subprocess.DEVNULL)
+        subprocess.run([base, "-m", "venv", str(VENV)], check=True, stdin=subprocess.DEVNULL, stdout=sys.stderr)
     _say(f"installing Python dependencies from {REQUIREMENTS.name}")
     result = subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "-r", str(REQUIREMENTS)], stdin=subprocess.DEVNULL)
+         "-r", str(REQUIREMENTS)], stdin=subprocess.DEVNULL, stdout=sys.stderr)
     if result.returncode != 0:
         sys.exit("rackboot setup: pip install failed; see its output above")
     STAMP.write_text(_requirements_digest() + "\n")
