@@ -132,9 +132,10 @@ def cmd_netboot(args) -> int:
                             hint=f"sudo {' '.join(sys.argv)}")
     for profile in profiles:
         target = args.output / profile.rack if len(profiles) > 1 else args.output
-        tree = netboot.build(profile, target, args.release, args.cache_dir, not args.no_cache)
+        tree, pi_root = netboot.build(profile, target, args.release, args.cache_dir, not args.no_cache)
         log.info("  %s: %d files, %d Pi directories", tree, sum(1 for p in tree.iterdir() if p.is_file()),
                  sum(1 for p in tree.iterdir() if p.is_dir()))
+        log.info("  %s: the Pis' NFS root (export it read-only, as %s)", pi_root, profile.netboot.nfs_root)
     return 0
 
 
@@ -143,7 +144,8 @@ VERBS = {
               False),
     "render": (cmd_render, "write every generated file (cloud-init, units, k3s, dnsmasq, NFS, "
                            "router hosts) into DIR/RACK/, mirroring where it lands", True),
-    "image": (cmd_image, "build the hot-swappable x86-64 jumphost disk image serving these racks: "
+    "image": (cmd_image, "build the hot-swappable x86-64 jumphost disk image serving these racks "
+                         "(and, for racks with Pis, their netboot tree and NFS root): "
                          "DIR/jumphost.img with .sha256 and .bmap (needs root)", True),
     "seed": (cmd_seed, "write each rack's NoCloud seed (a CIDATA disk image) as DIR/seed-RACK.img", True),
     "fetch-k3s": (cmd_fetch_k3s, "download a k3s release's binaries and air-gap images (amd64, arm64) "
@@ -151,7 +153,8 @@ VERBS = {
                                  "argument is a version (v1.31.4+k3s1) or a profile naming one", True),
     "netboot": (cmd_netboot, "write the Raspberry Pi TFTP tree a Pi 4 bootloader fetches: firmware, "
                              "config.txt, kernel, initramfs, device trees, cmdline.txt (NFS root), one "
-                             "directory per Pi; DIR/tftp (DIR/RACK/tftp for several racks; needs root)", True),
+                             "directory per Pi; DIR/tftp; and the Pis' shared NFS root, DIR/pi-root (DIR/RACK/... for "
+                             "several racks; needs root)", True),
     "boot": (cmd_boot, "boot DIR/jumphost.img in QEMU (UEFI, TCG) as a jumphost of this rack, "
                        "with its seed; changes are discarded", True),
 }

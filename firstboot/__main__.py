@@ -1,8 +1,10 @@
-"""python -m firstboot {run,status,access}: the first-boot agent.
+"""python -m firstboot {run,status,access,join-server}: the first-boot agent.
 
-run     the steps, in order (the rackboot-firstboot unit runs this at boot)
-status  which step it is on, what failed and why
-access  print one secret's value to stdout, like `berglas access`
+run          the steps, in order (the rackboot-firstboot unit runs this at boot)
+status       which step it is on, what failed and why
+access       print one secret's value to stdout, like `berglas access`
+join-server  the jumphost's service that gives its Pis their k3s agent token
+             (rackboot-join.service runs it; see firstboot/join.py)
 """
 
 import argparse
@@ -18,7 +20,7 @@ VENDORED = Path(__file__).resolve().parent.parent / "site-packages"
 if VENDORED.is_dir():
     sys.path.insert(0, str(VENDORED))
 
-from firstboot import agent, secretref, secrets  # noqa: E402
+from firstboot import agent, join, secretref, secrets  # noqa: E402
 from firstboot.errors import RackbootError  # noqa: E402
 
 
@@ -43,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     get = verbs.add_parser("access", help="print a secret's value (berglas://, sm://, file://)")
     get.add_argument("reference", metavar="REF")
     get.add_argument("--key", help="the value is a Kubernetes Secret YAML: print base64-decoded .data[KEY]")
+    server = verbs.add_parser("join-server", help="serve the k3s agent token to the rack's Pis")
+    server.add_argument("--rack", required=True, help="the rack this jumphost serves")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
@@ -50,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             return agent.run(args.role)
         if args.verb == "access":
             return access(args.reference, args.key)
+        if args.verb == "join-server":
+            join.serve_forever(agent.rack_profile(args.rack))
+            return 0
         print(agent.describe_status())
         return 0
     except RackbootError as err:

@@ -1,6 +1,9 @@
 """The first-boot agent's steps, in order, each recorded in the status file.
 
-    identify -> token -> k3s -> ready -> apply -> report
+    identify -> serve -> token -> k3s -> ready -> apply -> report
+
+serve (the jumphost's netboot service for its Pis) comes before the token:
+Pis boot even while the secret store is out of reach.
 
 The unit runs them at every boot, and every step converges: it compares what
 is there with what should be and changes only the difference. So a power cut
@@ -17,13 +20,13 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from firstboot import apply, identify, k3s, ready, report, state, token
-from firstboot.errors import RackbootError
+from firstboot import apply, identify, k3s, ready, report, serve, state, token
+from firstboot.errors import BadInput, RackbootError
 from firstboot.profile import load_profiles
 
 log = logging.getLogger("rackboot.agent")
 PROFILES = Path(os.environ.get("RACKBOOT_PROFILES", Path(__file__).resolve().parent.parent / "rack-profiles"))
-STEPS = ("identify", "token", "k3s", "ready", "apply", "report")
+STEPS = ("identify", "serve", "token", "k3s", "ready", "apply", "report")
 
 
 @dataclass
@@ -64,10 +67,24 @@ def step_identify(ctx: Context) -> dict:
     return ctx.identity.to_json()
 
 
+def rack_profile(rack: str):
+    for profile in load_profiles([PROFILES]):
+        if profile.rack == rack:
+            return profile
+    raise BadInput(f"no rack {rack!r} among the profiles in {PROFILES}")
+
+
+def step_serve(ctx: Context) -> dict:
+    if ctx.role != "jumphost":
+        return {"skipped": "the jumphost serves the Pis' network boot"}
+    return serve.serve(ctx.profile)
+
+
 def step_token(ctx: Context) -> dict:
+    if ctx.role == "pi":
+        return token.install_pi_token(ctx.profile)
     # A k3s server that already has a datastore cannot simply take a new token.
-    datastore = k3s.DATASTORE if ctx.role == "jumphost" else None
-    return token.install_token(ctx.profile.k3s.token, datastore=datastore)
+    return token.install_token(ctx.profile.k3s.token, datastore=k3s.DATASTORE)
 
 
 def step_k3s(ctx: Context) -> dict:
@@ -104,7 +121,7 @@ def step_report(ctx: Context) -> dict:
     return summary
 
 
-STEP_FUNCTIONS = {"identify": step_identify, "token": step_token, "k3s": step_k3s, "ready": step_ready,
+STEP_FUNCTIONS = {"identify": step_identify, "serve": step_serve, "token": step_token, "k3s": step_k3s, "ready": step_ready,
                   "apply": step_apply, "report": step_report}
 
 

@@ -28,11 +28,10 @@ import hashlib
 import os
 import platform
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 from firstboot.errors import RackbootError
+from firstboot.system import place, sha256_file, systemctl
 
 BUNDLES = Path(os.environ.get("RACKBOOT_K3S_BUNDLES", "/usr/lib/rackboot/k3s"))
 RACKS = Path(os.environ.get("RACKBOOT_RACKS", "/usr/share/rackboot/racks"))
@@ -90,44 +89,6 @@ def machine_arch() -> str:
     return ARCHES[machine]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as data:
-        for chunk in iter(lambda: data.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _place(content: bytes | Path, target: Path, mode: int) -> bool:
-    """Make target hold content with mode; True if anything changed. Atomic."""
-    same = False
-    if target.exists():
-        if isinstance(content, Path):
-            same = target.stat().st_size == content.stat().st_size and _sha256(target) == _sha256(content)
-        else:
-            same = target.read_bytes() == content
-        same = same and (target.stat().st_mode & 0o7777) == mode
-    if same:
-        return False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            if isinstance(content, Path):
-                with open(content, "rb") as source:
-                    shutil.copyfileobj(source, out, 1 << 20)
-            else:
-                out.write(content)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return True
-
-
 def find_bundle(version: str, arch: str) -> tuple[Path, Path]:
     """The bundle's binary and images for arch, checked against its checksums."""
     bundle = BUNDLES / version
@@ -148,7 +109,7 @@ def find_bundle(version: str, arch: str) -> tuple[Path, Path]:
         path = bundle / name
         if not path.exists():
             raise RackbootError(f"{path}: missing from the image's k3s bundle", hint="rebuild the image")
-        if sums.get(name) != _sha256(path):
+        if sums.get(name) != sha256_file(path):
             raise RackbootError(f"{path}: does not match {sums_file.name} (corrupt image?)",
                                 hint="reflash the image, or rebuild it with a freshly fetched bundle")
     return bundle / names[0], bundle / names[1]
@@ -164,14 +125,6 @@ def node_password(rack: str, node: str) -> bytes:
     return hashlib.sha256(f"rackboot k3s node password\0{rack}\0{node}".encode()).hexdigest().encode()
 
 
-def systemctl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(["systemctl", *args], stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise RackbootError(f"systemctl {' '.join(args)} failed: {(result.stderr or result.stdout).strip()}",
-                            hint="journalctl -u k3s -u k3s-agent says more")
-    return result
-
-
 def install(rack: str, role: str, node: str, version: str, token_changed: bool) -> dict:
     """Install or upgrade k3s and (re)start it when anything changed."""
     arch = machine_arch()
@@ -183,22 +136,22 @@ def install(rack: str, role: str, node: str, version: str, token_changed: bool) 
     if not TOKEN_FILE.exists():
         raise RackbootError(f"{TOKEN_FILE}: missing; the token step writes it")
     changed = []
-    if _place(binary, BIN_DIR / "k3s", 0o755):
+    if place(binary, BIN_DIR / "k3s", 0o755):
         changed.append("binary")
     for name in LINKS:   # install.sh links these unless the system has its own
         link = BIN_DIR / name
         if not link.exists() and not shutil.which(name, path="/usr/bin:/bin"):
             link.symlink_to("k3s")
-    if _place(images, IMAGES_DIR / images.name, 0o644):
+    if place(images, IMAGES_DIR / images.name, 0o644):
         changed.append("images")
-    if _place(config.read_bytes(), CONFIG, 0o600):
+    if place(config.read_bytes(), CONFIG, 0o600):
         changed.append("config")
-    if _place(node_password(rack, node) + b"\n", NODE_PASSWORD, 0o600):
+    if place(node_password(rack, node) + b"\n", NODE_PASSWORD, 0o600):
         changed.append("node-password")
     if token_changed:
         changed.append("token")
     unit = service_name(role)
-    if _place(UNIT.format(command="server" if role == "jumphost" else "agent").encode(), UNIT_DIR / unit, 0o644):
+    if place(UNIT.format(command="server" if role == "jumphost" else "agent").encode(), UNIT_DIR / unit, 0o644):
         changed.append("unit")
         systemctl("daemon-reload")
     systemctl("enable", unit)

@@ -106,6 +106,7 @@ class Netboot:
     rancher_storage: RancherStorage
     tftp_root: str
     nfs_root: str
+    join_port: int
 
 
 @dataclass(frozen=True)
@@ -478,7 +479,8 @@ def _construct(doc: dict, source: Path) -> RackProfile:
             boot_dir_by=BootDirBy(nb.get("boot_dir_by", "serial")),
             rancher_storage=RancherStorage(nb.get("rancher_storage", "tmpfs")),
             tftp_root=nb.get("tftp_root", "/srv/rackboot/tftp"),
-            nfs_root=nb.get("nfs_root", "/srv/rackboot/pi-root")),
+            nfs_root=nb.get("nfs_root", "/srv/rackboot/pi-root"),
+            join_port=nb.get("join_port", 6442)),
         manifests=_manifest_files(doc.get("manifests", []), source.parent),
         secrets=tuple(
             KubeSecret(s["name"], s.get("namespace", "default"), s.get("type", "Opaque"),

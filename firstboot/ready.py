@@ -8,7 +8,7 @@ once the node has joined, and the jumphost sees the node from its side.
 import os
 import time
 
-from firstboot import k3s
+from firstboot import k3s, system
 from firstboot.errors import RackbootError
 
 TIMEOUT = float(os.environ.get("RACKBOOT_READY_TIMEOUT", "300"))
@@ -16,7 +16,7 @@ POLL = 1.0
 
 
 def _unit_state(unit: str) -> str:
-    return k3s.systemctl("is-active", unit, check=False).stdout.strip() or "unknown"
+    return system.systemctl("is-active", unit, check=False).stdout.strip() or "unknown"
 
 
 def wait(role: str, node: str, timeout: float = TIMEOUT) -> dict:

@@ -1,23 +1,27 @@
 """Token: fetch the rack's shared k3s token and put it where k3s reads it.
 
-The token goes only into /etc/rancher/k3s/token (root-only, written
-atomically); k3s's config.yaml names it with token-file, so the value is in
-no config file, log, journal field or status record. The step reports whether
-the file changed (a rotated token), never the value or a hash of it.
+The jumphost reads the rack's token from its secret reference; a Pi gets the
+agent token from its jumphost (firstboot/join.py). Tokens go only into
+root-only files written atomically: /etc/rancher/k3s/token, and on the
+jumphost /etc/rancher/k3s/agent-token; k3s's config.yaml names them
+(token-file, agent-token-file), so no value is in a config file, log,
+journal field or status record. The step reports whether the files changed
+(a rotated token), never a value or a hash of it.
 """
 
 import os
 import tempfile
 from pathlib import Path
 
-from firstboot import secrets
+from firstboot import join, secrets
 from firstboot.errors import RackbootError
 from firstboot.secretref import SecretRef
 
 TOKEN_FILE = Path("/etc/rancher/k3s/token")
 
 
-def install_token(ref: SecretRef, path: Path | None = None, access=None, datastore: Path | None = None) -> dict:
+def install_token(ref: SecretRef, path: Path | None = None, access=None, datastore: Path | None = None,
+                  agent_token_file: Path | None = None) -> dict:
     """datastore: a k3s server's datastore directory. When it exists, k3s
     refuses to start with a token other than the one it was set up (or
     rotated, with `k3s token rotate`) to; any other changed token fails here
@@ -35,11 +39,7 @@ def install_token(ref: SecretRef, path: Path | None = None, access=None, datasto
         raise RackbootError(f"{ref}: the secret is a secure k3s token (K10<CA hash>::...), which pins "
                             "one server's CA; a replacement jumphost would have another",
                             hint="store the short form: the part after the last ':' of K10...::server:SECRET")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        changed = path.read_bytes().strip() != value
-    except FileNotFoundError:
-        changed = True
+    changed = _differs(path, value)
     if changed and datastore is not None and datastore.exists() and path.exists() \
             and _server_token_secret(datastore) != value:
         raise RackbootError(
@@ -48,17 +48,46 @@ def install_token(ref: SecretRef, path: Path | None = None, access=None, datasto
             hint="rotate it in k3s first (on the jumphost: k3s token rotate --token OLD --new-token NEW), "
                  "or reflash the jumphost; see the README, 'Rotating the token'")
     if changed:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".token.")   # mode 0600 from the start
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(value + b"\n")
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _write_secret(path, value)
+    agent_file = agent_token_file or path.with_name(join.AGENT_TOKEN_FILE.name)
+    agent_value = join.agent_token(value)
+    if _differs(agent_file, agent_value):
+        _write_secret(agent_file, agent_value)
+        changed = True
     return {"reference": str(ref), "file": str(path), "changed": changed}
+
+
+def install_pi_token(profile, path: Path | None = None) -> dict:
+    """A Pi's token: the agent token its jumphost's join service hands out."""
+    path = path or TOKEN_FILE
+    value = join.fetch(profile)
+    if b"\n" in value:
+        raise RackbootError(f"{join.url(profile)}: the answer has more than one line; a k3s token has one")
+    changed = _differs(path, value)
+    if changed:
+        _write_secret(path, value)
+    return {"source": join.url(profile), "file": str(path), "changed": changed}
+
+
+def _differs(path: Path, value: bytes) -> bool:
+    try:
+        return path.read_bytes().strip() != value
+    except FileNotFoundError:
+        return True
+
+
+def _write_secret(path: Path, value: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")   # mode 0600 from the start
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(value + b"\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _server_token_secret(datastore: Path) -> bytes | None:

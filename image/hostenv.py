@@ -29,11 +29,13 @@ HOST_PACKAGES = (
     "mmdebstrap", "e2fsprogs", "dosfstools", "mtools", "genimage", "bmap-tools", "zstd",
     # Booting them: QEMU with UEFI firmware.
     "qemu-system-x86", "ovmf",
+    "qemu-system-arm",     # the virtual rack's Pis: arm64 virt machines
     # The Pis' arm64 root filesystem: mmdebstrap runs its packages under qemu-user.
     "qemu-user-static", "binfmt-support", "arch-test",
     # Testing: the agent on pretend machines (unshare, nsenter), the k3s
     # stand-in's certificates, ssh into booted images.
     "util-linux", "openssl", "openssh-client", "cpio",
+    "nfs-kernel-server",   # exportfs checks and loads a pretend jumphost's rendered exports
 )
 
 

@@ -1,6 +1,7 @@
-"""The Raspberry Pi netboot tree: what a Pi 4's bootloader fetches over TFTP.
+"""The Raspberry Pi netboot tree (what a Pi 4's bootloader fetches over TFTP)
+and the Pis' shared NFS root.
 
-    render -> Pi rootfs (arm64, cached) -> TFTP tree
+    render -> Pi rootfs (arm64, cached) -> TFTP tree + NFS root
 
     tftp/start4.elf, fixup4.dat          firmware, from Debian's raspi-firmware
     tftp/bcm2711-rpi-4-b.dtb, ...        device trees, from Debian's arm64 kernel
@@ -12,6 +13,12 @@ The bootloader asks for SERIAL/start4.elf first (or dc-a6-32-...-/start4.elf
 with TFTP_PREFIX=2) and, finding it, takes every later file from that
 directory; a Pi without one falls back to the root, boots the same system,
 and its agent then says it is in no profile.
+
+The NFS root is the Pi rootfs with rackboot laid over it (image/payload.py:
+the agent, its arm64 Python libraries, every rack's profile and files) and
+the Pi's units. It is one tree for every Pi of every rack in the image,
+exported read-only; each Pi's initramfs puts a tmpfs overlay over it
+(image/pi-initramfs/).
 """
 
 import logging
@@ -23,9 +30,10 @@ from pathlib import Path, PurePosixPath
 
 from firstboot.errors import RackbootError
 from firstboot.profile import BootDirBy, RackProfile
-from image import render, rootfs
+from image import payload, render, rootfs
 from image import log as progress
 from image.atomic import replace_directory
+from image.run import run
 
 log = logging.getLogger("rackboot")
 
@@ -92,15 +100,31 @@ def pi_directory(pi, by: BootDirBy) -> str | None:
     return pi.mac.replace(":", "-") if pi.mac else None
 
 
-def write_tftp_tree(profile: RackProfile, rendered: render.RenderedTree, files: BootFiles, output: Path) -> Path:
-    """Write output/tftp for profile, replacing it whole; return it."""
+# Where the jumphost image keeps the Pis' files (firstboot/serve.py serves them).
+PI_ROOT_IN_IMAGE = "srv/rackboot/pi-root"
+PI_BOOT_IN_IMAGE = "usr/lib/rackboot/pi-boot"   # firmware, kernel, initramfs: one copy for all racks
+PI_UNITS = ("rackboot-firstboot.service", "var-lib-rancher.mount")
+
+
+def shared_boot_files(files: BootFiles) -> dict[str, Path]:
+    return {**files.firmware, **files.device_trees, "vmlinuz": files.kernel, "initrd.img": files.initrd}
+
+
+def write_tftp_tree(profile: RackProfile, rendered: render.RenderedTree, files: BootFiles, output: Path,
+                    shared_at: str | None = None) -> Path:
+    """Write output/tftp for profile, replacing it whole; return it.
+    shared_at: instead of copies, link the shared boot files to that directory
+    (as the machine serving the tree sees it)."""
     output.mkdir(parents=True, exist_ok=True)
     final = output / "tftp"
     staging = Path(tempfile.mkdtemp(prefix=".tftp.", dir=output))
     try:
-        shared = {**files.firmware, **files.device_trees, "vmlinuz": files.kernel, "initrd.img": files.initrd}
+        shared = shared_boot_files(files)
         for name, source in shared.items():
-            shutil.copyfile(source, staging / name)
+            if shared_at:
+                (staging / name).symlink_to(PurePosixPath(shared_at, name))
+            else:
+                shutil.copyfile(source, staging / name)
         for name in ("config.txt", "cmdline.txt"):
             text = rendered[PurePosixPath("pi/tftp", name)]
             (staging / name).write_text(text if text.endswith("\n") else text + "\n")
@@ -123,10 +147,57 @@ def write_tftp_tree(profile: RackProfile, rendered: render.RenderedTree, files: 
     return final
 
 
+def write_pi_root(profiles: list[RackProfile], rendered: dict[str, render.RenderedTree],
+                  pi_rootfs: rootfs.Rootfs, target: Path, k3s_bundle=None) -> None:
+    """target (new): the Pis' shared root, with rackboot laid over the rootfs."""
+    with_pis = {p.rack: rendered[p.rack] for p in profiles if p.pis}
+    target.mkdir(parents=True)
+    run(["tar", "-xf", pi_rootfs.tarball, "-C", target, "--numeric-owner"])
+    payload.install_agent(target, "arm64")
+    payload.install_profiles(profiles, target)
+    payload.install_racks(rendered, target)
+    payload.install_units(with_pis, target, "pi", PI_UNITS)
+    if k3s_bundle is not None:
+        payload.install_k3s(k3s_bundle, target, "arm64")
+    (target / "etc/hostname").write_text("rackboot-pi\n")
+    payload.make_ssh_host_keys_at_boot(target)
+    run(["systemctl", f"--root={target}", "enable", *PI_UNITS, "systemd-timesyncd.service"])
+    payload.strip_machine_state(target)
+
+
+def install_into_image(profiles: list[RackProfile], rendered: dict[str, render.RenderedTree],
+                       pi_rootfs: rootfs.Rootfs, tree: Path, k3s_bundle=None) -> None:
+    """The jumphost image's copy: the shared root and boot files once, and a
+    TFTP tree per rack (its config.txt, cmdline.txt and Pi directories) whose
+    boot files link to the shared ones."""
+    files = boot_files(pi_rootfs)
+    write_pi_root(profiles, rendered, pi_rootfs, tree / PI_ROOT_IN_IMAGE, k3s_bundle)
+    shared = tree / PI_BOOT_IN_IMAGE
+    shared.mkdir(parents=True)
+    for name, source in shared_boot_files(files).items():
+        shutil.copyfile(source, shared / name)
+        os.chmod(shared / name, 0o644)
+    for profile in profiles:
+        if profile.pis:
+            write_tftp_tree(profile, rendered[profile.rack], files, tree / payload.RACKS_DIR / profile.rack,
+                            shared_at=f"/{PI_BOOT_IN_IMAGE}")
+
+
 def build(profile: RackProfile, output: Path, release: str = "bookworm", cache_dir: Path | None = None,
-          use_cache: bool = True) -> Path:
+          use_cache: bool = True) -> tuple[Path, Path]:
+    """output/tftp and output/pi-root for profile's Pis; return both."""
     rendered = render.render_rack(profile)
     with progress.step("Pi root filesystem (arm64)"):
         pi_rootfs = rootfs.build(pi_rootfs_spec(release), cache_dir or rootfs.default_cache_dir(), use_cache)
     with progress.step(f"TFTP tree for {len(profile.pis)} Pis of rack {profile.rack}"):
-        return write_tftp_tree(profile, rendered, boot_files(pi_rootfs), output)
+        tftp = write_tftp_tree(profile, rendered, boot_files(pi_rootfs), output)
+    with progress.step("Pi NFS root"):
+        final = output / "pi-root"
+        staging = Path(tempfile.mkdtemp(prefix=".pi-root.", dir=output))
+        try:
+            write_pi_root([profile], {profile.rack: rendered}, pi_rootfs, staging / "pi-root")
+            os.chmod(staging / "pi-root", 0o755)
+            replace_directory(staging / "pi-root", final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return tftp, final

@@ -5,6 +5,12 @@ rack subnet, with the host standing in for the rack router at the router's
 address. So the seed's static address works unchanged, and the guest reaches
 services on the host's loopback at the router address.
 
+A virtual rack adds Raspberry Pis: arm64 `virt` machines (QEMU's raspi4b
+has no network) booted with the kernel, initramfs and command line of the
+rack's TFTP tree, each on a point-to-point Ethernet link (UDP on the host's
+loopback) to a hub in the jumphost's QEMU, where the jumphost's NIC and the
+user network (the "router") sit too: one layer-2 segment, as in a rack.
+
 TCG is the default: on these build machines /dev/kvm exists but guests hang
 under it (FIELD-NOTES.md). KVM only when asked, and only if /dev/kvm opens.
 """
@@ -55,9 +61,16 @@ def accelerator(kvm: bool) -> str:
     return "kvm"
 
 
+@dataclass(frozen=True)
+class PiLink:
+    """A Pi's Ethernet cable to the jumphost's hub: two UDP ports on 127.0.0.1."""
+    hub_port: int
+    pi_port: int
+
+
 def qemu_argv(profile: RackProfile, disk: Path, seed: Path | None, files: BootFiles,
               kvm: bool = False, memory_mb: int = 2048, ssh_port: int | None = None,
-              api_port: int | None = None,
+              api_port: int | None = None, pi_links: tuple[PiLink, ...] = (),
               interactive: bool = False) -> list[str]:
     for firmware in (OVMF_CODE, OVMF_VARS):
         if not firmware.exists():
@@ -77,7 +90,7 @@ def qemu_argv(profile: RackProfile, disk: Path, seed: Path | None, files: BootFi
         "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
         "-drive", f"if=pflash,format=raw,file={files.vars}",
         "-drive", f"file={disk},format=raw,if=virtio",
-        "-netdev", netdev, "-device", "virtio-net-pci,netdev=rack",
+        *_rack_network(netdev, pi_links),
         "-device", "virtio-serial-pci",
         "-chardev", f"file,id=status,path={files.status_log}",
         "-device", f"virtserialport,chardev=status,name={STATUS_PORT_NAME}",
@@ -90,6 +103,46 @@ def qemu_argv(profile: RackProfile, disk: Path, seed: Path | None, files: BootFi
     else:
         argv += ["-serial", f"file:{files.serial_log}", "-monitor", "none"]
     return argv
+
+
+def _rack_network(user_netdev: str, pi_links: tuple[PiLink, ...]) -> list[str]:
+    if not pi_links:
+        return ["-netdev", user_netdev, "-device", "virtio-net-pci,netdev=rack"]
+    argv = ["-netdev", user_netdev.replace("id=rack", "id=router", 1),
+            "-netdev", "hubport,id=hub-router,hubid=0,netdev=router",
+            "-netdev", "hubport,id=hub-nic,hubid=0", "-device", "virtio-net-pci,netdev=hub-nic"]
+    for index, link in enumerate(pi_links):
+        argv += ["-netdev", f"socket,id=pi{index},udp=127.0.0.1:{link.pi_port},localaddr=127.0.0.1:{link.hub_port}",
+                 "-netdev", f"hubport,id=hub-pi{index},hubid=0,netdev=pi{index}"]
+    return argv
+
+
+@dataclass(frozen=True)
+class PiBoot:
+    """What a Pi takes from its TFTP directory."""
+    kernel: Path
+    initrd: Path
+    cmdline: str
+
+
+def pi_boot_from_tftp(directory: Path) -> PiBoot:
+    return PiBoot(directory / "vmlinuz", directory / "initrd.img", (directory / "cmdline.txt").read_text().strip())
+
+
+def pi_argv(boot: PiBoot, mac: str, link: PiLink, files: BootFiles, memory_mb: int = 1024) -> list[str]:
+    """An arm64 virt machine standing in for a Pi 4: the Pi's kernel, initramfs
+    and command line (its console on the virt board's PL011), its MAC."""
+    return [
+        "qemu-system-aarch64", "-machine", "virt", "-accel", "tcg", "-cpu", "cortex-a72",
+        "-smp", "2", "-m", str(memory_mb),
+        "-kernel", str(boot.kernel), "-initrd", str(boot.initrd), "-append", f"{boot.cmdline} console=ttyAMA0",
+        "-netdev", f"socket,id=rack,udp=127.0.0.1:{link.hub_port},localaddr=127.0.0.1:{link.pi_port}",
+        "-device", f"virtio-net-pci,netdev=rack,mac={mac}",
+        "-device", "virtio-serial-pci",
+        "-chardev", f"file,id=status,path={files.status_log}",
+        "-device", f"virtserialport,chardev=status,name={STATUS_PORT_NAME}",
+        "-display", "none", "-no-reboot", "-serial", f"file:{files.serial_log}", "-monitor", "none",
+    ]
 
 
 def prepare(files: BootFiles) -> None:

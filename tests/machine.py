@@ -6,7 +6,8 @@ The agent keeps its real paths (/etc/rancher, /var/lib/rancher,
 over /proc/cmdline, so the agent, the k3s it installs and the services it
 starts see a machine of their own, and the host is untouched apart from
 empty mount points. systemctl is the stand-in in tests/doubles/bin; the
-network is the host's, so the test reaches the k3s API on 127.0.0.1.
+network is the host's, so the test reaches the k3s API on 127.0.0.1 (and a
+pretend jumphost's dnsmasq serves TFTP there: its profile's uplink is lo).
 """
 
 import os
@@ -29,11 +30,19 @@ BINDS = {
     "/etc/rackboot": "etc/rackboot",
     "/usr/lib/rackboot/k3s": "usr/lib/rackboot/k3s",
     "/usr/share/rackboot/racks": "usr/share/rackboot/racks",
+    # The jumphost's netboot service (firstboot/serve.py): the Pis' files, dnsmasq, NFS exports.
+    "/usr/lib/rackboot/pi-boot": "usr/lib/rackboot/pi-boot",
+    "/srv/rackboot": "srv/rackboot",
+    "/etc/dnsmasq.d": "etc/dnsmasq.d",
+    "/etc/exports.d": "etc/exports.d",
+    "/var/lib/nfs": "var/lib/nfs",
 }
 
 
 class Machine:
-    def __init__(self, root: Path, cmdline: str, cpuinfo: str | None = None):
+    def __init__(self, root: Path, cmdline: str, cpuinfo: str | None = None, image_files: dict | None = None):
+        """image_files: machine path -> host directory, bound as they are (the
+        agent and profiles where the image has them, for units that run them)."""
         self.root = root
         self.systemctl_state = root / "run/systemctl"
         for path in [*BINDS.values(), "run/systemctl"]:
@@ -47,6 +56,7 @@ class Machine:
             time.sleep(0.02)
         self.namespace = os.readlink(f"/proc/{self.holder.pid}/ns/mnt")
         mounts = [f"mkdir -p {target} && mount --bind {root / source} {target}" for target, source in BINDS.items()]
+        mounts += [f"mkdir -p {target} && mount --bind {source} {target}" for target, source in (image_files or {}).items()]
         mounts.append(f"mount --bind {root / 'proc-cmdline'} /proc/cmdline")
         if cpuinfo is not None:      # a Pi's serial number, as its kernel shows it
             (root / "proc-cpuinfo").write_text(cpuinfo)

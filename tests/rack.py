@@ -1,9 +1,13 @@
 """A pretend rack on the test host: a jumphost and Pis as pretend machines
 (tests/machine.py), each holding what the image would: the profiles, the
 rendered rack tree and a k3s bundle (the stand-in, or the real k3s named by
-RACKBOOT_K3S_BUNDLE)."""
+RACKBOOT_K3S_BUNDLE); the jumphost also the Pis' netboot files, with stand-in
+boot files (tests/test_netboot.py serves the real ones). The jumphost's
+uplink is the loopback: its dnsmasq serves TFTP on the test host's 127.0.0.1,
+never DHCP on a real network."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,9 +16,9 @@ from pathlib import Path
 import yaml
 
 from firstboot.profile import load_profiles
-from image import render
+from image import netboot, render
 from tests.doubles import k3s_standin_bundle
-from tests.machine import Machine
+from tests.machine import REPO, Machine
 
 VERSION = "v1.31.4+k3s1"
 
@@ -25,13 +29,18 @@ class Rack:
         self.rack = rack
         self.profiles = tmp / "profiles"
         shutil.copytree(profiles, self.profiles)
+        shutil.copyfile(REPO / "rack-profiles/schema.json", self.profiles / "schema.json")   # as in the image
         self.env = {"SECRET_MANAGER_EMULATOR_HOST": sm_host, "RACKBOOT_PROFILES": self.profiles,
-                    "RACKBOOT_READY_TIMEOUT": 60, "RACKBOOT_APPLY_TIMEOUT": 60}
+                    "RACKBOOT_READY_TIMEOUT": 60, "RACKBOOT_APPLY_TIMEOUT": 60, "RACKBOOT_JOIN_TIMEOUT": 60}
         self.machines: list[Machine] = []
+        self._set_uplink_to_loopback()
         self.machine = self.add_machine("jumphost", f"console=ttyS0 rackboot.rack={rack}")
+        self.boot_files = None
+        self.install_netboot(self.machine)
 
     def add_machine(self, name: str, cmdline: str = "console=ttyAMA0", cpuinfo: str | None = None) -> Machine:
-        machine = Machine(self.tmp / name, cmdline, cpuinfo)
+        machine = Machine(self.tmp / name, cmdline, cpuinfo, image_files={
+            "/usr/lib/rackboot/firstboot": REPO / "firstboot", "/usr/lib/rackboot/rack-profiles": self.profiles})
         self.machines.append(machine)
         bundles = machine.path("/usr/lib/rackboot/k3s")
         real = k3s_standin_bundle.real_bundle()
@@ -45,10 +54,48 @@ class Rack:
     def add_pi(self, name: str, serial: str) -> Machine:
         return self.add_machine(name, cpuinfo=f"processor\t: 0\nHardware\t: BCM2835\nSerial\t\t: 10000000{serial}\n")
 
+    def _set_uplink_to_loopback(self) -> None:
+        path = self.profiles / f"{self.rack}.yaml"
+        profile = yaml.safe_load(path.read_text())
+        profile.setdefault("jumphost", {})["uplink"] = "lo"
+        path.write_text(yaml.safe_dump(profile))
+
+    def profile(self):
+        [profile] = [p for p in load_profiles([self.profiles]) if p.rack == self.rack]
+        return profile
+
     def render_into(self, machine: Machine) -> None:
         racks = machine.path("/usr/share/rackboot/racks")
         shutil.rmtree(racks / self.rack, ignore_errors=True)
-        render.render([p for p in load_profiles([self.profiles]) if p.rack == self.rack], racks)
+        render.render([self.profile()], racks)
+        if machine is getattr(self, "machine", None):
+            self.install_netboot(machine)
+
+    def install_netboot(self, machine: Machine) -> None:
+        """What the image gives a jumphost for its Pis (image/netboot.py's
+        install_into_image): a Pi root, shared boot files and the rack's TFTP tree."""
+        profile = self.profile()
+        if self.boot_files is None:
+            self.boot_files = netboot.BootFiles(
+                kernel=self._boot_file("vmlinuz-6.1.0-arm64", 300_000),
+                initrd=self._boot_file("initrd.img-6.1.0-arm64", 700_001),
+                firmware={"start4.elf": self._boot_file("start4.elf", 220_000),
+                          "fixup4.dat": self._boot_file("fixup4.dat", 5_400)},
+                device_trees={"bcm2711-rpi-4-b.dtb": self._boot_file("bcm2711-rpi-4-b.dtb", 52_000)})
+        shared = machine.path("/usr/lib/rackboot/pi-boot")
+        for name, source in netboot.shared_boot_files(self.boot_files).items():
+            shutil.copyfile(source, shared / name)
+        (machine.path("/srv/rackboot") / "pi-root/usr/lib/rackboot").mkdir(parents=True, exist_ok=True)
+        if profile.pis:
+            netboot.write_tftp_tree(profile, render.render_rack(profile), self.boot_files,
+                                    machine.path(f"/usr/share/rackboot/racks/{self.rack}"),
+                                    shared_at="/usr/lib/rackboot/pi-boot")
+
+    def _boot_file(self, name: str, size: int) -> Path:
+        path = self.tmp / "boot-files" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(os.urandom(size))
+        return path
 
     def edit_profile(self, change) -> None:
         path = self.profiles / f"{self.rack}.yaml"

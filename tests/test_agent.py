@@ -58,7 +58,7 @@ def test_ambiguous_rack_fails_identify_and_status_explains(machine):
     assert saved["failed"] == "identify" and saved["steps"]["identify"]["outcome"] == "failed"
     assert "token" not in saved["steps"] and sm.calls == []
     [summary] = sent   # the report still goes out
-    assert summary["steps"] == {"identify": "failed", "token": "skipped", "k3s": "skipped",
+    assert summary["steps"] == {"identify": "failed", "serve": "skipped", "token": "skipped", "k3s": "skipped",
                                 "ready": "skipped", "apply": "skipped"}
     assert "racks twin-a, twin-b all match" in summary["errors"]["identify"]
     text = status_text(tmp_path)
@@ -81,7 +81,7 @@ def test_run_after_fix_fetches_token_and_reports(machine, monkeypatch, capsys):
     assert saved["steps"]["token"]["result"]["changed"] is True
     assert (tmp_path / "etc/rancher/k3s/token").read_bytes() == TOKEN + b"\n"
     assert sm.calls == ["projects/rackboot-test/secrets/k3s-token/versions/latest"]
-    assert sent[-1]["steps"] == {"identify": "done", "token": "done", "k3s": "failed",
+    assert sent[-1]["steps"] == {"identify": "done", "serve": "done", "token": "done", "k3s": "failed",
                                  "ready": "skipped", "apply": "skipped"}
     assert "token      done" in status_text(tmp_path)
     # The value is nowhere but the token file.
@@ -94,7 +94,7 @@ def test_missing_secret_fails_token_step_naming_the_reference(machine, monkeypat
     sm.secrets.clear()
     monkeypatch.setattr(identify, "rack_from_seed", lambda: "twin-a")
     assert agent.run("jumphost") == 1
-    assert sent[-1]["steps"] == {"identify": "done", "token": "failed", "k3s": "skipped",
+    assert sent[-1]["steps"] == {"identify": "done", "serve": "done", "token": "failed", "k3s": "skipped",
                                  "ready": "skipped", "apply": "skipped"}
     assert sent[-1]["errors"]["token"].startswith("sm://rackboot-test/k3s-token: NotFound")
     text = status_text(tmp_path)

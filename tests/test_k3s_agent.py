@@ -48,7 +48,7 @@ def test_jumphost_reaches_rack_ready(rack):
     assert done.returncode == 0, done.stderr + rack.status_text()
     status = rack.status()
     assert {name: step["outcome"] for name, step in status["steps"].items()} == {
-        "identify": "done", "token": "done", "k3s": "done", "ready": "done", "apply": "done", "report": "done"}
+        "identify": "done", "serve": "done", "token": "done", "k3s": "done", "ready": "done", "apply": "done", "report": "done"}
     m = rack.machine
     # Installed as k3s's install.sh would: binary, unit, config, token file, node password.
     bundle = m.path(f"/usr/lib/rackboot/k3s/{VERSION}")

@@ -1,6 +1,7 @@
 """Pis join their rack's cluster: the agent on a pretend Pi (found by the
-serial its kernel shows) installs k3s as an agent pointed at the jumphost,
-and the node registers with the profile's labels. A Pi that lost its local
+serial its kernel shows) gets the agent token from the jumphost's join
+service, installs k3s as an agent pointed at the jumphost, and the node
+registers with the profile's labels. A Pi that lost its local
 state (a netbooted Pi keeps /etc/rancher in RAM) and a replacement Pi with
 the same name join again as the same node, where k3s's own random node
 password would be rejected; the test shows that rejection too."""
@@ -12,6 +13,7 @@ import time
 
 import pytest
 
+from firstboot import join as join_module
 from tests.doubles.secret_manager import SecretManagerDouble
 from tests.machine import REPO
 from tests.rack import Rack
@@ -62,6 +64,15 @@ def test_pis_join_with_their_labels(rack):
     assert "example.dev/device-pool" not in found["loop-pi-02"].metadata.labels
     assert first.path("/etc/systemd/system/k3s-agent.service").read_text().count("ExecStart=/usr/local/bin/k3s agent")
     assert "server: https://127.0.0.2:16443" in first.path("/etc/rancher/k3s/config.yaml").read_text()
+    # The Pis hold the agent token (from the join service), never the rack's token.
+    assert status["steps"]["token"]["result"]["source"] == "http://127.0.0.2:6442/v1/agent-token"
+    for pi in (first, second):
+        assert pi.path("/etc/rancher/k3s/token").read_bytes() == join_module.agent_token(TOKEN) + b"\n"
+        assert (pi.path("/etc/rancher/k3s/token").stat().st_mode & 0o777) == 0o600
+        for path in (pi.root).rglob("*"):
+            if path.is_file():
+                assert TOKEN not in path.read_bytes(), path
+    assert rack.sm.calls == ["projects/rackboot-loop/secrets/k3s-node-token/versions/latest"]   # the jumphost's only
 
 
 def test_pi_that_lost_its_state_and_a_replacement_rejoin_as_the_same_node(rack):

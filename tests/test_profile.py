@@ -41,6 +41,7 @@ def test_schema_defaults_are_the_model_defaults():
     assert minimal.netboot.rancher_storage == nb["rancher_storage"]["default"]
     assert minimal.netboot.tftp_root == nb["tftp_root"]["default"]
     assert minimal.netboot.nfs_root == nb["nfs_root"]["default"]
+    assert minimal.netboot.join_port == nb["join_port"]["default"]
     assert minimal.network.dns == (minimal.network.router,)
 
 

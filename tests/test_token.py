@@ -24,7 +24,7 @@ def test_writes_token_file_root_only_and_reports_change(tmp_path):
     assert again["changed"] is False
     rotated = install_token(REF, path, access=lambda ref: b"rotated-rack-token")
     assert rotated["changed"] is True and path.read_bytes() == b"rotated-rack-token\n"
-    assert [p.name for p in path.parent.iterdir()] == ["token"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["agent-token", "token"]   # no temporary left
 
 
 @pytest.mark.parametrize("value, message", [(b"  \n", "the secret is empty"),

@@ -12,8 +12,6 @@ serial log is kept under tests/artifacts/.
 
 import dataclasses
 import json
-import os
-import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -21,42 +19,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from firstboot.profile import load_profiles
-from image import jumphost, k3s_bundle, qemu, seed
-from tests.doubles import k3s_standin_bundle
+from image import qemu, seed
 from tests.doubles.secret_manager import SecretManagerDouble
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "tests" / "artifacts"
-PROFILE = REPO / "rack-profiles" / "example.yaml"
 BOOT_TIMEOUT = 900
 
 pytestmark = pytest.mark.vm
 
 
-def _missing_capability() -> str | None:
-    if os.geteuid() != 0:
-        return "building an image needs root (mmdebstrap, owner-preserving unpack)"
-    for tool in ("mmdebstrap", "genimage", "qemu-system-x86_64", "bmaptool"):
-        if not shutil.which(tool):
-            return f"{tool} is not installed (tests/run installs it)"
-    if not qemu.OVMF_CODE.exists():
-        return "OVMF firmware is not installed"
-    return None
-
-
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    reason = _missing_capability()
-    if reason:
-        pytest.skip(reason)
-    out = tmp_path_factory.mktemp("image")
-    [profile] = load_profiles([PROFILE])
-    bundle_dir = k3s_standin_bundle.real_bundle() or k3s_standin_bundle.make(
-        tmp_path_factory.mktemp("k3s"), profile.k3s.version)
-    options = jumphost.ImageOptions(output=out, k3s_bundle=k3s_bundle.verify(bundle_dir))
-    outputs = jumphost.build([profile], options)
-    return profile, out, outputs
+def built(example_image):
+    return example_image
 
 
 TOKEN = b"rackboot-vm-test-token-that-must-not-leak"
@@ -142,7 +117,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-ALL_DONE = {"identify": "done", "token": "done", "k3s": "done", "ready": "done", "apply": "done"}
+ALL_DONE = {"identify": "done", "serve": "done", "token": "done", "k3s": "done", "ready": "done", "apply": "done"}
 
 
 def test_two_boots_of_one_image_reach_rack_ready(built, secret_manager, tmp_path):
@@ -213,7 +188,7 @@ def test_unseeded_jumphost_recognises_its_network(built):
     assert report["identity"] == {"rack": "example", "role": "jumphost",
                                   "node": "jumphost-example", "source": "network"}
     # Without a seed there are no credentials: the token step fails and says why.
-    assert report["steps"] == {"identify": "done", "token": "failed", "k3s": "skipped", "ready": "skipped",
+    assert report["steps"] == {"identify": "done", "serve": "done", "token": "failed", "k3s": "skipped", "ready": "skipped",
                                "apply": "skipped"}
     assert report["errors"]["token"].startswith("sm://rackboot-example/k3s-node-token: no Google credentials")
     assert report["cloud_init"]["status"] == "done" and report["cloud_init"]["errors"] == []

@@ -9,7 +9,9 @@ k3s's command line, files and protocols that rackboot relies on:
   k3s server   reads --config / K3S_CONFIG_FILE (default /etc/rancher/k3s/config.yaml)
                and config.yaml.d/*.yaml; keys: token, token-file, node-name,
                node-ip, node-label, https-listen-port, write-kubeconfig,
-               write-kubeconfig-mode, data-dir, tls-san, disable.
+               write-kubeconfig-mode, data-dir, tls-san, disable,
+               agent-token, agent-token-file (a second secret that joins
+               agents only; written to DATA/server/agent-token as k3s does).
                Makes its CAs and certificates (openssl), writes
                DATA/server/token and node-token ("K10<sha256 of CA>::server:SECRET"),
                the admin kubeconfig, registers its own node, serves a Kubernetes
@@ -62,7 +64,7 @@ NODE_PASSWORD_FILE = Path("/etc/rancher/node/password")
 REJECTED = ("Node password rejected, duplicate hostname or contents of '/etc/rancher/node/password' "
             "may not match server node-passwd entry, try enabling a unique node name with the "
             "--with-node-id flag")
-KNOWN_KEYS = {"token", "token-file", "server", "node-name", "node-ip", "node-label",
+KNOWN_KEYS = {"agent-token-file", "token", "token-file", "server", "node-name", "node-ip", "node-label",
               "https-listen-port", "write-kubeconfig", "write-kubeconfig-mode", "data-dir",
               "tls-san", "disable", "agent-token", "snapshotter", "prefer-bundled-bin"}
 
@@ -184,6 +186,17 @@ def read_token(config: dict) -> str:
             return Path(config["token-file"]).read_text().strip()
         except OSError as err:
             fatal(f"reading token file {config['token-file']}: {err.strerror}")
+    return ""
+
+
+def read_agent_token(config: dict) -> str:
+    if config.get("agent-token"):
+        return str(config["agent-token"]).strip()
+    if config.get("agent-token-file"):
+        try:
+            return Path(config["agent-token-file"]).read_text().strip()
+        except OSError as err:
+            fatal(f"reading agent token file {config['agent-token-file']}: {err.strerror}")
     return ""
 
 
@@ -457,6 +470,10 @@ class Server:
         if token.startswith("K10") and "::" in token and token[3:].split("::")[0] != ca_hash:
             fatal("token CA hash does not match the Cluster CA certificate hash")
         self.set_token(secret)
+        agent = read_agent_token(self.config)
+        self.agent_secret = token_secret(agent) if agent else None
+        if agent:
+            write_private(self.data / "server/agent-token", f"K10{ca_hash}::node:{self.agent_secret}\n")
         for namespace in ("default", "kube-system", "kube-public", "kube-node-lease"):
             if not self.store.get("namespaces", "", namespace):
                 self.store.put("namespaces", "", {"apiVersion": "v1", "kind": "Namespace",
@@ -601,7 +618,10 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
             user, _, secret = base64.b64decode(auth.removeprefix("Basic ")).decode().partition(":")
         except ValueError:
             user, secret = "", ""
-        if user not in ("node", "server") or not secrets.compare_digest(secret, state.secret):
+        accepted = secrets.compare_digest(secret, state.secret) and user in ("node", "server")
+        if state.agent_secret and user == "node":     # the agent token joins agents, never servers
+            accepted = accepted or secrets.compare_digest(secret, state.agent_secret)
+        if not accepted:
             raise ApiError(401, "Unauthorized", "Unauthorized")
         request = json.loads(self.body() or b"{}")
         name = self.headers.get("k3s-Node-Name", "")

@@ -1,0 +1,129 @@
+"""What rackboot lays over a Debian root filesystem, for the jumphost and for
+the Pis' shared root alike: the agent with its Python libraries, every rack's
+profile and rendered files, the k3s bundle; and what it takes away (machine
+state that would make two machines booted from one image alike)."""
+
+import shutil
+import sys
+from pathlib import Path, PurePosixPath
+
+from firstboot.errors import BadInput, RackbootError
+from firstboot.profile import DEFAULTS_NAME, SCHEMA_PATH, RackProfile
+from image import k3s_bundle, render
+from image.run import run
+
+REPO = Path(__file__).resolve().parent.parent
+AGENT_DIR = Path("usr/lib/rackboot")          # the agent, its profiles: PYTHONPATH of the unit
+RACKS_DIR = Path("usr/share/rackboot/racks")  # each rack's rendered files
+# pip's platform tag for each Debian architecture the agent runs on.
+WHEEL_PLATFORMS = {"amd64": "manylinux2014_x86_64", "arm64": "manylinux2014_aarch64"}
+
+
+def profiles_directory(profiles: list[RackProfile]) -> Path:
+    """One image's racks share one directory: its defaults.yaml applies to all."""
+    directories = {p.source.resolve().parent for p in profiles}
+    if len(directories) != 1:
+        raise BadInput("the racks of one image must come from one directory (they share its "
+                       f"{DEFAULTS_NAME}); got {', '.join(sorted(map(str, directories)))}")
+    return directories.pop()
+
+
+def install_profiles(profiles: list[RackProfile], tree: Path) -> None:
+    """The profiles, their defaults, schema and manifests, at the same relative paths."""
+    source_dir = profiles_directory(profiles)
+    target = tree / AGENT_DIR / "rack-profiles"
+    target.mkdir(parents=True)
+    shutil.copyfile(SCHEMA_PATH, target / "schema.json")
+    files = [p.source.resolve() for p in profiles] + [m for p in profiles for m in p.manifests]
+    if (source_dir / DEFAULTS_NAME).exists():
+        files.append(source_dir / DEFAULTS_NAME)
+    for path in files:
+        try:
+            relative = path.relative_to(source_dir)
+        except ValueError:
+            raise BadInput(f"{path}: manifests that go into an image must be inside {source_dir}") from None
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target / relative)
+
+
+# The agent's Google and Kubernetes client libraries, installed from PyPI as
+# wheels for the image's interpreter at the versions requirements.txt pins:
+# one consistent set (google-auth, urllib3, protobuf, ...) that the agent puts
+# first on its path.
+PYPI_AGENT_PACKAGES = ("google-cloud-secret-manager", "google-cloud-storage", "google-cloud-kms",
+                       "cryptography", "kubernetes")
+
+
+def _pinned(package: str) -> str:
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        if line.split("==")[0].strip().lower() == package:
+            return line.strip()
+    raise RackbootError(f"requirements.txt does not pin {package}")
+
+
+def install_agent(tree: Path, arch: str) -> None:
+    shutil.copytree(REPO / "firstboot", tree / AGENT_DIR / "firstboot",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    python = sorted((tree / "usr/lib").glob("python3.[0-9]*"))[-1].name.removeprefix("python")
+    run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "--target", tree / AGENT_DIR / "site-packages", "--only-binary=:all:",
+         "--python-version", python, "--implementation", "cp", "--platform", WHEEL_PLATFORMS[arch],
+         *map(_pinned, PYPI_AGENT_PACKAGES)],
+         hint="the image build needs PyPI for the agent's Secret Manager client")
+
+
+def install_racks(rendered: dict[str, render.RenderedTree], tree: Path) -> None:
+    for rack, files in rendered.items():
+        render.write_tree(files, tree / RACKS_DIR / rack)
+
+
+def install_units(rendered: dict[str, render.RenderedTree], tree: Path, role: str, names: tuple[str, ...]) -> None:
+    """Units that the image carries for every rack (the agent's own, ...):
+    each must render the same for all of the image's racks."""
+    for name in names:
+        key = PurePosixPath(role, "rootfs/etc/systemd/system", name)
+        texts = {files[key] for files in rendered.values() if key in files}
+        if len(texts) != 1:
+            raise BadInput(f"the racks of this image ({', '.join(sorted(rendered))}) need different {name} "
+                           f"({len(texts)} versions); build one image per kind of rack")
+        (tree / "etc/systemd/system" / name).write_text(texts.pop())
+
+
+# Debian's sshd refuses to start without host keys, and strip_machine_state
+# removes the image's. cloud-init makes them on a jumphost; this makes sure of
+# them where it does not run (a Pi, a jumphost without a seed).
+SSH_KEYGEN_DROPIN = """\
+[Service]
+ExecStartPre=/usr/bin/ssh-keygen -A
+"""
+
+
+def make_ssh_host_keys_at_boot(tree: Path) -> None:
+    dropin = tree / "etc/systemd/system/ssh.service.d"
+    dropin.mkdir(parents=True, exist_ok=True)
+    (dropin / "rackboot-host-keys.conf").write_text(SSH_KEYGEN_DROPIN)
+
+
+def strip_machine_state(tree: Path) -> None:
+    """Nothing that would make two machines booted from this image alike."""
+    (tree / "etc/machine-id").write_text("")  # empty: systemd makes one at first boot
+    (tree / "var/lib/dbus/machine-id").unlink(missing_ok=True)
+    for key in (tree / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    shutil.rmtree(tree / "var/lib/cloud", ignore_errors=True)
+    for log_file in (tree / "var/log").rglob("*"):
+        if log_file.is_file():
+            log_file.unlink()
+
+
+def install_k3s(bundle, tree: Path, arch: str | None = None) -> None:
+    """The k3s bundle (image/k3s_bundle.py), or only its files for arch."""
+    target = tree / AGENT_DIR / "k3s" / bundle.version
+    if arch is None:
+        shutil.copytree(bundle.path, target)
+        return
+    target.mkdir(parents=True)
+    for name in (k3s_bundle.binary_name(arch), k3s_bundle.images_name(arch), k3s_bundle.checksums_name(arch)):
+        shutil.copy2(bundle.path / name, target / name)
+
+
