@@ -91,10 +91,13 @@ def install_units(rendered: dict[str, render.RenderedTree], tree: Path, role: st
 
 # Debian's sshd refuses to start without host keys, and strip_machine_state
 # removes the image's. cloud-init makes them on a jumphost; this makes sure of
-# them where it does not run (a Pi, a jumphost without a seed).
+# them where it does not run (a Pi). The keys come before Debian's own check
+# (sshd -t), which a drop-in's ExecStartPre= would otherwise follow.
 SSH_KEYGEN_DROPIN = """\
 [Service]
+ExecStartPre=
 ExecStartPre=/usr/bin/ssh-keygen -A
+ExecStartPre=/usr/sbin/sshd -t
 """
 
 

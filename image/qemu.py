@@ -7,9 +7,12 @@ services on the host's loopback at the router address.
 
 A virtual rack adds Raspberry Pis: arm64 `virt` machines (QEMU's raspi4b
 has no network) booted with the kernel, initramfs and command line of the
-rack's TFTP tree, each on a point-to-point Ethernet link (UDP on the host's
-loopback) to a hub in the jumphost's QEMU, where the jumphost's NIC and the
-user network (the "router") sit too: one layer-2 segment, as in a rack.
+rack's TFTP tree. Then every machine's NIC is a port of a learning switch
+(its cable: UDP on the host's loopback; tests/rack_switch.py), and the rack
+router is a QEMU of its own (`-machine none`) whose user network sits on
+another port. The router must not be on a hub with the others: QEMU's user
+network takes every frame it sees as its own to route, and would answer the
+Pis' traffic to the jumphost with resets.
 
 TCG is the default: on these build machines /dev/kvm exists but guests hang
 under it (FIELD-NOTES.md). KVM only when asked, and only if /dev/kvm opens.
@@ -62,35 +65,55 @@ def accelerator(kvm: bool) -> str:
 
 
 @dataclass(frozen=True)
-class PiLink:
-    """A Pi's Ethernet cable to the jumphost's hub: two UDP ports on 127.0.0.1."""
-    hub_port: int
-    pi_port: int
+class SwitchPort:
+    """A machine's cable to the rack switch: UDP from 127.0.0.1:port to 127.0.0.1:switch."""
+    switch: int
+    port: int
+
+    def netdev(self, name: str) -> str:
+        return f"socket,id={name},udp=127.0.0.1:{self.switch},localaddr=127.0.0.1:{self.port}"
 
 
-def qemu_argv(profile: RackProfile, disk: Path, seed: Path | None, files: BootFiles,
-              kvm: bool = False, memory_mb: int = 2048, ssh_port: int | None = None,
-              api_port: int | None = None, pi_links: tuple[PiLink, ...] = (),
-              interactive: bool = False) -> list[str]:
-    for firmware in (OVMF_CODE, OVMF_VARS):
-        if not firmware.exists():
-            raise RackbootError(f"UEFI firmware {firmware} is missing", hint="apt-get install ovmf")
+def _user_netdev(profile: RackProfile, name: str, ssh_port: int | None, api_port: int | None) -> str:
     net = profile.network
     first_dynamic = net.subnet.network_address + max(16, net.subnet.num_addresses // 2)
     # QEMU answers DNS at its own address (subnet .3), which must differ from the router.
-    netdev = (f"user,id=rack,net={net.subnet},host={net.router},"
-              f"dhcpstart={first_dynamic}")
+    netdev = f"user,id={name},net={net.subnet},host={net.router},dhcpstart={first_dynamic}"
     if ssh_port:
         netdev += f",hostfwd=tcp:127.0.0.1:{ssh_port}-{profile.jumphost.address}:22"
     if api_port:     # the rack's k3s API, as attach.sh's ssh -L would give it
         netdev += f",hostfwd=tcp:127.0.0.1:{api_port}-{profile.jumphost.address}:{profile.k3s.api_port}"
+    return netdev
+
+
+def router_argv(profile: RackProfile, uplink: SwitchPort, ssh_port: int | None = None,
+                api_port: int | None = None) -> list[str]:
+    """The rack router of a virtual rack: QEMU's user network (DHCP, the host
+    at the router's address, the forwarded ports) alone on a switch port."""
+    return ["qemu-system-x86_64", "-machine", "none", "-nodefaults", "-display", "none", "-monitor", "none",
+            "-netdev", _user_netdev(profile, "router", ssh_port, api_port),
+            "-netdev", uplink.netdev("uplink"),
+            "-netdev", "hubport,id=hub-router,hubid=0,netdev=router",
+            "-netdev", "hubport,id=hub-uplink,hubid=0,netdev=uplink"]
+
+
+def qemu_argv(profile: RackProfile, disk: Path, seed: Path | None, files: BootFiles,
+              kvm: bool = False, memory_mb: int = 2048, ssh_port: int | None = None,
+              api_port: int | None = None, switch: SwitchPort | None = None,
+              interactive: bool = False) -> list[str]:
+    """switch: the NIC's cable goes to a virtual rack's switch (the ports are
+    then forwarded by its router) instead of QEMU's user network."""
+    for firmware in (OVMF_CODE, OVMF_VARS):
+        if not firmware.exists():
+            raise RackbootError(f"UEFI firmware {firmware} is missing", hint="apt-get install ovmf")
+    netdev = switch.netdev("rack") if switch else _user_netdev(profile, "rack", ssh_port, api_port)
     argv = [
         "qemu-system-x86_64", "-machine", "q35", "-accel", accelerator(kvm),
         "-cpu", "host" if kvm else "max", "-smp", "2", "-m", str(memory_mb),
         "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
         "-drive", f"if=pflash,format=raw,file={files.vars}",
         "-drive", f"file={disk},format=raw,if=virtio",
-        *_rack_network(netdev, pi_links),
+        "-netdev", netdev, "-device", "virtio-net-pci,netdev=rack",
         "-device", "virtio-serial-pci",
         "-chardev", f"file,id=status,path={files.status_log}",
         "-device", f"virtserialport,chardev=status,name={STATUS_PORT_NAME}",
@@ -102,18 +125,6 @@ def qemu_argv(profile: RackProfile, disk: Path, seed: Path | None, files: BootFi
         argv += ["-serial", "mon:stdio"]
     else:
         argv += ["-serial", f"file:{files.serial_log}", "-monitor", "none"]
-    return argv
-
-
-def _rack_network(user_netdev: str, pi_links: tuple[PiLink, ...]) -> list[str]:
-    if not pi_links:
-        return ["-netdev", user_netdev, "-device", "virtio-net-pci,netdev=rack"]
-    argv = ["-netdev", user_netdev.replace("id=rack", "id=router", 1),
-            "-netdev", "hubport,id=hub-router,hubid=0,netdev=router",
-            "-netdev", "hubport,id=hub-nic,hubid=0", "-device", "virtio-net-pci,netdev=hub-nic"]
-    for index, link in enumerate(pi_links):
-        argv += ["-netdev", f"socket,id=pi{index},udp=127.0.0.1:{link.pi_port},localaddr=127.0.0.1:{link.hub_port}",
-                 "-netdev", f"hubport,id=hub-pi{index},hubid=0,netdev=pi{index}"]
     return argv
 
 
@@ -129,14 +140,14 @@ def pi_boot_from_tftp(directory: Path) -> PiBoot:
     return PiBoot(directory / "vmlinuz", directory / "initrd.img", (directory / "cmdline.txt").read_text().strip())
 
 
-def pi_argv(boot: PiBoot, mac: str, link: PiLink, files: BootFiles, memory_mb: int = 1024) -> list[str]:
+def pi_argv(boot: PiBoot, mac: str, switch: SwitchPort, files: BootFiles, memory_mb: int = 1024) -> list[str]:
     """An arm64 virt machine standing in for a Pi 4: the Pi's kernel, initramfs
     and command line (its console on the virt board's PL011), its MAC."""
     return [
         "qemu-system-aarch64", "-machine", "virt", "-accel", "tcg", "-cpu", "cortex-a72",
         "-smp", "2", "-m", str(memory_mb),
         "-kernel", str(boot.kernel), "-initrd", str(boot.initrd), "-append", f"{boot.cmdline} console=ttyAMA0",
-        "-netdev", f"socket,id=rack,udp=127.0.0.1:{link.hub_port},localaddr=127.0.0.1:{link.pi_port}",
+        "-netdev", switch.netdev("rack"),
         "-device", f"virtio-net-pci,netdev=rack,mac={mac}",
         "-device", "virtio-serial-pci",
         "-chardev", f"file,id=status,path={files.status_log}",

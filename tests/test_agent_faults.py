@@ -3,8 +3,6 @@ boot's run; a secret store that is away for a while; a slow API server; an
 API server that never answers in time. After each, `status` says where the
 run is or what failed, and a later run finishes."""
 
-import shutil
-import subprocess
 import sys
 import time
 

@@ -7,7 +7,8 @@ kernel, initramfs) against real dnsmasq, started with the rack's rendered
 configuration in a network namespace of its own, and checks every answer
 byte for byte. The fast tier serves a tree written from stand-in boot files;
 the vm tier builds the real arm64 root filesystem (Debian's raspi-firmware,
-kernel and NFS initramfs) with `netboot.build` and serves that.
+kernel and NFS initramfs) with `netboot.build`, serves that, and checks the
+NFS root written beside it.
 """
 
 import json
@@ -155,7 +156,18 @@ def test_real_pi_tree_from_debian(profile, tmp_path):
     """The real tree: Debian's arm64 kernel, its NFS initramfs, raspi-firmware."""
     if os.geteuid() != 0:
         pytest.skip("building the Pi root filesystem needs root")
-    tree = netboot.build(profile, tmp_path / "out")
+    tree, pi_root = netboot.build(profile, tmp_path / "out")
+    # The NFS root: the agent with arm64 libraries, its units enabled, no machine state.
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pi-root", "tftp"]
+    assert (pi_root / "usr/lib/rackboot/firstboot/join.py").is_file()
+    assert (pi_root / "usr/lib/rackboot/rack-profiles/example.yaml").is_file()
+    grpc = list((pi_root / "usr/lib/rackboot/site-packages/grpc/_cython").glob("cygrpc*.so"))
+    assert grpc and "aarch64" in grpc[0].name
+    wants = pi_root / "etc/systemd/system/multi-user.target.wants"
+    assert "--role=pi" in (wants / "rackboot-firstboot.service").read_text()
+    assert (pi_root / "etc/systemd/system/local-fs.target.wants/var-lib-rancher.mount").exists()
+    assert (pi_root / "etc/machine-id").read_text() == "" and not list((pi_root / "etc/ssh").glob("ssh_host_*"))
+    assert (pi_root / "etc/initramfs-tools/scripts/nfs-bottom/rackboot-overlay").is_file()
     unpacked = subprocess.run(["zstd", "-dc", str(tree / "initrd.img")], capture_output=True, check=True).stdout
     initrd = subprocess.run(["cpio", "-it", "--quiet"], input=unpacked, capture_output=True, check=True).stdout.decode()
     # NFS root support; the Pi 4's NIC (BCMGENET, built as genet.ko); QEMU virt's NIC.

@@ -11,20 +11,13 @@ serial log is kept under tests/artifacts/.
 """
 
 import dataclasses
-import json
-import socket
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
 
-from image import qemu, seed
 from tests.doubles.secret_manager import SecretManagerDouble
-
-REPO = Path(__file__).resolve().parent.parent
-ARTIFACTS = REPO / "tests" / "artifacts"
-BOOT_TIMEOUT = 900
+from tests.vm import ARTIFACTS, boot, debugfs, free_port, root_filesystem
 
 pytestmark = pytest.mark.vm
 
@@ -48,21 +41,6 @@ def secret_manager():
     double.stop()
 
 
-def boot(profile, image: Path, name: str, agent_env: dict | None = None, with_seed: bool = True,
-         while_running=None, **ports) -> dict:
-    """Boot a fresh copy of the image; return the guest's report."""
-    files = qemu.BootFiles(ARTIFACTS / name)
-    qemu.prepare(files)
-    disk = files.workdir / "disk.img"
-    subprocess.run(["cp", "--sparse=always", str(image), str(disk)], check=True)
-    seed_image = seed.make_seed(profile, files.workdir, agent_env) if with_seed else None
-    try:
-        return qemu.boot_until_report(qemu.qemu_argv(profile, disk, seed_image, files, **ports), files,
-                                      BOOT_TIMEOUT, while_running)
-    finally:
-        disk.unlink(missing_ok=True)   # keep the logs, not 2 GB of disk
-
-
 def test_outputs_are_flashable(built):
     profile, out, outputs = built
     names = sorted(p.name for p in outputs)
@@ -74,31 +52,16 @@ def test_outputs_are_flashable(built):
     assert "C12A7328-F81F-11D2-BA4B-00A0C93EC93B" in table   # EFI system partition type
 
 
-def _root_filesystem(image: Path, workdir: Path) -> Path:
-    table = json.loads(subprocess.run(["sfdisk", "--json", str(image)], capture_output=True,
-                                      text=True, check=True).stdout)
-    [root] = [p for p in table["partitiontable"]["partitions"] if p.get("name") == "rackboot-root"]
-    target = workdir / "root.ext4"
-    subprocess.run(["dd", f"if={image}", f"of={target}", "bs=512", f"skip={root['start']}",
-                    f"count={root['size']}", "conv=sparse", "status=none"], check=True)
-    return target
-
-
-def _debugfs(filesystem: Path, command: str) -> str:
-    return subprocess.run(["debugfs", "-R", command, str(filesystem)], capture_output=True,
-                          text=True, check=True).stdout
-
-
 def test_image_holds_no_machine_state_and_the_whole_agent(built, tmp_path):
     """Read the root filesystem itself: what makes a jumphost unique must be
     absent, and what the agent needs must be there."""
     _, out, _ = built
-    root = _root_filesystem(out / "jumphost.img", tmp_path)
-    assert "Size: 0" in _debugfs(root, "stat /etc/machine-id")
-    assert "ssh_host_" not in _debugfs(root, "ls -l /etc/ssh")
+    root = root_filesystem(out / "jumphost.img", tmp_path)
+    assert "Size: 0" in debugfs(root, "stat /etc/machine-id")
+    assert "ssh_host_" not in debugfs(root, "ls -l /etc/ssh")
     assert "File not found" in subprocess.run(["debugfs", "-R", "stat /var/lib/cloud", str(root)],
                                               capture_output=True, text=True).stderr
-    assert "rackboot-firstboot.service" in _debugfs(root, "ls -l /etc/systemd/system/multi-user.target.wants")
+    assert "rackboot-firstboot.service" in debugfs(root, "ls -l /etc/systemd/system/multi-user.target.wants")
     for path in ("/usr/lib/rackboot/firstboot/identify.py", "/usr/lib/rackboot/rack-profiles/example.yaml",
                  "/usr/lib/rackboot/rack-profiles/schema.json", "/usr/lib/rackboot/rack-profiles/kube/example/10-hello.yaml",
                  "/usr/share/rackboot/racks/example/jumphost/seed/user-data",
@@ -107,14 +70,17 @@ def test_image_holds_no_machine_state_and_the_whole_agent(built, tmp_path):
                  "/usr/lib/rackboot/site-packages/google/cloud/kms_v1/__init__.py",
                  "/usr/lib/rackboot/site-packages/kubernetes/dynamic/client.py",
                  "/usr/lib/rackboot/k3s/v1.31.4+k3s1/k3s",
-                 "/usr/lib/rackboot/k3s/v1.31.4+k3s1/k3s-airgap-images-amd64.tar.zst"):
-        assert "Type: regular" in _debugfs(root, f"stat {path}"), path
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+                 "/usr/lib/rackboot/k3s/v1.31.4+k3s1/k3s-airgap-images-amd64.tar.zst",
+                 # The Pis' netboot: shared boot files, the NFS root with the agent and arm64 k3s.
+                 "/usr/lib/rackboot/pi-boot/vmlinuz", "/usr/lib/rackboot/pi-boot/start4.elf",
+                 "/usr/share/rackboot/racks/example/tftp/cmdline.txt",
+                 "/srv/rackboot/pi-root/usr/lib/rackboot/firstboot/join.py",
+                 "/srv/rackboot/pi-root/usr/lib/rackboot/k3s/v1.31.4+k3s1/k3s-arm64"):
+        assert "Type: regular" in debugfs(root, f"stat {path}"), path
+    assert "Type: symlink" in debugfs(root, "stat /usr/share/rackboot/racks/example/tftp/0a1b2c01/start4.elf")
+    # Only the Pis' architecture of the bundle in their root; no machine state there either.
+    assert "k3s-airgap-images-amd64" not in debugfs(root, "ls /srv/rackboot/pi-root/usr/lib/rackboot/k3s/v1.31.4+k3s1")
+    assert "Size: 0" in debugfs(root, "stat /srv/rackboot/pi-root/etc/machine-id")
 
 
 ALL_DONE = {"identify": "done", "serve": "done", "token": "done", "k3s": "done", "ready": "done", "apply": "done"}
@@ -132,7 +98,7 @@ def test_two_boots_of_one_image_reach_rack_ready(built, secret_manager, tmp_path
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     admin = dataclasses.replace(profile, jumphost=dataclasses.replace(
         profile.jumphost, ssh_authorized_keys=(key.with_suffix(".pub").read_text().strip(),)))
-    ssh_port, api_port = _free_port(), _free_port()
+    ssh_port, api_port = free_port(), free_port()
     seen = {}
 
     def read_back(report):

@@ -1,0 +1,183 @@
+"""Booting the built images in QEMU, for the VM tests and the benchmarks: a
+jumphost from a fresh copy of its image, reading the root filesystem of an
+image without mounting it, and the virtual rack (a jumphost, its router and
+its Pis on one switch). Each boot's serial log is kept under tests/artifacts/.
+"""
+
+import dataclasses
+import json
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+
+from image import qemu, seed
+from tests.doubles.secret_manager import SecretManagerDouble
+from tests.rack_switch import RackSwitch
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "tests" / "artifacts"
+BOOT_TIMEOUT = 900
+PI_TIMEOUT = 1200
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def boot(profile, image: Path, name: str, agent_env: dict | None = None, with_seed: bool = True,
+         while_running=None, **ports) -> dict:
+    """Boot a fresh copy of the image; return the guest's report."""
+    files = qemu.BootFiles(ARTIFACTS / name)
+    qemu.prepare(files)
+    disk = files.workdir / "disk.img"
+    subprocess.run(["cp", "--sparse=always", str(image), str(disk)], check=True)
+    seed_image = seed.make_seed(profile, files.workdir, agent_env) if with_seed else None
+    try:
+        return qemu.boot_until_report(qemu.qemu_argv(profile, disk, seed_image, files, **ports), files,
+                                      BOOT_TIMEOUT, while_running)
+    finally:
+        disk.unlink(missing_ok=True)   # keep the logs, not 2 GB of disk
+
+
+def root_filesystem(image: Path, workdir: Path) -> Path:
+    """The image's ext4 root partition, copied out (debugfs reads it in place)."""
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(image)], capture_output=True,
+                                      text=True, check=True).stdout)
+    [root] = [p for p in table["partitiontable"]["partitions"] if p.get("name") == "rackboot-root"]
+    target = workdir / "root.ext4"
+    subprocess.run(["dd", f"if={image}", f"of={target}", "bs=512", f"skip={root['start']}",
+                    f"count={root['size']}", "conv=sparse", "status=none"], check=True)
+    return target
+
+
+def debugfs(filesystem: Path, command: str) -> str:
+    return subprocess.run(["debugfs", "-R", command, str(filesystem)], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def pi_boot_files(image: Path, rack: str, workdir: Path) -> qemu.PiBoot:
+    """What a Pi's bootloader gets from the jumphost's TFTP tree, read from
+    the image: the rack's cmdline.txt and the boot files its links point to."""
+    root = root_filesystem(image, workdir)
+    files = {}
+    for name, path in (("cmdline.txt", f"/usr/share/rackboot/racks/{rack}/tftp/cmdline.txt"),
+                       ("vmlinuz", "/usr/lib/rackboot/pi-boot/vmlinuz"),
+                       ("initrd.img", "/usr/lib/rackboot/pi-boot/initrd.img")):
+        if "Type: regular" not in debugfs(root, f"stat {path}"):
+            raise AssertionError(f"{path} is not a file in {image}")
+        subprocess.run(["debugfs", "-R", f"dump {path} {workdir / name}", str(root)], check=True,
+                       capture_output=True)
+        files[name] = workdir / name
+    link = debugfs(root, f"stat /usr/share/rackboot/racks/{rack}/tftp/vmlinuz")
+    if "Type: symlink" not in link or "/usr/lib/rackboot/pi-boot/vmlinuz" not in link:
+        raise AssertionError(f"the rack's TFTP vmlinuz does not link to the shared one: {link}")
+    root.unlink()
+    return qemu.PiBoot(files["vmlinuz"], files["initrd.img"], files["cmdline.txt"].read_text().strip())
+
+
+class PiVM:
+    """A Pi of the virtual rack: an arm64 virt machine on a switch port."""
+
+    def __init__(self, name: str, boot_files: qemu.PiBoot, mac: str, cable: qemu.SwitchPort):
+        self.name = name
+        self.files = qemu.BootFiles(ARTIFACTS / name)
+        self.argv = qemu.pi_argv(boot_files, mac, cable, self.files)
+        self.process = None
+
+    def power_on(self) -> None:
+        self.files.workdir.mkdir(parents=True, exist_ok=True)
+        for path in (self.files.serial_log, self.files.status_log):
+            path.unlink(missing_ok=True)
+        self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, text=True)
+
+    def power_off(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def report(self, timeout: float = PI_TIMEOUT) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.files.status_log.read_text() if self.files.status_log.exists() else ""
+            if "\n" in text:
+                return json.loads(text.split("\n", 1)[0])
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.name}: QEMU exited {self.process.returncode}: "
+                                     f"{self.process.stderr.read()[-2000:]}")
+            time.sleep(2)
+        raise AssertionError(f"no report from {self.name} within {timeout} s; see {self.files.serial_log}")
+
+
+class VirtualRack:
+    """The example rack in QEMU: its router (QEMU's user network, the host at
+    the router's address, ssh and API forwarded), its jumphost booted from
+    the image with its seed, and its Pis (arm64 virt) booted from the image's
+    TFTP tree, all on one RackSwitch. The rack token is in a Secret Manager
+    double on the host; an admin key of the test's own logs in over ssh."""
+
+    def __init__(self, profile, image: Path, workdir: Path, token: bytes, pis: int = 2, prefix: str = "rack"):
+        self.profile, self.image, self.prefix = profile, image, prefix
+        self.switch = RackSwitch()
+        self.secret_manager = SecretManagerDouble()
+        self.secret_manager.add("rackboot-example", "k3s-node-token", token)
+        self.secret_manager.start()
+        self.key = workdir / "admin"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
+        self.ssh_port, self.api_port = free_port(), free_port()
+        boot_files = pi_boot_files(image, profile.rack, workdir)
+        self.pi_cmdline = boot_files.cmdline
+        self.pis = [PiVM(f"{prefix}-{pi.name}", boot_files, pi.mac, self.switch.plug())
+                    for pi in profile.pis[:pis]]
+        self.router = None
+
+    def run(self, while_ready) -> dict:
+        """Boot the router and the jumphost; call while_ready(jumphost report)
+        once the jumphost's agent has reported; return that report."""
+        port = self.secret_manager.address.rsplit(":", 1)[1]
+        env = {"SECRET_MANAGER_EMULATOR_HOST": f"{self.profile.network.router}:{port}"}
+        admin = dataclasses.replace(self.profile, jumphost=dataclasses.replace(
+            self.profile.jumphost, ssh_authorized_keys=(self.key.with_suffix(".pub").read_text().strip(),)))
+        self.router = subprocess.Popen(
+            qemu.router_argv(self.profile, self.switch.plug(), self.ssh_port, self.api_port),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            return boot(admin, self.image, f"{self.prefix}-jumphost", env, while_running=while_ready,
+                        switch=self.switch.plug())
+        finally:
+            for pi in self.pis:
+                pi.power_off()
+            self.router.kill()
+            self.router.wait()
+
+    def router_ran_until_stopped(self) -> bool:
+        return self.router is not None and self.router.returncode == -9
+
+    def ssh(self, *command: str, check: bool = True) -> str:
+        argv = ["ssh", "-i", str(self.key), "-p", str(self.ssh_port), "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+                "rackboot@127.0.0.1", *command]
+        return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=120).stdout
+
+    def cluster(self) -> dict:
+        """The nodes (name -> labels) and node-password hashes, read through
+        the forwarded API port with k3s's admin kubeconfig."""
+        kubeconfig = yaml.safe_load(self.ssh("sudo", "cat", "/etc/rancher/k3s/k3s.yaml"))
+        kubeconfig["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{self.api_port}"
+        from kubernetes import config
+        from kubernetes.dynamic import DynamicClient
+        dyn = DynamicClient(config.new_client_from_config_dict(kubeconfig))
+        nodes = dyn.get(dyn.resources.get(api_version="v1", kind="Node")).items
+        secrets = dyn.get(dyn.resources.get(api_version="v1", kind="Secret"), namespace="kube-system").items
+        return {"nodes": {n.metadata.name: dict(n.metadata.labels) for n in nodes},
+                "passwords": {s.metadata.name: s.data["hash"] for s in secrets
+                              if s.metadata.name.endswith(".node-password.k3s")}}
+
+    def close(self) -> None:
+        self.secret_manager.stop()
+        self.switch.close()
