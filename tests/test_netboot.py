@@ -163,9 +163,11 @@ def test_real_pi_tree_from_debian(profile, tmp_path):
     assert (pi_root / "usr/lib/rackboot/rack-profiles/example.yaml").is_file()
     grpc = list((pi_root / "usr/lib/rackboot/site-packages/grpc/_cython").glob("cygrpc*.so"))
     assert grpc and "aarch64" in grpc[0].name
-    wants = pi_root / "etc/systemd/system/multi-user.target.wants"
-    assert "--role=pi" in (wants / "rackboot-firstboot.service").read_text()
-    assert (pi_root / "etc/systemd/system/local-fs.target.wants/var-lib-rancher.mount").exists()
+    units = pi_root / "etc/systemd/system"
+    assert "--role=pi" in (units / "rackboot-firstboot.service").read_text()
+    for wants, unit in (("multi-user.target.wants", "rackboot-firstboot.service"),
+                        ("local-fs.target.wants", "var-lib-rancher.mount")):      # enabled: links inside the root
+        assert os.readlink(units / wants / unit) == f"/etc/systemd/system/{unit}"
     assert (pi_root / "etc/machine-id").read_text() == "" and not list((pi_root / "etc/ssh").glob("ssh_host_*"))
     assert (pi_root / "etc/initramfs-tools/scripts/nfs-bottom/rackboot-overlay").is_file()
     unpacked = subprocess.run(["zstd", "-dc", str(tree / "initrd.img")], capture_output=True, check=True).stdout
