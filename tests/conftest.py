@@ -16,6 +16,17 @@ def run_build(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _reap_orphaned_machines():
+    """Pretend machines left running by a killed test run would hold the ports
+    this run needs (tests/machine.py)."""
+    from tests import machine
+    reaped = machine.reap_orphans()
+    if reaped:
+        print(f"reaped {len(reaped)} pretend machines of an earlier, killed test run", file=sys.stderr)
+    yield
+
+
 @pytest.fixture
 def build():
     return run_build

@@ -19,6 +19,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DOUBLES_BIN = REPO / "tests/doubles/bin"
+# Each live machine: a file named by its holder's pid, holding the test
+# process's pid and the namespace. A test run that was killed cannot destroy
+# its machines; the next run reaps them (reap_orphans) before their daemons
+# (k3s, dnsmasq, the join service) hold its ports.
+REGISTRY = Path("/run/rackboot-test-machines")
 
 # Machine path -> directory name under the machine's root.
 BINDS = {
@@ -55,6 +60,8 @@ class Machine:
                 break
             time.sleep(0.02)
         self.namespace = os.readlink(f"/proc/{self.holder.pid}/ns/mnt")
+        REGISTRY.mkdir(parents=True, exist_ok=True)
+        (REGISTRY / str(self.holder.pid)).write_text(f"{os.getpid()} {self.namespace}\n")
         mounts = [f"mkdir -p {target} && mount --bind {root / source} {target}" for target, source in BINDS.items()]
         mounts += [f"mkdir -p {target} && mount --bind {source} {target}" for target, source in (image_files or {}).items()]
         mounts.append(f"mount --bind {root / 'proc-cmdline'} /proc/cmdline")
@@ -98,24 +105,11 @@ class Machine:
         return log.read_text(errors="replace") if log.exists() else ""
 
     def processes(self) -> list[int]:
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if os.readlink(entry / "ns/mnt") == self.namespace:
-                        pids.append(int(entry.name))
-                except OSError:
-                    pass
-        return pids
+        return _processes_in(self.namespace)
 
     def power_off(self) -> None:
         """Every process of the machine dies at once, as in a power cut."""
-        for pid in self.processes():
-            if pid != self.holder.pid:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        _kill(pid for pid in self.processes() if pid != self.holder.pid)
         for unit in self.systemctl_state.glob("*.pid"):
             unit.unlink()
 
@@ -123,3 +117,48 @@ class Machine:
         self.power_off()
         self.holder.kill()
         self.holder.wait()
+        (REGISTRY / str(self.holder.pid)).unlink(missing_ok=True)
+
+
+def _processes_in(namespace: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.readlink(entry / "ns/mnt") == namespace:
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def _kill(pids) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:     # a killed run's pytest can linger as a zombie until its parent reaps it
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def reap_orphans() -> list[int]:
+    """Destroy the machines of test runs that died without destroying them;
+    return their holders' pids."""
+    reaped = []
+    for entry in REGISTRY.glob("*") if REGISTRY.is_dir() else []:
+        try:
+            owner, namespace = entry.read_text().split()
+        except (OSError, ValueError):
+            continue
+        if _alive(int(owner)):
+            continue          # its test run is alive
+        _kill(_processes_in(namespace))
+        entry.unlink(missing_ok=True)
+        reaped.append(int(entry.name))
+    return reaped

@@ -57,6 +57,7 @@ def main() -> int:
     parser.add_argument("files", nargs="+")
     parser.add_argument("--out", type=Path, required=True, help="where fetched files are written")
     args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
     for index, name in enumerate(args.files):
         answer = fetch(args.server, name)
         if answer["ok"]:
