@@ -50,19 +50,25 @@ def cmd_render(args) -> int:
     return 0
 
 
+def _k3s_bundle(args, profiles):
+    """The verified --k3s-bundle, which must be the version the racks want."""
+    if not args.k3s_bundle:
+        return None
+    bundle = k3s_bundle.verify(args.k3s_bundle)
+    wanted = {p.k3s.version for p in profiles}
+    if wanted != {bundle.version}:
+        raise BadInput(f"the k3s bundle {args.k3s_bundle} is {bundle.version}, but the racks want "
+                       f"{', '.join(sorted(wanted))}",
+                       hint=f"./build.py fetch-k3s {' '.join(sorted(wanted))} -o DIR")
+    return bundle
+
+
 def cmd_image(args) -> int:
     profiles = load_profiles(args.profiles)
     if os.geteuid() != 0:
         raise RackbootError("building an image needs root (mmdebstrap in root mode, unpacking the "
                             "root filesystem with its owners)", hint=f"sudo {' '.join(sys.argv)}")
-    bundle = None
-    if args.k3s_bundle:
-        bundle = k3s_bundle.verify(args.k3s_bundle)
-        wanted = {p.k3s.version for p in profiles}
-        if wanted != {bundle.version}:
-            raise BadInput(f"the k3s bundle {args.k3s_bundle} is {bundle.version}, but the racks want "
-                           f"{', '.join(sorted(wanted))}",
-                           hint=f"./build.py fetch-k3s {' '.join(sorted(wanted))} -o DIR")
+    bundle = _k3s_bundle(args, profiles)
     options = jumphost.ImageOptions(output=args.output, release=args.release, cache_dir=args.cache_dir,
                                     use_cache=not args.no_cache, compress=args.compress, k3s_bundle=bundle)
     with progress.step(f"jumphost image for {', '.join(p.rack for p in profiles)}"):
@@ -132,7 +138,8 @@ def cmd_netboot(args) -> int:
                             hint=f"sudo {' '.join(sys.argv)}")
     for profile in profiles:
         target = args.output / profile.rack if len(profiles) > 1 else args.output
-        tree, pi_root = netboot.build(profile, target, args.release, args.cache_dir, not args.no_cache)
+        tree, pi_root = netboot.build(profile, target, args.release, args.cache_dir, not args.no_cache,
+                                      _k3s_bundle(args, [profile]))
         log.info("  %s: %d files, %d Pi directories", tree, sum(1 for p in tree.iterdir() if p.is_file()),
                  sum(1 for p in tree.iterdir() if p.is_dir()))
         log.info("  %s: the Pis' NFS root (export it read-only, as %s)", pi_root, profile.netboot.nfs_root)
@@ -168,9 +175,10 @@ def _verb_options(name: str, sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--no-cache", action="store_true", help="rebuild the root filesystem")
     if name == "image":
         sub.add_argument("--compress", action="store_true", help="also write jumphost.img.zst")
+    if name in ("image", "netboot"):
         sub.add_argument("--k3s-bundle", type=Path, metavar="DIR",
-                         help="include this k3s bundle (from fetch-k3s: DIR is its VERSION directory); "
-                              "verified again first")
+                         help="include this k3s bundle (from fetch-k3s: DIR is its VERSION directory; "
+                              "the Pis' root gets its arm64 files); verified again first")
     if name == "fetch-k3s":
         sub.add_argument("--mirror", metavar="URL",
                          help=f"where releases are (default: ${k3s_bundle.MIRROR_ENV} or {k3s_bundle.DEFAULT_MIRROR})")

@@ -184,7 +184,7 @@ def install_into_image(profiles: list[RackProfile], rendered: dict[str, render.R
 
 
 def build(profile: RackProfile, output: Path, release: str = "bookworm", cache_dir: Path | None = None,
-          use_cache: bool = True) -> tuple[Path, Path]:
+          use_cache: bool = True, k3s_bundle=None) -> tuple[Path, Path]:
     """output/tftp and output/pi-root for profile's Pis; return both."""
     rendered = render.render_rack(profile)
     with progress.step("Pi root filesystem (arm64)"):
@@ -195,7 +195,7 @@ def build(profile: RackProfile, output: Path, release: str = "bookworm", cache_d
         final = output / "pi-root"
         staging = Path(tempfile.mkdtemp(prefix=".pi-root.", dir=output))
         try:
-            write_pi_root([profile], {profile.rack: rendered}, pi_rootfs, staging / "pi-root")
+            write_pi_root([profile], {profile.rack: rendered}, pi_rootfs, staging / "pi-root", k3s_bundle)
             os.chmod(staging / "pi-root", 0o755)
             replace_directory(staging / "pi-root", final)
         finally:

@@ -21,7 +21,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from firstboot.profile import load_profiles
-from image import netboot, render
+from image import k3s_bundle, netboot, render
+from tests.doubles import k3s_standin_bundle
 from tests.machine import REPO
 
 EXAMPLE = REPO / "rack-profiles/example.yaml"
@@ -156,7 +157,8 @@ def test_real_pi_tree_from_debian(profile, tmp_path):
     """The real tree: Debian's arm64 kernel, its NFS initramfs, raspi-firmware."""
     if os.geteuid() != 0:
         pytest.skip("building the Pi root filesystem needs root")
-    tree, pi_root = netboot.build(profile, tmp_path / "out")
+    bundle = k3s_bundle.verify(k3s_standin_bundle.make(tmp_path / "k3s", profile.k3s.version))
+    tree, pi_root = netboot.build(profile, tmp_path / "out", k3s_bundle=bundle)
     # The NFS root: the agent with arm64 libraries, its units enabled, no machine state.
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pi-root", "tftp"]
     assert (pi_root / "usr/lib/rackboot/firstboot/join.py").is_file()
@@ -170,6 +172,8 @@ def test_real_pi_tree_from_debian(profile, tmp_path):
         assert os.readlink(units / wants / unit) == f"/etc/systemd/system/{unit}"
     assert (pi_root / "etc/machine-id").read_text() == "" and not list((pi_root / "etc/ssh").glob("ssh_host_*"))
     assert (pi_root / "etc/initramfs-tools/scripts/nfs-bottom/rackboot-overlay").is_file()
+    assert sorted(p.name for p in (pi_root / "usr/lib/rackboot/k3s" / profile.k3s.version).iterdir()) == [
+        "k3s-airgap-images-arm64.tar.zst", "k3s-arm64", "sha256sum-arm64.txt"]   # the Pis' architecture only
     unpacked = subprocess.run(["zstd", "-dc", str(tree / "initrd.img")], capture_output=True, check=True).stdout
     initrd = subprocess.run(["cpio", "-it", "--quiet"], input=unpacked, capture_output=True, check=True).stdout.decode()
     # NFS root support; the Pi 4's NIC (BCMGENET, built as genet.ko); QEMU virt's NIC.
