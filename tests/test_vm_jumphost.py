@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.doubles.secret_manager import SecretManagerDouble
-from tests.vm import ARTIFACTS, boot, debugfs, free_port, root_filesystem
+from tests.vm import ALL_DONE, ARTIFACTS, boot, debugfs, free_port, root_filesystem
 
 pytestmark = pytest.mark.vm
 
@@ -81,9 +81,6 @@ def test_image_holds_no_machine_state_and_the_whole_agent(built, tmp_path):
     # Only the Pis' architecture of the bundle in their root; no machine state there either.
     assert "k3s-airgap-images-amd64" not in debugfs(root, "ls /srv/rackboot/pi-root/usr/lib/rackboot/k3s/v1.31.4+k3s1")
     assert "Size: 0" in debugfs(root, "stat /srv/rackboot/pi-root/etc/machine-id")
-
-
-ALL_DONE = {"identify": "done", "serve": "done", "token": "done", "k3s": "done", "ready": "done", "apply": "done"}
 
 
 def test_two_boots_of_one_image_reach_rack_ready(built, secret_manager, tmp_path):

@@ -19,8 +19,7 @@ as the same node.
 import pytest
 
 from firstboot import join
-from tests.test_vm_jumphost import ALL_DONE
-from tests.vm import VirtualRack
+from tests.vm import ALL_DONE, VirtualRack
 
 pytestmark = pytest.mark.vm
 

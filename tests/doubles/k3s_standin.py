@@ -178,25 +178,15 @@ def load_config(argv: list[str]) -> dict:
     return config
 
 
-def read_token(config: dict) -> str:
-    if config.get("token"):
-        return str(config["token"]).strip()
-    if config.get("token-file"):
+def read_token(config: dict, key: str = "token") -> str:
+    """The value of key (token, agent-token) or of the file key-file names."""
+    if config.get(key):
+        return str(config[key]).strip()
+    if config.get(f"{key}-file"):
         try:
-            return Path(config["token-file"]).read_text().strip()
+            return Path(config[f"{key}-file"]).read_text().strip()
         except OSError as err:
-            fatal(f"reading token file {config['token-file']}: {err.strerror}")
-    return ""
-
-
-def read_agent_token(config: dict) -> str:
-    if config.get("agent-token"):
-        return str(config["agent-token"]).strip()
-    if config.get("agent-token-file"):
-        try:
-            return Path(config["agent-token-file"]).read_text().strip()
-        except OSError as err:
-            fatal(f"reading agent token file {config['agent-token-file']}: {err.strerror}")
+            fatal(f"reading {key} file {config[f'{key}-file']}: {err.strerror}")
     return ""
 
 
@@ -470,7 +460,7 @@ class Server:
         if token.startswith("K10") and "::" in token and token[3:].split("::")[0] != ca_hash:
             fatal("token CA hash does not match the Cluster CA certificate hash")
         self.set_token(secret)
-        agent = read_agent_token(self.config)
+        agent = read_token(self.config, "agent-token")
         self.agent_secret = token_secret(agent) if agent else None
         if agent:
             write_private(self.data / "server/agent-token", f"K10{ca_hash}::node:{self.agent_secret}\n")
