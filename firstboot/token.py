@@ -9,11 +9,9 @@ journal field or status record. The step reports whether the files changed
 (a rotated token), never a value or a hash of it.
 """
 
-import os
-import tempfile
 from pathlib import Path
 
-from firstboot import join, secrets
+from firstboot import join, secrets, system
 from firstboot.errors import RackbootError
 from firstboot.secretref import SecretRef
 
@@ -39,21 +37,16 @@ def install_token(ref: SecretRef, path: Path | None = None, access=None, datasto
         raise RackbootError(f"{ref}: the secret is a secure k3s token (K10<CA hash>::...), which pins "
                             "one server's CA; a replacement jumphost would have another",
                             hint="store the short form: the part after the last ':' of K10...::server:SECRET")
-    changed = _differs(path, value)
-    if changed and datastore is not None and datastore.exists() and path.exists() \
+    if _differs(path, value) and datastore is not None and datastore.exists() and path.exists() \
             and _server_token_secret(datastore) != value:
         raise RackbootError(
             f"{ref}: the k3s token changed, but this server's datastore ({datastore}) was made with "
             "the old one and k3s refuses to start with another",
             hint="rotate it in k3s first (on the jumphost: k3s token rotate --token OLD --new-token NEW), "
                  "or reflash the jumphost; see the README, 'Rotating the token'")
-    if changed:
-        _write_secret(path, value)
+    changed = system.place(value + b"\n", path, 0o600)
     agent_file = agent_token_file or path.with_name(join.AGENT_TOKEN_FILE.name)
-    agent_value = join.agent_token(value)
-    if _differs(agent_file, agent_value):
-        _write_secret(agent_file, agent_value)
-        changed = True
+    changed |= system.place(join.agent_token(value) + b"\n", agent_file, 0o600)
     return {"reference": str(ref), "file": str(path), "changed": changed}
 
 
@@ -63,9 +56,7 @@ def install_pi_token(profile, path: Path | None = None) -> dict:
     value = join.fetch(profile)
     if b"\n" in value:
         raise RackbootError(f"{join.url(profile)}: the answer has more than one line; a k3s token has one")
-    changed = _differs(path, value)
-    if changed:
-        _write_secret(path, value)
+    changed = system.place(value + b"\n", path, 0o600)
     return {"source": join.url(profile), "file": str(path), "changed": changed}
 
 
@@ -74,20 +65,6 @@ def _differs(path: Path, value: bytes) -> bool:
         return path.read_bytes().strip() != value
     except FileNotFoundError:
         return True
-
-
-def _write_secret(path: Path, value: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")   # mode 0600 from the start
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(value + b"\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _server_token_secret(datastore: Path) -> bytes | None:
