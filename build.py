@@ -5,8 +5,8 @@
 
 The pipeline: profile (firstboot/profile.py) -> render (image/render.py) ->
 rootfs (image/rootfs.py) -> disk (image/jumphost.py, image/disk.py) -> boot
-(image/qemu.py), and for Raspberry Pis rootfs (arm64) -> TFTP tree
-(image/netboot.py). Run
+(image/qemu.py), and for Raspberry Pis rootfs (arm64) -> TFTP tree and NFS
+root (image/netboot.py), or an SD card (image/sdcard.py). Run
 `./build.py VERB --help` for each verb. Exit status: 0 success, 1 failure,
 2 bad input (nothing written).
 """
@@ -27,7 +27,7 @@ from pathlib import Path  # noqa: E402
 
 from firstboot.errors import BadInput, RackbootError  # noqa: E402
 from firstboot.profile import load_profiles  # noqa: E402
-from image import jumphost, k3s_bundle, netboot, qemu, render, rootfs, seed  # noqa: E402
+from image import jumphost, k3s_bundle, netboot, qemu, render, rootfs, sdcard, seed  # noqa: E402
 from image import log as progress  # noqa: E402
 
 log = logging.getLogger("rackboot")
@@ -146,6 +146,22 @@ def cmd_netboot(args) -> int:
     return 0
 
 
+def cmd_sdcard(args) -> int:
+    [profile] = _one_profile(args)
+    sdcard.require_pis(profile)
+    if os.geteuid() != 0:
+        raise RackbootError("building the Pi root filesystem and its card image needs root (mmdebstrap in "
+                            "root mode, unpacking the root filesystem with its owners)",
+                            hint=f"sudo {' '.join(sys.argv)}")
+    bundle = _k3s_bundle(args, [profile])
+    with progress.step(f"SD-card image for the Pis of rack {profile.rack}"):
+        outputs = sdcard.build(profile, args.output, args.release, args.cache_dir, not args.no_cache, bundle,
+                               args.compress)
+    for path in outputs:
+        print(path)
+    return 0
+
+
 VERBS = {
     "check": (cmd_check, "validate rack profiles; report every problem as FILE: PATH: MESSAGE",
               False),
@@ -162,20 +178,23 @@ VERBS = {
                              "config.txt, kernel, initramfs, device trees, cmdline.txt (NFS root), one "
                              "directory per Pi; DIR/tftp; and the Pis' shared NFS root, DIR/pi-root (DIR/RACK/... for "
                              "several racks; needs root)", True),
+    "sdcard": (cmd_sdcard, "build the SD-card image for this rack's Pis that boot from a card instead of "
+                           "the network: DIR/pi-sdcard.img (MBR: FAT boot partition, ext4 root that grows "
+                           "to fill the card) with .sha256 and .bmap (needs root)", True),
     "boot": (cmd_boot, "boot DIR/jumphost.img in QEMU (UEFI, TCG) as a jumphost of this rack, "
                        "with its seed; changes are discarded", True),
 }
 
 
 def _verb_options(name: str, sub: argparse.ArgumentParser) -> None:
-    if name in ("image", "netboot"):
+    if name in ("image", "netboot", "sdcard"):
         sub.add_argument("--release", default="bookworm", help="Debian release (default: bookworm)")
         sub.add_argument("--cache-dir", type=Path, default=rootfs.default_cache_dir(), metavar="DIR",
                          help="root filesystem cache (default: %(default)s)")
         sub.add_argument("--no-cache", action="store_true", help="rebuild the root filesystem")
-    if name == "image":
-        sub.add_argument("--compress", action="store_true", help="also write jumphost.img.zst")
-    if name in ("image", "netboot"):
+    if name in ("image", "sdcard"):
+        sub.add_argument("--compress", action="store_true", help="also write a zstd copy (IMAGE.zst)")
+    if name in ("image", "netboot", "sdcard"):
         sub.add_argument("--k3s-bundle", type=Path, metavar="DIR",
                          help="include this k3s bundle (from fetch-k3s: DIR is its VERSION directory; "
                               "the Pis' root gets its arm64 files); verified again first")

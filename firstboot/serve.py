@@ -21,7 +21,9 @@ from pathlib import Path
 from firstboot import k3s, system
 from firstboot.errors import RackbootError
 
-PI_ROOT = Path(os.environ.get("RACKBOOT_PI_ROOT", "/srv/rackboot/pi-root"))
+# Where the jumphost image keeps the Pis' shared root (image/netboot.py puts it there).
+IMAGE_PI_ROOT = "/srv/rackboot/pi-root"
+PI_ROOT = Path(os.environ.get("RACKBOOT_PI_ROOT", IMAGE_PI_ROOT))
 DNSMASQ_CONF = Path("/etc/dnsmasq.d/rackboot-netboot.conf")
 EXPORTS = Path("/etc/exports.d/rackboot.exports")
 DNSMASQ_UNIT = "rackboot-dnsmasq.service"

@@ -1,5 +1,6 @@
 """Disk images: an EFI system partition and an ext4 root in a GPT, assembled by
-genimage, with the files people need to flash it safely (sha256, bmap)."""
+genimage, with the files people need to flash it safely (sha256, bmap).
+image/sdcard.py assembles the Pi's SD card from the same parts."""
 
 import shutil
 from pathlib import Path
@@ -57,20 +58,31 @@ def _tree_megabytes(tree: Path) -> int:
     return int(out.split()[0])
 
 
+def make_ext4(tree: Path, target: Path, label: str) -> None:
+    """tree -> an ext4 filesystem image labelled label. Room for logs, k3s
+    state and updates until the machine grows the root to fill the disk it is
+    flashed to (growpart)."""
+    size = (_tree_megabytes(tree) * 13 // 10 + 1024 + 63) // 64 * 64
+    with progress.step(f"make the {size} MiB ext4 root filesystem"):
+        run(["mke2fs", "-q", "-t", "ext4", "-L", label, "-d", tree, target, f"{size}M"])
+
+
+def genimage(config: str, rootpath: Path, work: Path, output: Path) -> None:
+    """Assemble output from the images in work as config describes (genimage);
+    rootpath is the tree of the config's vfat image."""
+    (work / "genimage.cfg").write_text(config)
+    run(["genimage", "--config", work / "genimage.cfg", "--rootpath", rootpath,
+         "--tmppath", work / "genimage-tmp", "--inputpath", work, "--outputpath", work])
+    (work / output.name).replace(output)
+
+
 def assemble(tree: Path, esp: Path, work: Path, output: Path) -> None:
     """tree -> root.ext4, esp -> esp.vfat, both -> output (GPT raw image)."""
     work.mkdir(parents=True, exist_ok=True)
-    # Room for logs, k3s state and updates until growpart enlarges the root
-    # to fill the disk it is flashed to.
-    size = (_tree_megabytes(tree) * 13 // 10 + 1024 + 63) // 64 * 64
-    with progress.step(f"make the {size} MiB ext4 root filesystem"):
-        run(["mke2fs", "-q", "-t", "ext4", "-L", ROOT_LABEL, "-d", tree, work / "root.ext4", f"{size}M"])
+    make_ext4(tree, work / "root.ext4", ROOT_LABEL)
     with progress.step("assemble the GPT disk (genimage)"):
-        (work / "genimage.cfg").write_text(GENIMAGE_CONFIG.format(
-            esp_size=ESP_SIZE_MB, name=output.name, root_label=ROOT_LABEL))
-        run(["genimage", "--config", work / "genimage.cfg", "--rootpath", esp,
-             "--tmppath", work / "genimage-tmp", "--inputpath", work, "--outputpath", work])
-        (work / output.name).replace(output)
+        genimage(GENIMAGE_CONFIG.format(esp_size=ESP_SIZE_MB, name=output.name, root_label=ROOT_LABEL),
+                 esp, work, output)
 
 
 def flashing_files(image: Path, compress: bool) -> list[Path]:

@@ -28,6 +28,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from firstboot import serve
 from firstboot.errors import RackbootError
 from firstboot.profile import BootDirBy, RackProfile
 from image import payload, render, rootfs
@@ -52,6 +53,8 @@ PI_PACKAGES = (
     "linux-image-arm64", "initramfs-tools", "raspi-firmware",
     "systemd", "systemd-sysv", "udev", "dbus", "systemd-timesyncd",
     "nfs-common", "iproute2", "openssh-server", "ca-certificates",
+    # An SD-card Pi (image/sdcard.py) grows its root partition to the card.
+    "cloud-guest-utils", "fdisk", "e2fsprogs",
     *rootfs.AGENT_PACKAGES,
 )
 
@@ -101,7 +104,7 @@ def pi_directory(pi, by: BootDirBy) -> str | None:
 
 
 # Where the jumphost image keeps the Pis' files (firstboot/serve.py serves them).
-PI_ROOT_IN_IMAGE = "srv/rackboot/pi-root"
+PI_ROOT_IN_IMAGE = serve.IMAGE_PI_ROOT.lstrip("/")
 PI_BOOT_IN_IMAGE = "usr/lib/rackboot/pi-boot"   # firmware, kernel, initramfs: one copy for all racks
 PI_UNITS = ("rackboot-firstboot.service", "var-lib-rancher.mount")
 

@@ -140,9 +140,12 @@ def pi_boot_from_tftp(directory: Path) -> PiBoot:
     return PiBoot(directory / "vmlinuz", directory / "initrd.img", (directory / "cmdline.txt").read_text().strip())
 
 
-def pi_argv(boot: PiBoot, mac: str, switch: SwitchPort, files: BootFiles, memory_mb: int = 1024) -> list[str]:
+def pi_argv(boot: PiBoot, mac: str, switch: SwitchPort, files: BootFiles, memory_mb: int = 1024,
+            card: Path | None = None) -> list[str]:
     """An arm64 virt machine standing in for a Pi 4: the Pi's kernel, initramfs
-    and command line (its console on the virt board's PL011), its MAC."""
+    and command line (its console on the virt board's PL011), its MAC, and its
+    SD card (a raw image, as virtio-blk: virt has no SD controller) if any."""
+    disk = ["-drive", f"file={card},format=raw,if=none,id=card", "-device", "virtio-blk-pci,drive=card"]
     return [
         "qemu-system-aarch64", "-machine", "virt", "-accel", "tcg", "-cpu", "cortex-a72",
         "-smp", "2", "-m", str(memory_mb),
@@ -152,6 +155,7 @@ def pi_argv(boot: PiBoot, mac: str, switch: SwitchPort, files: BootFiles, memory
         "-device", "virtio-serial-pci",
         "-chardev", f"file,id=status,path={files.status_log}",
         "-device", f"virtserialport,chardev=status,name={STATUS_PORT_NAME}",
+        *(disk if card else []),
         "-display", "none", "-no-reboot", "-serial", f"file:{files.serial_log}", "-monitor", "none",
     ]
 

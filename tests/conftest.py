@@ -50,21 +50,56 @@ def _missing_capability() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def example_image(tmp_path_factory):
+def example_k3s_bundle(tmp_path_factory) -> Path:
+    """The k3s bundle the VM tests build into images: the real one named by
+    RACKBOOT_K3S_BUNDLE, or else the stand-in's, at the example's version."""
+    from firstboot.profile import load_profiles
+    from tests.doubles import k3s_standin_bundle
+    [profile] = load_profiles([EXAMPLE_PROFILE])
+    return k3s_standin_bundle.real_bundle() or k3s_standin_bundle.make(
+        tmp_path_factory.mktemp("k3s"), profile.k3s.version)
+
+
+@pytest.fixture(scope="session")
+def example_image(tmp_path_factory, example_k3s_bundle):
     """The example rack's jumphost image (with its Pis' netboot tree and NFS
     root), built once for the VM tests: (profile, output dir, outputs)."""
     from firstboot.profile import load_profiles
     from image import jumphost, k3s_bundle
-    from tests.doubles import k3s_standin_bundle
     reason = _missing_capability()
     if reason:
         pytest.skip(reason)
     out = tmp_path_factory.mktemp("image")
     [profile] = load_profiles([EXAMPLE_PROFILE])
-    bundle_dir = k3s_standin_bundle.real_bundle() or k3s_standin_bundle.make(
-        tmp_path_factory.mktemp("k3s"), profile.k3s.version)
-    options = jumphost.ImageOptions(output=out, k3s_bundle=k3s_bundle.verify(bundle_dir))
+    options = jumphost.ImageOptions(output=out, k3s_bundle=k3s_bundle.verify(example_k3s_bundle))
     outputs = jumphost.build([profile], options)
     return profile, out, outputs
 
 
+# A new board for the example's second Pi: same name, new serial and MAC.
+REPLACEMENT_PI = {"name": "pi-example-02", "serial": "0a1b2c92", "mac": "dc:a6:32:00:00:92"}
+
+
+@pytest.fixture(scope="session")
+def replacement_sdcard(tmp_path_factory, example_k3s_bundle):
+    """The SD card an operator writes for a replaced Pi: the example profile
+    with pi-example-02's entry changed to the new board (REPLACEMENT_PI),
+    built by `build.py sdcard`: (profile, output dir, build.py's stdout)."""
+    import yaml
+    from firstboot.profile import load_profiles
+    reason = _missing_capability()
+    if reason:
+        pytest.skip(reason)
+    profiles = tmp_path_factory.mktemp("profiles") / "rack-profiles"
+    shutil.copytree(EXAMPLE_PROFILE.parent, profiles)
+    document = yaml.safe_load((profiles / "example.yaml").read_text())
+    [entry] = [pi for pi in document["pis"] if pi["name"] == REPLACEMENT_PI["name"]]
+    entry.update(REPLACEMENT_PI)
+    (profiles / "example.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    out = tmp_path_factory.mktemp("sdcard")
+    result = subprocess.run([sys.executable, str(REPO / "build.py"), "sdcard", str(profiles / "example.yaml"),
+                             "-o", str(out), "--k3s-bundle", str(example_k3s_bundle)],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [profile] = load_profiles([profiles / "example.yaml"])
+    return profile, out, result.stdout

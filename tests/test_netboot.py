@@ -176,9 +176,16 @@ def test_real_pi_tree_from_debian(profile, tmp_path):
         "k3s-airgap-images-arm64.tar.zst", "k3s-arm64", "sha256sum-arm64.txt"]   # the Pis' architecture only
     unpacked = subprocess.run(["zstd", "-dc", str(tree / "initrd.img")], capture_output=True, check=True).stdout
     initrd = subprocess.run(["cpio", "-it", "--quiet"], input=unpacked, capture_output=True, check=True).stdout.decode()
-    # NFS root support; the Pi 4's NIC (BCMGENET, built as genet.ko); QEMU virt's NIC.
+    # NFS root support; the Pi 4's NIC (BCMGENET, built as genet.ko); QEMU virt's NIC; and for the
+    # SD-card image (image/sdcard.py) a local ext4 root on the Pi 4's SD slot or QEMU's virtio disk.
     for path in ("scripts/nfs", "fs/nfs/nfs.ko", "fs/nfs/nfsv3.ko", "broadcom/genet/genet.ko",
                  "drivers/net/virtio_net.ko", "fs/overlayfs/overlay.ko",
-                 "scripts/nfs-bottom/rackboot-overlay"):
+                 "scripts/nfs-bottom/rackboot-overlay",
+                 "scripts/local", "fs/ext4/ext4.ko", "drivers/mmc/host/sdhci-iproc.ko",
+                 "drivers/block/virtio_blk.ko", "drivers/usb/storage/usb-storage.ko"):
         assert path in initrd, path
+    # The SD card's block driver is built into Debian's arm64 kernel, not a module.
+    builtin = subprocess.run(["cpio", "-i", "--quiet", "--to-stdout", "*/modules.builtin"], input=unpacked,
+                             capture_output=True, check=True).stdout.decode()
+    assert "kernel/drivers/mmc/core/mmc_block.ko" in builtin.split()
     check_conformance(profile, tree, tmp_path)

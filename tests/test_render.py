@@ -119,6 +119,22 @@ def test_systemd_accepts_units(rendered, rack):
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
 
 
+@pytest.mark.parametrize("storage", ["tmpfs", "sd"])
+def test_rancher_storage_unit(storage, tmp_path):
+    """Where a netbooted Pi keeps k3s's state: a tmpfs, or a filesystem found
+    by its label (an MBR card has no partition labels), for netbooted Pis only."""
+    import dataclasses
+    [profile] = load_profiles([REPO / "rack-profiles" / "example.yaml"])
+    profile = dataclasses.replace(profile, netboot=dataclasses.replace(profile.netboot, rancher_storage=storage))
+    unit = render.render_rack(profile)[Path("pi/rootfs/etc/systemd/system/var-lib-rancher.mount")]
+    assert "ConditionKernelCommandLine=root=/dev/nfs" in unit
+    what = {"tmpfs": "What=tmpfs\n", "sd": "What=/dev/disk/by-label/rackboot-state\n"}[storage]
+    assert what in unit and "Where=/var/lib/rancher\n" in unit
+    (tmp_path / "var-lib-rancher.mount").write_text(unit)
+    result = _run(["systemd-analyze", "verify", "--man=no", str(tmp_path / "var-lib-rancher.mount")])
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
 @pytest.mark.parametrize("rack", GOLDEN_RACKS + ("big-rack",))
 def test_dnsmasq_accepts_config(rendered, rack):
     conf = rendered / rack / "jumphost/rootfs/etc/dnsmasq.d/rackboot-netboot.conf"

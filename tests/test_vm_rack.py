@@ -14,22 +14,46 @@ MAC, fetches the agent token from the jumphost's join service and joins the
 cluster (k3s stand-in, or real k3s with RACKBOOT_K3S_BUNDLE). Then one Pi is
 power-cycled: it comes back with nothing of its own (all in RAM) and rejoins
 as the same node.
+
+Last, the second Pi is replaced by a new board (new MAC) that boots from an
+SD card (tests/conftest.py's replacement_sdcard: `build.py sdcard` after its
+profile entry was changed). The card is a 4 GiB copy of the image, as a card
+larger than the image is; virt has no SD controller, so it is a virtio disk,
+and the firmware's part (kernel, initramfs, cmdline.txt from the FAT boot
+partition) is played by the test. The new board must join as the same node,
+grow its root to fill the card, and keep k3s's state on it.
 """
+
+import json
+import subprocess
 
 import pytest
 
 from firstboot import join
-from tests.vm import ALL_DONE, VirtualRack
+from tests.conftest import REPLACEMENT_PI
+from tests.vm import ALL_DONE, PiVM, debugfs, extract_partition, partitions, sdcard_boot_files, VirtualRack
 
 pytestmark = pytest.mark.vm
 
 TOKEN = b"rackboot-virtual-rack-token-never-logged"
 
 
-def test_virtual_rack_joins_and_a_power_cycled_pi_rejoins(example_image, tmp_path):
+CARD_BYTES = 4 << 30
+
+
+def test_virtual_rack_joins_a_power_cycled_pi_rejoins_and_a_replacement_boots_from_sd(
+        example_image, replacement_sdcard, tmp_path):
     profile, out, _ = example_image
     rack = VirtualRack(profile, out / "jumphost.img", tmp_path, TOKEN)
     assert f"nfsroot={profile.jumphost.address}:{profile.netboot.nfs_root}" in rack.pi_cmdline
+    card = tmp_path / "card.img"
+    subprocess.run(["cp", "--sparse=always", str(replacement_sdcard[1] / "pi-sdcard.img"), str(card)], check=True)
+    image_bytes = card.stat().st_size
+    subprocess.run(["truncate", "-s", str(CARD_BYTES), str(card)], check=True)
+    card_boot = sdcard_boot_files(card, tmp_path / "card")
+    assert "root=LABEL=rackboot-pi" in card_boot.cmdline
+    replacement = PiVM(f"rack-{REPLACEMENT_PI['name']}-sd", card_boot, REPLACEMENT_PI["mac"],
+                       rack.switch.plug(), card=card)
     seen = {}
 
     def with_jumphost_ready(report):
@@ -44,6 +68,19 @@ def test_virtual_rack_joins_and_a_power_cycled_pi_rejoins(example_image, tmp_pat
         seen["rebooted"] = rack.pis[0].report()
         seen["after_reboot"] = rack.cluster()
         seen["exports"] = rack.ssh("sudo", "exportfs", "-v")
+        # The second Pi dies for good; a new board with its name boots from a card.
+        rack.pis[1].power_off()
+        replacement.power_on()
+        try:
+            seen["replacement"] = replacement.report()
+            seen["after_replacement"] = rack.cluster()
+            # Its power cut: it comes back with what it wrote to its card.
+            replacement.power_off()
+            seen["replacement_console"] = replacement.files.serial_log.read_bytes()
+            replacement.power_on()
+            seen["replacement_rebooted"] = replacement.report()
+        finally:
+            replacement.power_off()
 
     try:
         rack.run(with_jumphost_ready)
@@ -72,3 +109,43 @@ def test_virtual_rack_joins_and_a_power_cycled_pi_rejoins(example_image, tmp_pat
     assert seen["rebooted"]["steps"] == ALL_DONE, seen["rebooted"]["errors"]
     assert seen["after_reboot"]["nodes"].keys() == joined.keys()
     assert seen["after_reboot"]["passwords"] == seen["joined"]["passwords"]
+
+    # The replacement: the second Pi's name from its card, the same node and password.
+    assert seen["replacement"]["identity"] == {"rack": "example", "role": "pi", "node": REPLACEMENT_PI["name"],
+                                               "source": "MAC"}, seen["replacement"]
+    assert seen["replacement"]["steps"] == ALL_DONE, seen["replacement"]["errors"]
+    assert seen["replacement"]["failed_units"] == []
+    assert seen["after_replacement"]["nodes"] == joined
+    assert seen["after_replacement"]["passwords"] == seen["joined"]["passwords"]
+    rebooted = seen["replacement_rebooted"]
+    assert rebooted["identity"]["node"] == REPLACEMENT_PI["name"]
+    assert rebooted["steps"] == ALL_DONE, rebooted["errors"]
+    assert rebooted["failed_units"] == []          # grow-root included: nothing left to grow
+    # Unlike a netbooted Pi's, its ssh host keys survived the power cut (they are on the card).
+    assert len(seen["replacement"]["ssh_host_keys"]) == 3
+    assert rebooted["ssh_host_keys"] == seen["replacement"]["ssh_host_keys"]
+    assert seen["pis"][0]["ssh_host_keys"] != seen["rebooted"]["ssh_host_keys"]
+    for console in (seen["replacement_console"], replacement.files.serial_log.read_bytes()):
+        assert b"rackboot: root is the NFS root" not in console
+        assert TOKEN not in console and join.agent_token(TOKEN) not in console
+    assert b"resized filesystem" in seen["replacement_console"]
+    assert b"already fills /dev/vda" in replacement.files.serial_log.read_bytes()
+    # The root partition grew to the end of the card, and its filesystem with it.
+    table = partitions(card)
+    root = table["partitions"][1]
+    assert image_bytes < CARD_BYTES
+    assert (root["start"] + root["size"]) * 512 > CARD_BYTES - (4 << 20)
+    rootfs = extract_partition(card, 2, tmp_path / "card-root.ext4")
+    # The Pi was powered off, not shut down: replay the journal (on the copy) first.
+    fsck = subprocess.run(["e2fsck", "-f", "-y", str(rootfs)], capture_output=True, text=True)
+    assert fsck.returncode in (0, 1), fsck.stdout + fsck.stderr
+    header = subprocess.run(["dumpe2fs", "-h", str(rootfs)], capture_output=True, text=True, check=True).stdout
+    fields = dict(line.split(":", 1) for line in header.splitlines() if ":" in line)
+    blocks = int(fields["Block count"]) * int(fields["Block size"])
+    assert blocks > root["size"] * 512 - (4 << 20), header
+    # What the Pi wrote stayed on its card: the agent's status and k3s's state (not a tmpfs).
+    # (Power cuts: only what was written some seconds before the last one is sure to be there.)
+    status = json.loads(debugfs(rootfs, "cat /var/lib/rackboot/status.json"))
+    assert status["steps"]["identify"]["result"]["node"] == REPLACEMENT_PI["name"], status
+    assert "Type: directory" in debugfs(rootfs, "stat /var/lib/rancher/k3s/agent/images")
+    assert "Type: regular" in debugfs(rootfs, "stat /etc/rancher/node/password")

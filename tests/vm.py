@@ -46,15 +46,44 @@ def boot(profile, image: Path, name: str, agent_env: dict | None = None, with_se
         disk.unlink(missing_ok=True)   # keep the logs, not 2 GB of disk
 
 
+def partitions(image: Path) -> dict:
+    """sfdisk's view of the image's partition table."""
+    return json.loads(subprocess.run(["sfdisk", "--json", str(image)], capture_output=True,
+                                     text=True, check=True).stdout)["partitiontable"]
+
+
+def extract_partition(image: Path, number: int, target: Path) -> Path:
+    """Partition number (from 1) of image, copied out to target."""
+    part = partitions(image)["partitions"][number - 1]
+    subprocess.run(["dd", f"if={image}", f"of={target}", "bs=512", f"skip={part['start']}",
+                    f"count={part['size']}", "conv=sparse", "status=none"], check=True)
+    return target
+
+
 def root_filesystem(image: Path, workdir: Path) -> Path:
     """The image's ext4 root partition, copied out (debugfs reads it in place)."""
-    table = json.loads(subprocess.run(["sfdisk", "--json", str(image)], capture_output=True,
-                                      text=True, check=True).stdout)
-    [root] = [p for p in table["partitiontable"]["partitions"] if p.get("name") == "rackboot-root"]
-    target = workdir / "root.ext4"
-    subprocess.run(["dd", f"if={image}", f"of={target}", "bs=512", f"skip={root['start']}",
-                    f"count={root['size']}", "conv=sparse", "status=none"], check=True)
-    return target
+    table = partitions(image)["partitions"]
+    [number] = [n for n, p in enumerate(table, 1) if p.get("name") == "rackboot-root"]
+    return extract_partition(image, number, workdir / "root.ext4")
+
+
+def fat_files(filesystem: Path, names: list[str], workdir: Path) -> dict[str, Path]:
+    """Files from the root of a FAT filesystem image, read with mtools."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        subprocess.run(["mcopy", "-n", "-i", str(filesystem), f"::{name}", str(workdir / name)], check=True,
+                       capture_output=True)
+    return {name: workdir / name for name in names}
+
+
+def sdcard_boot_files(card: Path, workdir: Path) -> qemu.PiBoot:
+    """What a Pi's firmware takes from its card's boot partition: the kernel,
+    initramfs and command line."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    files = fat_files(extract_partition(card, 1, workdir / "boot.vfat"),
+                      ["vmlinuz", "initrd.img", "cmdline.txt"], workdir / "boot")
+    (workdir / "boot.vfat").unlink()
+    return qemu.PiBoot(files["vmlinuz"], files["initrd.img"], files["cmdline.txt"].read_text().strip())
 
 
 def debugfs(filesystem: Path, command: str) -> str:
@@ -85,10 +114,11 @@ def pi_boot_files(image: Path, rack: str, workdir: Path) -> qemu.PiBoot:
 class PiVM:
     """A Pi of the virtual rack: an arm64 virt machine on a switch port."""
 
-    def __init__(self, name: str, boot_files: qemu.PiBoot, mac: str, cable: qemu.SwitchPort):
+    def __init__(self, name: str, boot_files: qemu.PiBoot, mac: str, cable: qemu.SwitchPort,
+                 card: Path | None = None):
         self.name = name
         self.files = qemu.BootFiles(ARTIFACTS / name)
-        self.argv = qemu.pi_argv(boot_files, mac, cable, self.files)
+        self.argv = qemu.pi_argv(boot_files, mac, cable, self.files, card=card)
         self.process = None
 
     def power_on(self) -> None:
