@@ -11,6 +11,7 @@ kernel and NFS initramfs) with `netboot.build`, serves that, and checks the
 NFS root written beside it.
 """
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from firstboot.profile import load_profiles
+from firstboot.profile import DhcpMode, load_profiles
 from image import k3s_bundle, netboot, render
 from tests.doubles import k3s_standin_bundle
 from tests.machine import REPO
@@ -31,6 +32,7 @@ EXAMPLE = REPO / "rack-profiles/example.yaml"
 SEQUENCE = ["start4.elf", "config.txt", "pieeprom.sig", "recovery.elf", "start4.elf", "fixup4.dat",
             "bcm2711-rpi-4-b.dtb", "overlays/overlay_map.dtb", "cmdline.txt", "vmlinuz", "initrd.img"]
 OPTIONAL = {"pieeprom.sig", "recovery.elf", "overlays/overlay_map.dtb"}
+PI_PORT = "pi0"
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +58,24 @@ class Dnsmasq:
     """The jumphost's dnsmasq, configured from the rendered file, in a private
     network namespace (its own loopback: TFTP's port 69 is free there)."""
 
-    def __init__(self, conf_text: str, tftp_root: Path, tftp_root_in_conf: str, workdir: Path):
+    def __init__(self, conf_text: str, tftp_root: Path, tftp_root_in_conf: str, workdir: Path,
+                 uplink: tuple[str, str] | None = None):
+        """uplink: (interface, address/prefix) for the jumphost's side of a
+        link whose other end (PI_PORT) is a Pi's, in a namespace of its own."""
         self.holder = subprocess.Popen(["unshare", "--net", "sleep", "infinity"])
+        self.pi_holder = subprocess.Popen(["unshare", "--net", "sleep", "infinity"])
         time.sleep(0.2)
         self.nsenter = ["nsenter", "-t", str(self.holder.pid), "-n", "--"]
+        self.pi_nsenter = ["nsenter", "-t", str(self.pi_holder.pid), "-n", "--"]
         subprocess.run([*self.nsenter, "ip", "link", "set", "lo", "up"], check=True)
+        if uplink:
+            name, address = uplink
+            for command in (["ip", "link", "add", name, "type", "veth", "peer", "name", PI_PORT],
+                            ["ip", "link", "set", PI_PORT, "netns", str(self.pi_holder.pid)],
+                            ["ip", "address", "add", address, "dev", name],
+                            ["ip", "link", "set", name, "up"]):
+                subprocess.run([*self.nsenter, *command], check=True)
+            subprocess.run([*self.pi_nsenter, "ip", "link", "set", PI_PORT, "up"], check=True)
         assert f"tftp-root={tftp_root_in_conf}" in conf_text
         conf = workdir / "dnsmasq.conf"
         conf.write_text(conf_text.replace(f"tftp-root={tftp_root_in_conf}", f"tftp-root={tftp_root}")
@@ -69,6 +84,7 @@ class Dnsmasq:
         subprocess.run(["dnsmasq", "--test", f"--conf-file={conf}"], check=True, capture_output=True)
         self.process = subprocess.Popen([*self.nsenter, "dnsmasq", "--keep-in-foreground", "--no-resolv",
                                          f"--conf-file={conf}", f"--log-facility={self.log}",
+                                         f"--dhcp-leasefile={workdir / 'leases'}",
                                          "--user=root", "--pid-file="])
         for _ in range(50):
             if self.log.exists() and "TFTP root" in self.log.read_text():
@@ -82,11 +98,19 @@ class Dnsmasq:
         assert result.returncode == 0, result.stderr
         return [json.loads(line) for line in result.stdout.splitlines()]
 
+    def ask_dhcp(self, mac: str) -> dict:
+        """A Pi 4 bootloader's DHCPDISCOVER from the Pi's port; the answer."""
+        result = subprocess.run([*self.pi_nsenter, sys.executable, "-m", "tests.dhcp_client", PI_PORT, mac],
+                                cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr + self.log.read_text()
+        return json.loads(result.stdout)
+
     def stop(self):
         self.process.terminate()
         self.process.wait()
-        self.holder.kill()
-        self.holder.wait()
+        for holder in (self.holder, self.pi_holder):
+            holder.kill()
+            holder.wait()
 
 
 def check_conformance(profile, tree: Path, workdir: Path) -> None:
@@ -150,6 +174,41 @@ def test_dnsmasq_serves_the_pi4_request_sequence(profile, tmp_path):
     tree = netboot.write_tftp_tree(profile, render.render_rack(profile), standin_boot_files(tmp_path / "boot"),
                                    tmp_path / "out")
     check_conformance(profile, tree, tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["proxy", "full"])
+def test_dnsmasq_answers_the_pi4_dhcp_discover(profile, mode, tmp_path):
+    """The DHCP half of a Pi's network boot: a DISCOVER like the Pi 4
+    bootloader's, on the jumphost's uplink, gets an offer it would boot from
+    (PXEClient, the "Raspberry Pi Boot" menu entry, from the jumphost, which
+    is then its TFTP server); in proxy mode without an address (the router gives those), in
+    full mode with the Pi's static lease and the router."""
+    import dataclasses
+    pi = dataclasses.replace(profile.pis[0], address=ipaddress.IPv4Address("192.168.1.101"))
+    dhcp_range = (ipaddress.IPv4Address("192.168.1.100"), ipaddress.IPv4Address("192.168.1.199"))
+    rack = dataclasses.replace(profile, pis=type(profile.pis)([pi, *profile.pis[1:]]),
+                               netboot=dataclasses.replace(profile.netboot, dhcp=DhcpMode(mode),
+                                                           dhcp_range=dhcp_range if mode == "full" else None))
+    conf = render.render_rack(rack)[PurePosixPath("jumphost/rootfs/etc/dnsmasq.d/rackboot-netboot.conf")]
+    tree = netboot.write_tftp_tree(rack, render.render_rack(rack), standin_boot_files(tmp_path / "boot"),
+                                   tmp_path / "out")
+    jumphost = f"{rack.jumphost.address}/{rack.network.subnet.prefixlen}"
+    server = Dnsmasq(conf, tree, rack.netboot.tftp_root, tmp_path, uplink=(rack.jumphost.uplink, jumphost))
+    try:
+        offer = server.ask_dhcp(pi.mac)
+    finally:
+        server.stop()
+    assert offer["op"] == 2 and offer["type"] == "OFFER" and offer["chaddr"] == pi.mac, offer
+    assert offer["vendor_class"] == "PXEClient", offer
+    assert "Raspberry Pi Boot" in offer["pxe_menu"], offer
+    # The bootloader asks TFTP of the server that made this offer (its server identifier,
+    # option 54), not of siaddr or option 66 (raspberrypi/firmware#801, #1265): the jumphost.
+    assert offer["server_id"] == str(rack.jumphost.address), offer
+    if mode == "proxy":
+        assert offer["yiaddr"] == "0.0.0.0" and offer["router"] is None, offer
+    else:
+        assert offer["yiaddr"] == "192.168.1.101" and offer["router"] == str(rack.network.router), offer
+    assert "proxy" in server.log.read_text() if mode == "proxy" else "DHCPOFFER" in server.log.read_text()
 
 
 @pytest.mark.vm
