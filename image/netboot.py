@@ -113,6 +113,12 @@ def shared_boot_files(files: BootFiles) -> dict[str, Path]:
     return {**files.firmware, **files.device_trees, "vmlinuz": files.kernel, "initrd.img": files.initrd}
 
 
+def write_rendered(rendered: render.RenderedTree, key: str, path: Path) -> None:
+    """A rendered file (config.txt, cmdline.txt) for the Pi firmware, ending in a newline."""
+    text = rendered[PurePosixPath(key)]
+    path.write_text(text if text.endswith("\n") else text + "\n")
+
+
 def write_tftp_tree(profile: RackProfile, rendered: render.RenderedTree, files: BootFiles, output: Path,
                     shared_at: str | None = None) -> Path:
     """Write output/tftp for profile, replacing it whole; return it.
@@ -129,8 +135,7 @@ def write_tftp_tree(profile: RackProfile, rendered: render.RenderedTree, files: 
             else:
                 shutil.copyfile(source, staging / name)
         for name in ("config.txt", "cmdline.txt"):
-            text = rendered[PurePosixPath("pi/tftp", name)]
-            (staging / name).write_text(text if text.endswith("\n") else text + "\n")
+            write_rendered(rendered, f"pi/tftp/{name}", staging / name)
         names = sorted([*shared, "config.txt", "cmdline.txt"])
         for pi in profile.pis:
             directory = pi_directory(pi, profile.netboot.boot_dir_by)

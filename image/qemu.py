@@ -136,10 +136,6 @@ class PiBoot:
     cmdline: str
 
 
-def pi_boot_from_tftp(directory: Path) -> PiBoot:
-    return PiBoot(directory / "vmlinuz", directory / "initrd.img", (directory / "cmdline.txt").read_text().strip())
-
-
 def pi_argv(boot: PiBoot, mac: str, switch: SwitchPort, files: BootFiles, memory_mb: int = 1024,
             card: Path | None = None) -> list[str]:
     """An arm64 virt machine standing in for a Pi 4: the Pi's kernel, initramfs

@@ -22,7 +22,7 @@ was changed.
 import os
 import shutil
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from firstboot.errors import BadInput
 from firstboot.profile import RackProfile
@@ -72,9 +72,8 @@ def boot_partition_tree(profile: RackProfile, rendered: render.RenderedTree, fil
     target.mkdir(parents=True)
     for name, source in netboot.shared_boot_files(files).items():
         shutil.copyfile(source, target / name)
-    for name, key in (("config.txt", "pi/tftp/config.txt"), ("cmdline.txt", "pi/sdcard/cmdline.txt")):
-        text = rendered[PurePosixPath(key)]
-        (target / name).write_text(text if text.endswith("\n") else text + "\n")
+    netboot.write_rendered(rendered, "pi/tftp/config.txt", target / "config.txt")
+    netboot.write_rendered(rendered, "pi/sdcard/cmdline.txt", target / "cmdline.txt")
 
 
 def write_root(profile: RackProfile, rendered: render.RenderedTree, pi_rootfs: rootfs.Rootfs, target: Path,

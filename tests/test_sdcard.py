@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPLACEMENT_PI
-from tests.vm import debugfs, extract_partition, fat_files, partitions
+from tests.vm import debugfs, ext4_header, extract_partition, fat_files, file_type, partitions
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -89,15 +89,13 @@ def test_card_layout_and_contents(replacement_sdcard, tmp_path):
     assert "cgroup_enable=memory" in cmdline and not any(w.startswith("nfsroot=") for w in cmdline)
 
     rootfs = extract_partition(card, 2, tmp_path / "root.ext4")
-    header = subprocess.run(["dumpe2fs", "-h", str(rootfs)], capture_output=True, text=True, check=True).stdout
-    assert "Filesystem volume name:   rackboot-pi" in header
+    assert ext4_header(rootfs)["Filesystem volume name"] == "rackboot-pi"
 
     def cat(path):
         return debugfs(rootfs, f"cat {path}")
 
     def kind(path):
-        stat = debugfs(rootfs, f"stat {path}")
-        return next((k for k in ("regular", "symlink", "directory") if f"Type: {k}" in stat), None)
+        return file_type(rootfs, path)
 
     assert "LABEL=rackboot-pi / ext4" in cat("/etc/fstab")
     assert "DHCP=ipv4" in cat("/etc/systemd/network/20-rackboot-wired.network")

@@ -31,7 +31,8 @@ import pytest
 
 from firstboot import join
 from tests.conftest import REPLACEMENT_PI
-from tests.vm import ALL_DONE, PiVM, debugfs, extract_partition, partitions, sdcard_boot_files, VirtualRack
+from tests.vm import (ALL_DONE, PiVM, VirtualRack, debugfs, ext4_header, extract_partition, file_type, partitions,
+                      sdcard_boot_files)
 
 pytestmark = pytest.mark.vm
 
@@ -139,13 +140,12 @@ def test_virtual_rack_joins_a_power_cycled_pi_rejoins_and_a_replacement_boots_fr
     # The Pi was powered off, not shut down: replay the journal (on the copy) first.
     fsck = subprocess.run(["e2fsck", "-f", "-y", str(rootfs)], capture_output=True, text=True)
     assert fsck.returncode in (0, 1), fsck.stdout + fsck.stderr
-    header = subprocess.run(["dumpe2fs", "-h", str(rootfs)], capture_output=True, text=True, check=True).stdout
-    fields = dict(line.split(":", 1) for line in header.splitlines() if ":" in line)
-    blocks = int(fields["Block count"]) * int(fields["Block size"])
+    header = ext4_header(rootfs)
+    blocks = int(header["Block count"]) * int(header["Block size"])
     assert blocks > root["size"] * 512 - (4 << 20), header
     # What the Pi wrote stayed on its card: the agent's status and k3s's state (not a tmpfs).
     # (Power cuts: only what was written some seconds before the last one is sure to be there.)
     status = json.loads(debugfs(rootfs, "cat /var/lib/rackboot/status.json"))
     assert status["steps"]["identify"]["result"]["node"] == REPLACEMENT_PI["name"], status
-    assert "Type: directory" in debugfs(rootfs, "stat /var/lib/rancher/k3s/agent/images")
-    assert "Type: regular" in debugfs(rootfs, "stat /etc/rancher/node/password")
+    assert file_type(rootfs, "/var/lib/rancher/k3s/agent/images") == "directory"
+    assert file_type(rootfs, "/etc/rancher/node/password") == "regular"

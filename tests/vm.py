@@ -91,6 +91,23 @@ def debugfs(filesystem: Path, command: str) -> str:
                           text=True, check=True).stdout
 
 
+def file_type(filesystem: Path, path: str) -> str | None:
+    """regular, symlink, directory, ... as debugfs sees path; None if absent."""
+    stat = debugfs(filesystem, f"stat {path}")
+    for word in ("regular", "symlink", "directory", "FIFO", "socket", "character special", "block special"):
+        if f"Type: {word}" in stat:
+            return word
+    return None
+
+
+def ext4_header(filesystem: Path) -> dict[str, str]:
+    """The filesystem's superblock fields as dumpe2fs -h prints them."""
+    header = subprocess.run(["dumpe2fs", "-h", str(filesystem)], capture_output=True, text=True,
+                            check=True).stdout
+    return {name.strip(): value.strip() for name, _, value in
+            (line.partition(":") for line in header.splitlines() if ":" in line)}
+
+
 def pi_boot_files(image: Path, rack: str, workdir: Path) -> qemu.PiBoot:
     """What a Pi's bootloader gets from the jumphost's TFTP tree, read from
     the image: the rack's cmdline.txt and the boot files its links point to."""
@@ -99,7 +116,7 @@ def pi_boot_files(image: Path, rack: str, workdir: Path) -> qemu.PiBoot:
     for name, path in (("cmdline.txt", f"/usr/share/rackboot/racks/{rack}/tftp/cmdline.txt"),
                        ("vmlinuz", "/usr/lib/rackboot/pi-boot/vmlinuz"),
                        ("initrd.img", "/usr/lib/rackboot/pi-boot/initrd.img")):
-        if "Type: regular" not in debugfs(root, f"stat {path}"):
+        if file_type(root, path) != "regular":
             raise AssertionError(f"{path} is not a file in {image}")
         subprocess.run(["debugfs", "-R", f"dump {path} {workdir / name}", str(root)], check=True,
                        capture_output=True)
