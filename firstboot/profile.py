@@ -15,9 +15,13 @@ or the defaults file the offending value came from.
 """
 
 import enum
+import functools
 import hashlib
 import ipaddress
 import json
+import os
+import re
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +34,7 @@ from firstboot.errors import BadInput, ProfileError
 
 DEFAULTS_NAME = "defaults.yaml"
 RESERVED_LABEL_PREFIX = "rackboot.dev/"
+NETBOOT_ROOTS = {"tftp_root": "/srv/rackboot/tftp", "nfs_root": "/srv/rackboot/pi-root"}  # the defaults
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "rack-profiles" / "schema.json"
 
 Labels = tuple[tuple[str, str], ...]
@@ -141,9 +146,58 @@ class RackProfile:
 
 # ---------------------------------------------------------------- YAML
 
+# A profile is a few kilobytes (big-rack.yaml, 300 Pis, is 40 KB). The caps
+# keep a wrong file (a disk image, /dev/zero, a FIFO, an alias bomb) from
+# hanging the build or eating its memory, and stay far above any real rack.
+MAX_FILE_BYTES = 1 << 20
+MAX_DEPTH = 32
+# The file name reaches generated files and logs: keep it to what any of them
+# can carry unquoted.
+PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.yaml")
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+# YAML tags a mapping key may resolve to, as the user would say them.
+_TAG_KIND = {"int": "an integer", "float": "a number", "bool": "true or false", "null": "null",
+             "timestamp": "a date", "binary": "binary data", "merge": "a merge key (<<)",
+             "value": "a value key (=)"}
+
+
+def shown(path: Path | str) -> str:
+    """A path as it may appear in a message: control characters escaped."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)[1:-1]
+
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys."""
+    """SafeLoader that rejects duplicate mapping keys, anchors and aliases,
+    and nesting deeper than MAX_DEPTH.
+
+    Aliases are refused rather than counted: a profile has no use for them,
+    and an alias bomb (a few lines that expand to millions of nodes) is how
+    YAML eats a machine's memory. The depth bound comes before PyYAML's
+    recursive composer reaches Python's recursion limit."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, f"YAML aliases (*{event.anchor}) are not allowed in rack profiles: "
+                "write the value out", event.start_mark)
+        if getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None, f"YAML anchors (&{event.anchor}) are not allowed in rack profiles", event.start_mark)
+        if self._depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {MAX_DEPTH} levels", event.start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _construct_mapping(loader, node, deep=False):
@@ -161,22 +215,93 @@ def _construct_mapping(loader, node, deep=False):
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _read_yaml(path: Path) -> dict:
+def _key_problems(node: yaml.Node, path: list) -> Iterator[tuple[list, str]]:
+    """Every mapping key must be a string: JSON Schema, the merge with
+    defaults and every consumer downstream know no other kind."""
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            yield from _key_problems(item, path + [index])
+    elif isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:str":
+                yield from _key_problems(value_node, path + [key_node.value])
+                continue
+            if isinstance(key_node, yaml.ScalarNode):
+                kind = _TAG_KIND.get(key_node.tag.rsplit(":", 1)[-1], key_node.tag)
+                yield path, (f"key {key_node.value!r} (line {line}) is not a string: YAML read it as "
+                             f"{kind} (put it in quotes)")
+            else:
+                kind = "a list" if isinstance(key_node, yaml.SequenceNode) else "a mapping"
+                yield path, f"key at line {line} is {kind}: keys must be strings"
+
+
+def _read_bytes(path: Path) -> bytes:
+    """A regular file's bytes, up to MAX_FILE_BYTES. Never blocks: a FIFO or
+    a device is refused from its stat, before it is opened, and the open is
+    non-blocking in case the path changed in between."""
+    def refuse(message: str) -> ProfileError:
+        return ProfileError([f"{shown(path)}: {message}"])
+
+    def check(mode: int, size: int) -> None:
+        for test, kind in _FILE_KINDS:
+            if test(mode):
+                raise refuse(f"is {kind}, not a regular file")
+        if not stat.S_ISREG(mode):
+            raise refuse("is not a regular file")
+        if size > MAX_FILE_BYTES:
+            raise refuse(f"is {size} bytes; a rack profile is at most {MAX_FILE_BYTES} bytes")
+
     try:
-        text = path.read_text(encoding="utf-8")
+        info = os.stat(path)
+        check(info.st_mode, info.st_size)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as err:
-        raise ProfileError([f"{path}: cannot read: {err.strerror}"]) from None
+        raise refuse(f"cannot read: {err.strerror}") from None
     try:
-        doc = yaml.load(text, Loader=_StrictLoader)
+        info = os.fstat(fd)
+        check(info.st_mode, info.st_size)
+        with os.fdopen(fd, "rb", closefd=False) as stream:
+            data = stream.read(MAX_FILE_BYTES + 1)
+    except OSError as err:
+        raise refuse(f"cannot read: {err.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_BYTES:
+        raise refuse(f"is more than {MAX_FILE_BYTES} bytes; a rack profile is at most that")
+    return data
+
+
+def _read_yaml(path: Path) -> dict:
+    data = _read_bytes(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ProfileError([f"{shown(path)}: is not UTF-8 text (byte 0x{data[err.start]:02x} "
+                            f"at offset {err.start})"]) from None
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        problems = list(_key_problems(node, [])) if node is not None else []
+        if problems:
+            raise ProfileError([f"{shown(path)}: {format_path(p)}: {m}" for p, m in problems])
+        doc = loader.construct_document(node) if node is not None else None
+    except yaml.reader.ReaderError as err:
+        before = text[:err.position]
+        where = f"{shown(path)}:{before.count(chr(10)) + 1}:{err.position - before.rfind(chr(10))}"
+        raise ProfileError([f"{where}: character U+{err.character:04X} is not allowed in YAML "
+                            "(write it as an escape in a double-quoted string)"]) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        where = f"{shown(path)}:{mark.line + 1}:{mark.column + 1}" if mark else shown(path)
         problem = getattr(err, "problem", None) or str(err)
         raise ProfileError([f"{where}: {problem}"]) from None
+    finally:
+        loader.dispose()
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
-        raise ProfileError([f"{path}: (top level): expected a mapping, got {_kind(doc)}"])
+        raise ProfileError([f"{shown(path)}: (top level): expected a mapping, got {_kind(doc)}"])
     return doc
 
 
@@ -209,7 +334,7 @@ def _kind(value) -> str:
 def format_path(path: Iterable) -> str:
     text = ""
     for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        text += f"[{part}]" if isinstance(part, int) else (f".{shown(part)}" if text else shown(part))
     return text or "(top level)"
 
 
@@ -238,10 +363,62 @@ def _is_ipv4_network(value) -> bool:
     return True
 
 
+def _anchored_at_end(pattern: str) -> str:
+    """The pattern with each `$` anchor made `\\Z`.
+
+    JSON Schema patterns are ECMA-262, where `$` is the end of the string;
+    jsonschema runs them through Python's re.search, where `$` also matches
+    before a final newline, so `^[a-z]+$` accepts "rack\\n". Escapes and
+    character classes are copied as they are."""
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+            out.append(char)
+            i += 1
+            for literal in ("^", "]"):        # "[^]...]" and "[]...]": that ] is literal
+                if pattern[i:i + 1] == literal:
+                    out.append(literal)
+                    i += 1
+            continue
+        elif char == "$":
+            char = r"\Z"
+        out.append(char)
+        i += 1
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(pattern: str) -> re.Pattern:
+    return re.compile(_anchored_at_end(pattern))
+
+
+def _pattern(validator, pattern, instance, schema):
+    if validator.is_type(instance, "string") and not _compiled(pattern).search(instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _is_integer(checker, instance) -> bool:
+    # jsonschema's integer takes 6442.0 (JSON has one number type) and, being
+    # Python, nothing stops True: a port must be written as an integer.
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+@functools.lru_cache(maxsize=1)
 def _validator() -> jsonschema.protocols.Validator:
     schema = json.loads(SCHEMA_PATH.read_text())
-    cls = jsonschema.validators.validator_for(schema)
-    return cls(schema, format_checker=_format_checker)
+    base = jsonschema.validators.validator_for(schema)
+    strict = jsonschema.validators.extend(
+        base, validators={"pattern": _pattern},
+        type_checker=base.TYPE_CHECKER.redefine("integer", _is_integer))
+    return strict(schema, format_checker=_format_checker)
 
 
 def _schema_problems(doc: dict) -> Iterator[tuple[list, str]]:
@@ -265,7 +442,7 @@ def _schema_problems(doc: dict) -> Iterator[tuple[list, str]]:
         elif error.validator == "enum":
             yield path, (f"{error.instance!r} is not one of "
                          + ", ".join(str(v) for v in error.validator_value))
-        elif custom:
+        elif custom and error.validator in ("pattern", "format", "anyOf", "oneOf"):
             yield path, f"{error.instance!r} {custom}" if not isinstance(
                 error.instance, (dict, list)) else custom
         else:
@@ -288,19 +465,78 @@ def _parse_secret(raw) -> secretref.SecretRef:
     return secretref.parse(text, key)
 
 
+# Manifest entries and the *.yaml files found in manifest directories: names
+# any tool downstream (the image's file list, kubectl, logs) takes as they are.
+# The schema's manifests pattern is the same as MANIFEST_ENTRY.
+MANIFEST_ENTRY = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*/?")
+MANIFEST_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
 def _manifest_files(raw: list[str], base: Path, problems: list | None = None) -> tuple[Path, ...]:
+    """The files named by the manifests entries, in order.
+
+    An entry is a path inside the profile's directory: no '..', and no
+    symbolic link anywhere below that directory, so what `check` saw is what
+    goes into the image. Files are regular files; a directory contributes its
+    *.yaml and *.yml files, sorted (not its subdirectories)."""
+    def refuse(index: int, message: str) -> None:
+        if problems is not None:
+            problems.append((["manifests", index], message))
+
     files = []
+    root = base.resolve()
     for index, entry in enumerate(raw):
-        path = (base / entry).resolve()
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
-            if not found and problems is not None:
-                problems.append((["manifests", index], f"directory {entry!r} holds no *.yaml files"))
+        parts = [part for part in entry.split("/") if part not in ("", ".")]
+        if entry.startswith("/") or ".." in parts:
+            refuse(index, f"{entry!r} is outside the profile's directory (manifests are paths inside it, "
+                          "without '..')")
+            continue
+        if not parts:
+            refuse(index, f"{entry!r} is the profile's directory itself (name a directory of manifests in it)")
+            continue
+        path, mode = root, None
+        for part in parts:
+            path = path / part
+            try:
+                mode = path.lstat().st_mode
+            except OSError:
+                mode = None
+                break
+            if stat.S_ISLNK(mode):
+                break
+        if mode is None:
+            refuse(index, f"{entry!r} does not exist (looked for {shown(path)})")
+        elif stat.S_ISLNK(mode):
+            refuse(index, f"{entry!r}: {shown(path)} is a symbolic link (manifests must be regular files "
+                          "inside the profile's directory)")
+        elif stat.S_ISDIR(mode):
+            found = []
+            try:
+                children = sorted(path.iterdir())
+            except OSError as err:
+                refuse(index, f"{entry!r}: cannot list {shown(path)}: {err.strerror}")
+                continue
+            for child in children:
+                if child.suffix not in (".yaml", ".yml"):
+                    continue
+                child_mode = child.lstat().st_mode
+                if stat.S_ISLNK(child_mode):
+                    refuse(index, f"{shown(child.name)!r} in {entry!r} is a symbolic link "
+                                  "(manifests must be regular files)")
+                elif not stat.S_ISREG(child_mode):
+                    refuse(index, f"{shown(child.name)!r} in {entry!r} is not a regular file")
+                elif not MANIFEST_NAME.fullmatch(child.name):
+                    refuse(index, f"{shown(child.name)!r} in {entry!r} is not a manifest file name "
+                                  "(letters, digits, '.', '_' and '-')")
+                else:
+                    found.append(child)
+            if not found and not [c for c in children if c.suffix in (".yaml", ".yml")]:
+                refuse(index, f"directory {entry!r} holds no *.yaml files")
             files.extend(found)
-        elif path.is_file():
+        elif stat.S_ISREG(mode):
             files.append(path)
-        elif problems is not None:
-            problems.append((["manifests", index], f"{entry!r} does not exist (looked for {path})"))
+        else:
+            refuse(index, f"{entry!r} is not a regular file or a directory")
     return tuple(files)
 
 
@@ -395,14 +631,71 @@ def _check_boot_dirs(doc, source, problems):
             problems.append((["pis", i, by], f"is required: netboot.boot_dir_by is {by!r}"))
 
 
+# Labels a kubelet may give its own node (--node-labels, which k3s's
+# node-label passes on): none under kubernetes.io or k8s.io except these.
+# kubernetes/kubernetes staging/src/k8s.io/kubelet/pkg/apis/well_known_labels.go
+# (kubeletLabels, kubeletLabelNamespaces) and cmd/kubelet/app/options
+# (isKubernetesLabel); kubelet refuses to start with any other.
+KUBELET_LABELS = frozenset({
+    "kubernetes.io/hostname", "kubernetes.io/os", "kubernetes.io/arch",
+    "topology.kubernetes.io/zone", "topology.kubernetes.io/region",
+    "failure-domain.beta.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/region",
+    "beta.kubernetes.io/instance-type", "node.kubernetes.io/instance-type",
+    "beta.kubernetes.io/os", "beta.kubernetes.io/arch"})
+KUBELET_LABEL_NAMESPACES = ("kubelet.kubernetes.io", "node.kubernetes.io")
+NODE_RESTRICTION_NAMESPACE = "node-restriction.kubernetes.io"
+
+
+def _in_namespace(namespace: str, domain: str) -> bool:
+    return namespace == domain or namespace.endswith("." + domain)
+
+
+def _label_refusal(key: str) -> str | None:
+    namespace = key.split("/", 1)[0] if "/" in key else ""
+    if key.startswith(RESERVED_LABEL_PREFIX):
+        return f"the {RESERVED_LABEL_PREFIX} prefix is reserved: rackboot sets rack, role and model itself"
+    if _in_namespace(namespace, NODE_RESTRICTION_NAMESPACE):
+        return (f"a node cannot give itself {NODE_RESTRICTION_NAMESPACE}/ labels (NodeRestriction): "
+                "rackboot's agent sets those through the API")
+    kubernetes = _in_namespace(namespace, "kubernetes.io") or _in_namespace(namespace, "k8s.io")
+    if kubernetes and key not in KUBELET_LABELS and not any(
+            _in_namespace(namespace, allowed) for allowed in KUBELET_LABEL_NAMESPACES):
+        return ("kubelet refuses node labels under kubernetes.io and k8s.io except "
+                + ", ".join(f"{n}/*" for n in KUBELET_LABEL_NAMESPACES) + " and "
+                + ", ".join(sorted(KUBELET_LABELS)))
+    return None
+
+
 def _check_labels(doc, source, problems):
     labelled = [(["k3s", "node_labels"], doc["k3s"].get("node_labels", {}))]
     labelled += [(["pis", i, "labels"], pi.get("labels", {})) for i, pi in enumerate(_pis(doc))]
     for path, labels in labelled:
+        if not isinstance(labels, dict):
+            continue  # the schema reported it
         for key in labels:
-            if str(key).startswith(RESERVED_LABEL_PREFIX):
-                problems.append((path + [key], f"the {RESERVED_LABEL_PREFIX} prefix is reserved: "
-                                               "rackboot sets rack, role and model itself"))
+            refusal = _label_refusal(key) if isinstance(key, str) else None
+            if refusal:
+                problems.append((path + [key], refusal))
+
+
+def _check_netboot_paths(doc, source, problems):
+    """The TFTP and NFS roots land in dnsmasq's config, the exports file and
+    the Pis' kernel command line: the schema keeps them to plain directories
+    under /srv/; here they must also be two separate trees."""
+    netboot = doc.get("netboot", {})
+    roots = {name: netboot.get(name, default) for name, default in NETBOOT_ROOTS.items()}
+    for name, value in roots.items():
+        if isinstance(value, str) and {".", ".."} & set(value.split("/")):
+            problems.append((["netboot", name], f"{value!r} has a '.' or '..' component"))
+    tftp, nfs = roots["tftp_root"], roots["nfs_root"]
+    if not (isinstance(tftp, str) and isinstance(nfs, str)):
+        return
+    if tftp == nfs:
+        problems.append((["netboot", "nfs_root"], f"{nfs!r} is also netboot.tftp_root: the two must differ"))
+    elif nfs.startswith(tftp + "/"):
+        problems.append((["netboot", "nfs_root"], f"{nfs!r} is inside netboot.tftp_root {tftp!r}"))
+    elif tftp.startswith(nfs + "/"):
+        problems.append((["netboot", "tftp_root"], f"{tftp!r} is inside netboot.nfs_root {nfs!r}"))
 
 
 def _check_secrets(doc, source, problems):
@@ -420,11 +713,18 @@ def _check_secrets(doc, source, problems):
 
 
 def _check_manifests(doc, source, problems):
-    _manifest_files([m for m in doc.get("manifests", []) if isinstance(m, str)], source.parent, problems)
+    raw = doc.get("manifests", [])
+    if not isinstance(raw, list):
+        return  # the schema reported it
+    # Entries the schema refused are not looked up (one problem each).
+    entries = [(i, m) for i, m in enumerate(raw) if isinstance(m, str) and MANIFEST_ENTRY.fullmatch(m)]
+    found: list = []
+    _manifest_files([m for _, m in entries], source.parent, found)
+    problems.extend((["manifests", entries[path[1]][0]], message) for path, message in found)
 
 
 SEMANTIC_CHECKS = (_check_addresses, _check_dhcp, _check_names, _check_macs, _check_boot_dirs,
-                   _check_labels, _check_secrets, _check_manifests)
+                   _check_labels, _check_netboot_paths, _check_secrets, _check_manifests)
 
 
 def _semantic_problems(doc: dict, source: Path) -> list[tuple[list, str]]:
@@ -478,8 +778,8 @@ def _construct(doc: dict, source: Path) -> RackProfile:
             dhcp_range=(ipaddress.IPv4Address(rng["start"]), ipaddress.IPv4Address(rng["end"])) if rng else None,
             boot_dir_by=BootDirBy(nb.get("boot_dir_by", "serial")),
             rancher_storage=RancherStorage(nb.get("rancher_storage", "tmpfs")),
-            tftp_root=nb.get("tftp_root", "/srv/rackboot/tftp"),
-            nfs_root=nb.get("nfs_root", "/srv/rackboot/pi-root"),
+            tftp_root=nb.get("tftp_root", NETBOOT_ROOTS["tftp_root"]),
+            nfs_root=nb.get("nfs_root", NETBOOT_ROOTS["nfs_root"]),
             join_port=nb.get("join_port", 6442)),
         manifests=_manifest_files(doc.get("manifests", []), source.parent),
         secrets=tuple(
@@ -513,6 +813,9 @@ def profile_paths(args: Iterable[str | Path]) -> list[Path]:
 
 def load_one(path: Path) -> tuple[RackProfile | None, list[str]]:
     """Load one profile; return it (or None) and its problems as text."""
+    if not PROFILE_NAME.fullmatch(path.name):
+        raise ProfileError([f"{shown(path)}: (file name): {path.name!r} is not a profile file name: letters, "
+                            "digits, '.', '_' and '-', starting with a letter or digit, ending in .yaml"])
     rack_doc = _read_yaml(path)
     defaults_path = path.parent / DEFAULTS_NAME
     defaults_doc = _read_yaml(defaults_path) if defaults_path.exists() else {}
@@ -536,7 +839,7 @@ def load_one(path: Path) -> tuple[RackProfile | None, list[str]]:
 
     problems = list(_schema_problems(doc)) + _semantic_problems(doc, path)
     profile = None if problems else _construct(doc, path)
-    lines = sorted({f"{origin(p)}: {format_path(p)}: {m}" for p, m in problems})
+    lines = sorted({f"{shown(origin(p))}: {format_path(p)}: {m}" for p, m in problems})
     return profile, lines
 
 

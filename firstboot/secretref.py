@@ -20,6 +20,8 @@ _PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]|[0-9]{1,20}")
 _SM_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
 _SM_VERSION = re.compile(r"latest|[1-9][0-9]*")
 _GENERATION = re.compile(r"[1-9][0-9]*")
+# file:// paths: absolute, plain components (the agent opens exactly this path).
+_FILE_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
 
 
 class SecretRefError(ValueError):
@@ -42,6 +44,8 @@ class SecretRef:
 
 
 def parse(text: str, key: str | None = None) -> SecretRef:
+    if any(char.isspace() or not char.isprintable() for char in text):
+        raise SecretRefError(f"{text!r}: a secret reference holds no spaces or control characters")
     scheme, sep, rest = text.partition("://")
     if not sep:
         raise SecretRefError(
@@ -50,6 +54,9 @@ def parse(text: str, key: str | None = None) -> SecretRef:
     if scheme == "file":
         if not rest.startswith("/") or "#" in rest:
             raise SecretRefError(f"{text!r}: file:// needs an absolute path, as in file:///etc/rackboot/token")
+        if not _FILE_PATH.fullmatch(rest) or {".", ".."} & set(rest.split("/")):
+            raise SecretRefError(f"{text!r}: file:// path components are letters, digits, '.', '_' and '-' "
+                                 "(no '.' or '..' components)")
         return SecretRef("file", "", rest, None, key)
     if scheme not in ("berglas", "sm"):
         raise SecretRefError(f"{text!r}: unknown scheme {scheme!r} (berglas, sm or file)")
