@@ -2,7 +2,8 @@
 
     /usr/share/rackboot/racks/RACK/tftp/      the rack's TFTP tree, made with the image
     netboot.tftp_root -> that tree            a link: what dnsmasq serves
-    /srv/rackboot/pi-root                     the Pis' shared root, made with the image
+    /usr/lib/rackboot/pi-root.squashfs        the Pis' shared root, made with the image,
+    /srv/rackboot/pi-root                     mounted here read-only by its mount unit
     netboot.nfs_root                          exported read-only (a bind mount when it is
                                               not the image's own path)
     /etc/dnsmasq.d/rackboot-netboot.conf      the rack's rendered dnsmasq configuration,
@@ -12,18 +13,29 @@
 
 It runs on the jumphost before the token step: Pis can boot, and wait for the
 cluster, even while the secret store is out of reach.
+
+The export must be a filesystem of its own. With no_subtree_check (and even
+with subtree_check, for files of directories the export shares), the Linux
+NFS server accepts a file handle for any file on the exported filesystem,
+not only for those under the exported directory: a host on the segment that
+forges handles reads whatever that filesystem holds. So the Pis' root is a
+squashfs image, and the export is refused unless it is the whole of a
+filesystem other than the jumphost's root.
 """
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
 from firstboot import k3s, system
 from firstboot.errors import RackbootError
 
-# Where the jumphost image keeps the Pis' shared root (image/netboot.py puts it there).
+# Where the jumphost image mounts the Pis' shared root, and the image file
+# it mounts (image/netboot.py makes both).
 IMAGE_PI_ROOT = "/srv/rackboot/pi-root"
-PI_ROOT = Path(os.environ.get("RACKBOOT_PI_ROOT", IMAGE_PI_ROOT))
+PI_ROOT = Path(IMAGE_PI_ROOT)
+PI_ROOT_IMAGE = "/usr/lib/rackboot/pi-root.squashfs"
 DNSMASQ_CONF = Path("/etc/dnsmasq.d/rackboot-netboot.conf")
 EXPORTS = Path("/etc/exports.d/rackboot.exports")
 DNSMASQ_UNIT = "rackboot-dnsmasq.service"
@@ -46,9 +58,50 @@ def _link(link: Path, target: Path) -> bool:
     return True
 
 
+# Its mount unit, named as systemd names it: systemd-escape --path --suffix=mount /srv/rackboot/pi-root
+PI_ROOT_UNIT = "srv-rackboot-pi\\x2droot.mount"
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo field: spaces, tabs, newlines and backslashes are octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _mount_at(path: Path) -> str | None:
+    """The root (within its filesystem) of what is mounted at path, the last
+    mount there being the one seen; None when path is no mount point."""
+    root = None
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if _unescape(fields[4]) == str(path):
+            root = _unescape(fields[3])
+    return root
+
+
 def _is_mount_point(path: Path) -> bool:
-    mounts = Path("/proc/self/mountinfo").read_text().splitlines()
-    return any(line.split()[4] == str(path) for line in mounts)
+    return _mount_at(path) is not None
+
+
+def require_own_filesystem(path: Path, what: str) -> None:
+    """Refuse to export path unless it is the whole of a filesystem other than
+    the root's: everything a file handle can reach on that filesystem is then
+    under path. (A bind mount of a directory is a mount point too, but the
+    rest of its filesystem stays reachable: its mount root is not /.)"""
+    root = _mount_at(path)
+    if root is None:
+        problem = "is a directory of the filesystem it is on, not a filesystem of its own"
+    elif root != "/":
+        problem = f"is a bind mount of {root}, a directory of a larger filesystem"
+    elif path.stat().st_dev == Path("/").stat().st_dev:
+        problem = "is on the jumphost's root filesystem"
+    else:
+        return
+    raise RackbootError(
+        f"refusing to export {path} ({what}): it {problem}, and an NFS client could reach every file of "
+        "that filesystem by file handle (the jumphost's tokens, keys and credentials)",
+        hint=f"the Pis' root must be a filesystem of its own: {PI_ROOT_UNIT} mounts the image's "
+             f"{PI_ROOT_IMAGE} at {PI_ROOT} (systemctl status '{PI_ROOT_UNIT}'); an image without "
+             "that file predates it and must be rebuilt with ./build.py image")
 
 
 def _bind(source: Path, target: Path) -> bool:
@@ -70,23 +123,39 @@ def _run_unit(unit: str, restart: bool) -> None:
         system.systemctl("restart" if running else "start", "--no-block", unit)
 
 
+def _mount_pi_root() -> None:
+    """The image's squashfs at PI_ROOT, by its (enabled) mount unit: normally
+    mounted at boot already, and then this changes nothing."""
+    result = system.systemctl("start", PI_ROOT_UNIT, check=False)
+    if result.returncode != 0:
+        raise RackbootError(f"cannot mount the Pis' root at {PI_ROOT}: systemctl start {PI_ROOT_UNIT} failed: "
+                            f"{(result.stderr or result.stdout).strip()}",
+                            hint=f"journalctl -u '{PI_ROOT_UNIT}' says more; an image without "
+                                 f"{PI_ROOT_IMAGE} must be rebuilt with ./build.py image")
+
+
 def serve(profile) -> dict:
     if not profile.pis:
         return {"skipped": f"rack {profile.rack} has no Pis"}
     rendered = k3s.RACKS / profile.rack
     tree = rendered / "tftp"
-    missing = [str(path) for path in (tree / "config.txt", tree / "vmlinuz", PI_ROOT / "usr/lib/rackboot")
+    missing = [str(path) for path in (tree / "config.txt", tree / "vmlinuz", Path(PI_ROOT_IMAGE))
                if not path.exists()]
+    if not missing:
+        _mount_pi_root()
+        missing = [str(path) for path in (PI_ROOT / "usr/lib/rackboot",) if not path.exists()]
     if missing:
         raise RackbootError(f"this image has no Pi netboot files for rack {profile.rack} "
                             f"(missing {', '.join(missing)})",
                             hint="rebuild the jumphost image: ./build.py image builds the Pi root and TFTP tree")
+    require_own_filesystem(PI_ROOT, "the Pis' root")
     changed = []
     if _link(Path(profile.netboot.tftp_root), tree):
         changed.append("tftp-root")
     nfs_root = Path(profile.netboot.nfs_root)
     if nfs_root != PI_ROOT and _bind(PI_ROOT, nfs_root):
         changed.append("nfs-root")
+    require_own_filesystem(nfs_root, "netboot.nfs_root")
     for target, name in ((EXPORTS, "exports"), (DNSMASQ_CONF, "dnsmasq-config"),
                          (UNIT_DIR / DNSMASQ_UNIT, "dnsmasq-unit"), (UNIT_DIR / JOIN_UNIT, "join-unit")):
         if system.place_file(rendered / "jumphost/rootfs" / target.relative_to("/"), target):

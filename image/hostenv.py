@@ -27,6 +27,7 @@ HOST_PACKAGES = (
     "cloud-init",          # cloud-init schema / net-convert check rendered seeds
     # Building images: rootfs, filesystems, disk assembly, flashing aids.
     "mmdebstrap", "e2fsprogs", "dosfstools", "mtools", "genimage", "bmap-tools", "zstd",
+    "squashfs-tools",      # the Pis' root in the jumphost image is a squashfs of its own
     # Booting them: QEMU with UEFI firmware.
     "qemu-system-x86", "ovmf",
     "qemu-system-arm",     # the virtual rack's Pis: arm64 virt machines

@@ -19,6 +19,15 @@ the agent, its arm64 Python libraries, every rack's profile and files) and
 the Pi's units. It is one tree for every Pi of every rack in the image,
 exported read-only; each Pi's initramfs puts a tmpfs overlay over it
 (image/pi-initramfs/).
+
+In the jumphost image that tree is a squashfs image of its own
+(/usr/lib/rackboot/pi-root.squashfs), mounted read-only at
+/srv/rackboot/pi-root by a mount unit the image enables. An NFS export must
+be a filesystem of its own: with no_subtree_check the Linux NFS server
+accepts a file handle for any file of the exported filesystem, so a
+directory of the jumphost's root would give the segment its tokens and keys.
+squashfs rather than a partition of its own: compressed (the image stays
+about as small as before), no partition to size, and one file to swap.
 """
 
 import logging
@@ -104,9 +113,31 @@ def pi_directory(pi, by: BootDirBy) -> str | None:
 
 
 # Where the jumphost image keeps the Pis' files (firstboot/serve.py serves them).
-PI_ROOT_IN_IMAGE = serve.IMAGE_PI_ROOT.lstrip("/")
+PI_ROOT_IN_IMAGE = serve.IMAGE_PI_ROOT.lstrip("/")       # the squashfs's mount point
+PI_ROOT_IMAGE_IN_IMAGE = serve.PI_ROOT_IMAGE.lstrip("/")  # the squashfs
 PI_BOOT_IN_IMAGE = "usr/lib/rackboot/pi-boot"   # firmware, kernel, initramfs: one copy for all racks
 PI_UNITS = ("rackboot-firstboot.service", "var-lib-rancher.mount")
+
+# The jumphost's mount of the Pis' root. Ordered before the NFS server (which
+# loads the export table when it starts) and the agent (whose serve step
+# exports it); the export's `mp` option keeps the empty mount point from
+# being exported should this ever fail. nodev, nosuid: nothing of the Pis'
+# is a device or a privilege on the jumphost (the Pis' own mounts decide for them).
+PI_ROOT_MOUNT_UNIT = f"""\
+[Unit]
+Description=The Raspberry Pis' shared root (read-only, exported over NFS)
+Documentation=file:/usr/lib/rackboot/firstboot/serve.py
+Before=nfs-server.service rackboot-firstboot.service
+
+[Mount]
+What={serve.PI_ROOT_IMAGE}
+Where={serve.IMAGE_PI_ROOT}
+Type=squashfs
+Options=ro,loop,nodev,nosuid
+
+[Install]
+WantedBy=local-fs.target
+"""
 
 
 def shared_boot_files(files: BootFiles) -> dict[str, Path]:
@@ -173,13 +204,45 @@ def write_pi_root(profiles: list[RackProfile], rendered: dict[str, render.Render
     payload.strip_machine_state(target)
 
 
+# mksquashfs keeps owners, modes, hard links and extended attributes, and
+# makes the export table NFS needs, by default. zstd: the Debian 12 kernel's
+# squashfs has it, and it reads back faster than xz for the same size. The
+# superblock's creation time is fixed so that the same tree gives the same
+# bytes; files keep their own times (Python checks its byte code against
+# them) unless SOURCE_DATE_EPOCH, which mksquashfs honours itself, clamps them.
+def make_squashfs(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fixed_time = [] if "SOURCE_DATE_EPOCH" in os.environ else ["-mkfs-time", "0"]
+    run(["mksquashfs", source, target, "-comp", "zstd", "-noappend", "-no-progress", *fixed_time])
+    os.chmod(target, 0o644)
+
+
+def install_pi_root_mount(tree: Path) -> None:
+    """The mount unit of the Pis' root, enabled, and its empty mount point."""
+    (tree / PI_ROOT_IN_IMAGE).mkdir(parents=True, exist_ok=True)
+    os.chmod(tree / PI_ROOT_IN_IMAGE, 0o755)
+    unit = tree / "etc/systemd/system" / serve.PI_ROOT_UNIT
+    unit.write_text(PI_ROOT_MOUNT_UNIT)
+    os.chmod(unit, 0o644)
+    run(["systemctl", f"--root={tree}", "enable", serve.PI_ROOT_UNIT])
+
+
 def install_into_image(profiles: list[RackProfile], rendered: dict[str, render.RenderedTree],
                        pi_rootfs: rootfs.Rootfs, tree: Path, k3s_bundle=None) -> None:
-    """The jumphost image's copy: the shared root and boot files once, and a
-    TFTP tree per rack (its config.txt, cmdline.txt and Pi directories) whose
-    boot files link to the shared ones."""
+    """The jumphost image's copy: the shared root (a squashfs, and its mount
+    unit) and boot files once, and a TFTP tree per rack (its config.txt,
+    cmdline.txt and Pi directories) whose boot files link to the shared ones.
+    The root is written beside tree, never into it: only the squashfs goes in."""
     files = boot_files(pi_rootfs)
-    write_pi_root(profiles, rendered, pi_rootfs, tree / PI_ROOT_IN_IMAGE, k3s_bundle)
+    staging = Path(tempfile.mkdtemp(prefix=".pi-root.", dir=tree.parent))
+    try:
+        write_pi_root(profiles, rendered, pi_rootfs, staging / "pi-root", k3s_bundle)
+        os.chmod(staging / "pi-root", 0o755)
+        with progress.step("the Pis' root as a squashfs image"):
+            make_squashfs(staging / "pi-root", tree / PI_ROOT_IMAGE_IN_IMAGE)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    install_pi_root_mount(tree)
     shared = tree / PI_BOOT_IN_IMAGE
     shared.mkdir(parents=True)
     for name, source in shared_boot_files(files).items():

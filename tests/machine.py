@@ -33,10 +33,11 @@ BINDS = {
     "/etc/systemd/system": "etc/systemd/system",
     "/var/lib/rackboot": "var/lib/rackboot",
     "/etc/rackboot": "etc/rackboot",
-    "/usr/lib/rackboot/k3s": "usr/lib/rackboot/k3s",
+    # What the image carries: the k3s bundles, and for the jumphost's netboot
+    # service (firstboot/serve.py) the Pis' boot files and root (a squashfs).
+    "/usr/lib/rackboot": "usr/lib/rackboot",
     "/usr/share/rackboot/racks": "usr/share/rackboot/racks",
-    # The jumphost's netboot service (firstboot/serve.py): the Pis' files, dnsmasq, NFS exports.
-    "/usr/lib/rackboot/pi-boot": "usr/lib/rackboot/pi-boot",
+    # Where the jumphost mounts the Pis' root, dnsmasq's and the NFS server's files.
     "/srv/rackboot": "srv/rackboot",
     "/etc/dnsmasq.d": "etc/dnsmasq.d",
     "/etc/exports.d": "etc/exports.d",

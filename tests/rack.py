@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from firstboot import serve
 from firstboot.profile import load_profiles
 from image import netboot, render
 from tests.doubles import k3s_standin_bundle
@@ -73,7 +74,9 @@ class Rack:
 
     def install_netboot(self, machine: Machine) -> None:
         """What the image gives a jumphost for its Pis (image/netboot.py's
-        install_into_image): a Pi root, shared boot files and the rack's TFTP tree."""
+        install_into_image): the Pis' root as a squashfs with its mount unit,
+        shared boot files and the rack's TFTP tree. The root is mounted when
+        the agent's serve step starts that unit (at boot, on a real jumphost)."""
         profile = self.profile()
         if self.boot_files is None:
             self.boot_files = netboot.BootFiles(
@@ -83,9 +86,17 @@ class Rack:
                           "fixup4.dat": self._boot_file("fixup4.dat", 5_400)},
                 device_trees={"bcm2711-rpi-4-b.dtb": self._boot_file("bcm2711-rpi-4-b.dtb", 52_000)})
         shared = machine.path("/usr/lib/rackboot/pi-boot")
+        shared.mkdir(parents=True, exist_ok=True)
         for name, source in netboot.shared_boot_files(self.boot_files).items():
             shutil.copyfile(source, shared / name)
-        (machine.path("/srv/rackboot") / "pi-root/usr/lib/rackboot").mkdir(parents=True, exist_ok=True)
+        squashfs = machine.path(serve.PI_ROOT_IMAGE)
+        if not squashfs.exists():     # never rewritten: it may be mounted
+            pi_root = self.tmp / "pi-root"
+            (pi_root / "usr/lib/rackboot").mkdir(parents=True, exist_ok=True)
+            (pi_root / "etc").mkdir(exist_ok=True)
+            (pi_root / "etc/hostname").write_text("rackboot-pi\n")
+            netboot.make_squashfs(pi_root, squashfs)
+        machine.path(f"/etc/systemd/system/{serve.PI_ROOT_UNIT}").write_text(netboot.PI_ROOT_MOUNT_UNIT)
         if profile.pis:
             netboot.write_tftp_tree(profile, render.render_rack(profile), self.boot_files,
                                     machine.path(f"/usr/share/rackboot/racks/{self.rack}"),

@@ -1,9 +1,10 @@
 """The jumphost's serve step on a pretend jumphost: the rack's TFTP tree
 linked where dnsmasq serves it, real dnsmasq started through systemctl and
-answering TFTP on the loopback, the NFS export loaded by the real exportfs;
-a second run changes nothing; a changed profile restarts dnsmasq; an
-nfs_root elsewhere is bind-mounted; a missing Pi root is an error the status
-command explains."""
+answering TFTP on the loopback, the Pis' root mounted from its squashfs by
+the image's mount unit and its NFS export loaded by the real exportfs; a
+second run changes nothing; a changed profile restarts dnsmasq; an nfs_root
+elsewhere is bind-mounted; a missing Pi root is an error the status command
+explains; a Pi root that is not a filesystem of its own is never exported."""
 
 import json
 import os
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from firstboot import serve
+from image import netboot
 from tests.doubles.secret_manager import SecretManagerDouble
 from tests.machine import REPO
 from tests.rack import Rack
@@ -53,6 +56,21 @@ def wait_for_tftp(rack: Rack, out: Path) -> None:
     raise AssertionError("dnsmasq never answered TFTP:\n" + rack.machine.journal("rackboot-dnsmasq.service"))
 
 
+def findmnt(machine, path: str) -> dict:
+    """What is mounted at path, as the machine sees it (loop devices without their number)."""
+    result = machine.run(["findmnt", "-n", "-J", "-o", "SOURCE,FSTYPE,OPTIONS,FSROOT", "--mountpoint", path])
+    assert result.returncode == 0, f"nothing mounted at {path}: {result.stderr}"
+    [mount] = json.loads(result.stdout)["filesystems"]
+    return {"source": mount["source"].rstrip("0123456789"), "fstype": mount["fstype"],
+            "ro": "ro" in mount["options"].split(","), "fsroot": mount["fsroot"]}
+
+
+def st_dev(machine, path: str) -> int:
+    result = machine.run([sys.executable, "-c", f"import os; print(os.stat({path!r}).st_dev)"])
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout)
+
+
 def dnsmasq_pid(rack: Rack) -> int:
     return int((rack.machine.systemctl_state / "rackboot-dnsmasq.service.pid").read_text())
 
@@ -80,9 +98,15 @@ def test_jumphost_serves_its_pis(rack, tmp_path):
         assert Path(answer["saved"]).read_bytes() == expected.read_bytes(), name
     [unknown] = tftp_fetch(rack, ["deadbeef/start4.elf"], tmp_path / "unknown")
     assert not unknown["ok"]
+    # The Pis' root is the image's squashfs, mounted read-only by its unit: a filesystem of its own.
+    assert findmnt(m, "/srv/rackboot/pi-root") == {"source": "/dev/loop", "fstype": "squashfs", "ro": True,
+                                                   "fsroot": "/"}
+    assert st_dev(m, "/srv/rackboot/pi-root") != st_dev(m, "/")
+    assert st_dev(m, "/srv/rackboot/pi-root") != st_dev(m, "/etc/rancher")
     # The real exportfs loaded the rendered export into the machine's export table.
     etab = m.path("/var/lib/nfs/etab").read_text()
     assert etab.startswith("/srv/rackboot/pi-root\t127.0.0.0/8(ro,") and "no_root_squash" in etab
+    assert ",mountpoint," in etab and ",fsid=" in etab
 
     # Again: nothing changes, dnsmasq keeps running as it was.
     pid = dnsmasq_pid(rack)
@@ -108,20 +132,116 @@ def test_nfs_root_elsewhere_is_bind_mounted(rack):
     done = rack.agent()
     assert done.returncode == 0, done.stderr + rack.status_text()
     assert "nfs-root" in rack.status()["steps"]["serve"]["result"]["changed"]
-    mounts = rack.machine.run(["findmnt", "-n", "-o", "SOURCE,OPTIONS", "/srv/rackboot/racks-pi-root"]).stdout
-    assert "pi-root" in mounts and "ro" in mounts.split()[1].split(",")
+    # The bind of the whole squashfs: the same filesystem as the image's mount, read-only.
+    m = rack.machine
+    assert findmnt(m, "/srv/rackboot/racks-pi-root") == findmnt(m, "/srv/rackboot/pi-root")
+    assert findmnt(m, "/srv/rackboot/racks-pi-root")["ro"]
+    assert st_dev(m, "/srv/rackboot/racks-pi-root") == st_dev(m, "/srv/rackboot/pi-root") != st_dev(m, "/")
     assert rack.machine.path("/var/lib/nfs/etab").read_text().startswith("/srv/rackboot/racks-pi-root\t")
     again = rack.agent()
     assert again.returncode == 0 and "nfs-root" not in rack.status()["steps"]["serve"]["result"]["changed"]
 
 
 def test_missing_pi_root_is_explained(rack):
-    subprocess.run(["rm", "-rf", str(rack.machine.path("/srv/rackboot") / "pi-root")], check=True)
+    rack.machine.path("/usr/lib/rackboot/pi-root.squashfs").unlink()      # an image without it
     failed = rack.agent()
     assert failed.returncode != 0
     status = rack.status()
     assert status["failed"] == "serve"
-    assert "/srv/rackboot/pi-root/usr/lib/rackboot" in status["steps"]["serve"]["error"]
+    assert "/usr/lib/rackboot/pi-root.squashfs" in status["steps"]["serve"]["error"]
     assert "token" not in status["steps"]          # the steps after a failure do not run
     text = rack.status_text()
     assert "serve" in text and "no Pi netboot files for rack loop" in text and "./build.py image" in text
+
+
+def nothing_served(rack) -> None:
+    m = rack.machine
+    assert not m.path("/etc/exports.d/rackboot.exports").exists()
+    assert not m.path("/var/lib/nfs/etab").exists() or m.path("/var/lib/nfs/etab").read_text() == ""
+    assert not (m.systemctl_state / "rackboot-dnsmasq.service.pid").exists()
+    assert "token" not in rack.status()["steps"]
+
+
+def test_pi_root_on_the_jumphost_filesystem_is_never_exported(rack):
+    """An image whose Pi root is a directory of the jumphost's own filesystem
+    (as before it was a squashfs), bind-mounted where the export is: with
+    no_subtree_check a handle would reach every file of that filesystem, so
+    the serve step refuses, saying why and what to do, and exports nothing."""
+    m = rack.machine
+    old_root = m.path("/srv/rackboot") / "old-pi-root"
+    (old_root / "usr/lib/rackboot").mkdir(parents=True)
+    m.path(f"/etc/systemd/system/{serve.PI_ROOT_UNIT}").write_text(
+        netboot.PI_ROOT_MOUNT_UNIT.replace("What=/usr/lib/rackboot/pi-root.squashfs", "What=/srv/rackboot/old-pi-root")
+        .replace("Type=squashfs", "Type=none").replace("Options=ro,loop,", "Options=bind,ro,"))
+    failed = rack.agent()
+    assert failed.returncode != 0
+    error = rack.status()["steps"]["serve"]["error"]
+    assert error.startswith("refusing to export /srv/rackboot/pi-root (the Pis' root): it is a bind mount of "), error
+    assert "a directory of a larger filesystem" in error and "file handle" in error
+    text = rack.status_text()
+    assert "must be a filesystem of its own" in text and "./build.py image" in text
+    nothing_served(rack)
+
+
+def test_pi_root_without_its_mount_is_never_exported(rack):
+    """The mount unit missing (an image from before the squashfs): no export
+    of the empty directory beneath."""
+    rack.machine.path(f"/etc/systemd/system/{serve.PI_ROOT_UNIT}").unlink()
+    failed = rack.agent()
+    assert failed.returncode != 0
+    error = rack.status()["steps"]["serve"]["error"]
+    assert error.startswith("cannot mount the Pis' root at /srv/rackboot/pi-root: systemctl start "), error
+    assert rack.machine.run(["mountpoint", "-q", "/srv/rackboot/pi-root"]).returncode != 0
+    nothing_served(rack)
+
+
+def test_nfs_root_on_the_jumphost_filesystem_is_never_exported(rack):
+    """netboot.nfs_root already a mount point, but of a directory of the
+    jumphost's filesystem: refused, though the Pis' root itself is fine."""
+    rack.edit_profile(lambda p: p.setdefault("netboot", {}).update(nfs_root="/srv/rackboot/racks-pi-root"))
+    m = rack.machine
+    (m.path("/srv/rackboot") / "elsewhere").mkdir()
+    bound = m.run(["sh", "-ec", "mkdir -p /srv/rackboot/racks-pi-root && "
+                   "mount --bind /srv/rackboot/elsewhere /srv/rackboot/racks-pi-root"])
+    assert bound.returncode == 0, bound.stderr
+    failed = rack.agent()
+    assert failed.returncode != 0
+    error = rack.status()["steps"]["serve"]["error"]
+    assert error.startswith("refusing to export /srv/rackboot/racks-pi-root (netboot.nfs_root): "), error
+    nothing_served(rack)
+
+
+def test_own_filesystem_check_against_the_root_filesystem(tmp_path):
+    """The check itself, in a mount namespace of this test's: a tmpfs is a
+    filesystem of its own; a bind of a directory is not; and a bind of the
+    root filesystem's own root (mount root /, but the root's st_dev) is not."""
+    script = f"""
+import sys
+from pathlib import Path
+sys.path.insert(0, {str(REPO)!r})
+from firstboot import serve
+from firstboot.errors import RackbootError
+import subprocess
+def verdict(path):
+    try:
+        serve.require_own_filesystem(Path(path), "test")
+        return "ok"
+    except RackbootError as err:
+        return str(err)
+base = Path({str(tmp_path)!r})
+for name in ("tmpfs", "dir", "bound", "rootbind", "plain"):
+    (base / name).mkdir()
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(base / "tmpfs")], check=True)
+subprocess.run(["mount", "--bind", str(base / "dir"), str(base / "bound")], check=True)
+subprocess.run(["mount", "--bind", "/", str(base / "rootbind")], check=True)
+for name in ("tmpfs", "bound", "rootbind", "plain"):
+    print(name, "|", verdict(base / name))
+"""
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-c", script],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    verdicts = dict(line.split(" | ", 1) for line in result.stdout.splitlines())
+    assert verdicts["tmpfs"] == "ok"
+    assert "is a bind mount of " in verdicts["bound"] and "a directory of a larger filesystem" in verdicts["bound"]
+    assert "is on the jumphost's root filesystem" in verdicts["rootbind"]
+    assert "not a filesystem of its own" in verdicts["plain"]
