@@ -84,7 +84,7 @@ def step_token(ctx: Context) -> dict:
     if ctx.role == "pi":
         return token.install_pi_token(ctx.profile)
     # A k3s server that already has a datastore cannot simply take a new token.
-    return token.install_token(ctx.profile.k3s.token, datastore=k3s.DATASTORE)
+    return token.install_token(ctx.profile.k3s.token, ctx.profile.rack, datastore=k3s.DATASTORE)
 
 
 def step_k3s(ctx: Context) -> dict:

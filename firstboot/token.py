@@ -18,9 +18,10 @@ from firstboot.secretref import SecretRef
 TOKEN_FILE = Path("/etc/rancher/k3s/token")
 
 
-def install_token(ref: SecretRef, path: Path | None = None, access=None, datastore: Path | None = None,
-                  agent_token_file: Path | None = None) -> dict:
-    """datastore: a k3s server's datastore directory. When it exists, k3s
+def install_token(ref: SecretRef, rack: str, path: Path | None = None, access=None,
+                  datastore: Path | None = None, agent_token_file: Path | None = None) -> dict:
+    """rack: the rack's name, bound into its agent token (join.agent_token).
+    datastore: a k3s server's datastore directory. When it exists, k3s
     refuses to start with a token other than the one it was set up (or
     rotated, with `k3s token rotate`) to; any other changed token fails here
     and the old file stays."""
@@ -46,7 +47,7 @@ def install_token(ref: SecretRef, path: Path | None = None, access=None, datasto
                  "or reflash the jumphost; see the README, 'Rotating the token'")
     changed = system.place(value + b"\n", path, 0o600)
     agent_file = agent_token_file or path.with_name(join.AGENT_TOKEN_FILE.name)
-    changed |= system.place(join.agent_token(value) + b"\n", agent_file, 0o600)
+    changed |= system.place(join.agent_token(value, rack) + b"\n", agent_file, 0o600)
     return {"reference": str(ref), "file": str(path), "changed": changed}
 
 

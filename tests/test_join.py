@@ -2,8 +2,10 @@
 answers only its rack's subnet, says 503 until the jumphost has the agent
 token, never logs the token; a Pi's fetch waits for it and fails clearly."""
 
+import http.client
 import ipaddress
 import socket
+import struct
 import threading
 import time
 import types
@@ -56,21 +58,30 @@ def get(rack, path=join.PATH):
 
 
 def test_agent_token_is_derived_and_changes_with_the_rack_token():
-    token = join.agent_token(RACK_TOKEN)
+    token = join.agent_token(RACK_TOKEN, "loop")
     assert token.startswith(b"rackboot-agent-") and RACK_TOKEN not in token
-    assert join.agent_token(RACK_TOKEN) == token and join.agent_token(b"rotated") != token
+    assert join.agent_token(RACK_TOKEN, "loop") == token and join.agent_token(b"rotated", "loop") != token
+
+
+def test_racks_with_the_same_stored_token_get_different_agent_tokens():
+    """Every rack stores the same token (hot-swappable jumphosts); the rack's
+    name in the derivation keeps one rack's agent token out of the others."""
+    tokens = {rack: join.agent_token(RACK_TOKEN, rack) for rack in ("skolo-rack4", "skolo-rack5", "loop")}
+    assert len(set(tokens.values())) == 3
+    # Fields are separated, so names cannot be shifted into one another.
+    assert join.agent_token(RACK_TOKEN, "ab") != join.agent_token(RACK_TOKEN, "a\0b")
 
 
 def test_serves_the_rack_subnet_once_the_token_is_there(service, capfd):
     rack, token_file = service("127.0.0.0/8")
     status, body = get(rack)
     assert status == 503 and b"no agent token yet" in body
-    token_file.write_bytes(join.agent_token(RACK_TOKEN) + b"\n")
-    assert get(rack) == (200, join.agent_token(RACK_TOKEN) + b"\n")
+    token_file.write_bytes(join.agent_token(RACK_TOKEN, "loop") + b"\n")
+    assert get(rack) == (200, join.agent_token(RACK_TOKEN, "loop") + b"\n")
     assert get(rack, "/v1/other")[0] == 404
-    assert join.fetch(rack, timeout=5) == join.agent_token(RACK_TOKEN)
+    assert join.fetch(rack, timeout=5) == join.agent_token(RACK_TOKEN, "loop")
     logged = capfd.readouterr()
-    assert "GET /v1/agent-token" in logged.err and join.agent_token(RACK_TOKEN).decode() not in logged.err + logged.out
+    assert "GET /v1/agent-token" in logged.err and join.agent_token(RACK_TOKEN, "loop").decode() not in logged.err + logged.out
 
 
 def test_refuses_addresses_outside_the_rack(service):
@@ -104,3 +115,170 @@ def test_fetch_gives_up_naming_the_jumphost(tmp_path):
         join.fetch(rack, timeout=0.5, sleep=lambda s: time.sleep(0.1))
     assert f"no agent token from the jumphost at http://127.0.0.1:{rack.netboot.join_port}/v1/agent-token" in str(failed.value)
     assert "systemctl status rackboot-join" in failed.value.hint
+
+
+# --- under load from the rack network ------------------------------------------
+# Loopback stands in for the rack network: on Linux every 127/8 address is
+# the host's, so the join service listens on 127.77.0.8 for the subnet
+# 127.77.0.0/24, a Pi connects from 127.77.0.50 and outsiders from 127.78.x.y.
+# Nothing leaves the host.
+
+JUMPHOST, SUBNET, INSIDE = "127.77.0.8", "127.77.0.0/24", "127.77.0.50"
+LOADED_TOKEN = b"rackboot-agent-under-load"
+
+
+@pytest.fixture
+def loaded(tmp_path):
+    with socket.socket() as probe:
+        probe.bind((JUMPHOST, 0))
+        port = probe.getsockname()[1]
+    rack = types.SimpleNamespace(
+        rack="loop", network=types.SimpleNamespace(subnet=ipaddress.IPv4Network(SUBNET)),
+        jumphost=types.SimpleNamespace(address=ipaddress.IPv4Address(JUMPHOST)),
+        netboot=types.SimpleNamespace(join_port=port))
+    token_file = tmp_path / "agent-token"
+    token_file.write_bytes(LOADED_TOKEN + b"\n")
+    threading.Thread(target=join.serve_forever, args=(rack, token_file), daemon=True).start()
+    for _ in range(100):
+        try:
+            connect_from(INSIDE, port).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return port
+
+
+def connect_from(source: str, port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.bind((source, 0))
+    sock.settimeout(5)
+    sock.connect((JUMPHOST, port))
+    return sock
+
+
+def fetch_from(source: str, port: int, timeout: float = 2) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection(JUMPHOST, port, timeout=timeout, source_address=(source, 0))
+    try:
+        connection.request("GET", join.PATH)
+        answer = connection.getresponse()
+        return answer.status, answer.read()
+    finally:
+        connection.close()
+
+
+def read_all(sock: socket.socket, timeout: float = 5) -> bytes:
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(4096):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def service_log(capfd, until: str, seconds: float = 5) -> str:
+    seen = ""
+    deadline = time.monotonic() + seconds
+    while until not in seen and time.monotonic() < deadline:
+        time.sleep(0.05)
+        seen += capfd.readouterr().err
+    return seen
+
+
+def handler_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name.startswith("Thread-") and "process_request" in t.name)
+
+
+def test_a_thousand_idle_outsiders_do_not_keep_a_pi_waiting(loaded, capfd):
+    outsiders = []
+    try:
+        for i in range(1000):
+            outsiders.append(connect_from(f"127.78.{i // 200}.{i % 200 + 1}", loaded))
+        start = time.monotonic()
+        status, body = fetch_from(INSIDE, loaded)
+        took = time.monotonic() - start
+        assert (status, body) == (200, LOADED_TOKEN + b"\n")
+        assert took < 2, f"the Pi waited {took:.2f} s"
+        # Each outsider had its 403 at once, before it sent anything, and was
+        # closed: none holds a thread or a descriptor of the service.
+        for sock in outsiders[::50]:
+            answer = read_all(sock)
+            assert answer.startswith(b"HTTP/1.0 403 Forbidden\r\n"), answer
+            assert answer.endswith(b"is not in the rack's subnet 127.77.0.0/24\n")
+        assert handler_threads() == 0
+    finally:
+        for sock in outsiders:
+            sock.close()
+    # A flood is not a flood of journal lines.
+    assert service_log(capfd, "refused", 1).count("refused") <= 2
+
+
+def test_idle_connections_inside_are_bounded_and_cut(loaded, capfd):
+    """More idle connections than the service has threads for: the extra
+    ones are answered 503 at once; the rest are cut after CONNECTION_SECONDS."""
+    idle = [connect_from(f"127.77.0.{100 + i}", loaded) for i in range(join.MAX_CONNECTIONS + 8)]
+    try:
+        time.sleep(0.5)
+        assert handler_threads() == join.MAX_CONNECTIONS       # no more threads than that
+        busy = [read_all(sock, 1) for sock in idle[join.MAX_CONNECTIONS:]]
+        assert all(answer.startswith(b"HTTP/1.0 503 Service Unavailable") for answer in busy), busy
+        start = time.monotonic()
+        cut = [read_all(sock, join.CONNECTION_SECONDS + 2) for sock in idle[:join.MAX_CONNECTIONS]]
+        assert time.monotonic() - start < join.CONNECTION_SECONDS + 1.5
+        assert cut == [b""] * join.MAX_CONNECTIONS      # closed without an answer
+        assert fetch_from(INSIDE, loaded) == (200, LOADED_TOKEN + b"\n")
+    finally:
+        for sock in idle:
+            sock.close()
+    assert "Request timed out" in service_log(capfd, "Request timed out")
+
+
+def test_slow_loris_inside_the_subnet_is_cut_by_the_timeout(loaded, capfd):
+    sock = connect_from(INSIDE, loaded)
+    try:
+        start = time.monotonic()
+        sock.sendall(b"GET /v1/agent-token HTTP/1.0\r\nX-Slow: ")
+        closed_after = None
+        while time.monotonic() - start < join.CONNECTION_SECONDS + 3:
+            try:
+                sock.sendall(b"a")            # a byte now and then: never idle for long
+            except OSError:
+                closed_after = time.monotonic() - start
+                break
+            sock.settimeout(0.7)
+            try:
+                if sock.recv(4096) == b"":
+                    closed_after = time.monotonic() - start
+                    break
+            except TimeoutError:
+                pass
+        assert closed_after is not None, "the slow client was never cut"
+        assert join.CONNECTION_SECONDS - 0.5 < closed_after < join.CONNECTION_SECONDS + 1.5
+    finally:
+        sock.close()
+    assert "Request timed out" in service_log(capfd, "Request timed out")
+
+
+def test_control_characters_in_requests_are_escaped_in_the_log(loaded, capfd):
+    for line in (b"GET /v1/\x1b[31mred\x07 HTTP/1.0", b"GET /a\rforged\x1b]0;title\x07 HTTP/1.0",
+                 b"GET /\x00\x85\xff HTTP/1.0"):
+        sock = connect_from(INSIDE, loaded)
+        sock.sendall(line + b"\r\n\r\n")
+        assert read_all(sock).startswith(b"HTTP/1.0 4")
+        sock.close()
+    log = service_log(capfd, "x00")
+    assert "\\x1b[31mred\\x07" in log and "\\rforged" in log and "\\x00\\x85" in log
+    assert all(c.isprintable() for c in log.replace("\n", "")), repr(log)
+
+
+def test_a_client_that_hangs_up_leaves_one_line_and_no_traceback(loaded, capfd):
+    sock = connect_from(INSIDE, loaded)
+    sock.sendall(b"GET /v1/agent-token HTTP/1.0\r\n")
+    time.sleep(0.2)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))   # reset, not a close
+    sock.close()
+    log = service_log(capfd, "connection ended")
+    assert f"{INSIDE} connection ended: ConnectionResetError" in log
+    assert "Traceback" not in log
+    assert fetch_from(INSIDE, loaded) == (200, LOADED_TOKEN + b"\n")

@@ -67,7 +67,7 @@ def test_pis_join_with_their_labels(rack):
     # The Pis hold the agent token (from the join service), never the rack's token.
     assert status["steps"]["token"]["result"]["source"] == "http://127.0.0.2:6442/v1/agent-token"
     for pi in (first, second):
-        assert pi.path("/etc/rancher/k3s/token").read_bytes() == join_module.agent_token(TOKEN) + b"\n"
+        assert pi.path("/etc/rancher/k3s/token").read_bytes() == join_module.agent_token(TOKEN, "loop") + b"\n"
         assert (pi.path("/etc/rancher/k3s/token").stat().st_mode & 0o777) == 0o600
         for path in (pi.root).rglob("*"):
             if path.is_file():

@@ -97,7 +97,7 @@ def test_virtual_rack_joins_a_power_cycled_pi_rejoins_and_a_replacement_boots_fr
     for vm in rack.pis:
         console = vm.files.serial_log.read_bytes()
         assert b"rackboot: root is the NFS root with a tmpfs overlay" in console
-        assert TOKEN not in console and join.agent_token(TOKEN) not in console
+        assert TOKEN not in console and join.agent_token(TOKEN, "example") not in console
     assert "/srv/rackboot/pi-root" in seen["exports"] and "192.168.1.0/24" in seen["exports"]
     joined = seen["joined"]["nodes"]
     assert set(joined) == {"jumphost-example", *(pi.name for pi in pis)}
@@ -128,7 +128,7 @@ def test_virtual_rack_joins_a_power_cycled_pi_rejoins_and_a_replacement_boots_fr
     assert seen["pis"][0]["ssh_host_keys"] != seen["rebooted"]["ssh_host_keys"]
     for console in (seen["replacement_console"], replacement.files.serial_log.read_bytes()):
         assert b"rackboot: root is the NFS root" not in console
-        assert TOKEN not in console and join.agent_token(TOKEN) not in console
+        assert TOKEN not in console and join.agent_token(TOKEN, "example") not in console
     assert b"resized filesystem" in seen["replacement_console"]
     assert b"already fills /dev/vda" in replacement.files.serial_log.read_bytes()
     # The root partition grew to the end of the card, and its filesystem with it.
