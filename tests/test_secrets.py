@@ -3,8 +3,10 @@ tests/doubles/ (or the real services: see each double's first line)."""
 
 import base64
 import logging
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,45 @@ def test_access_command_bad_reference():
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "'a/b' is not a Secret Manager secret name" in result.stderr
+
+
+def test_file_secret_at_the_size_cap_and_over_it(tmp_path):
+    (tmp_path / "at-cap").write_bytes(b"k" * secrets.FILE_MAX_BYTES)
+    assert len(secrets.access(secretref.parse(f"file://{tmp_path}/at-cap"))) == secrets.FILE_MAX_BYTES
+    (tmp_path / "big").write_bytes(b"k" * (secrets.FILE_MAX_BYTES + 1))
+    with pytest.raises(secrets.SecretError, match=r"/big: larger than 64 KiB, which no secret value is"):
+        secrets.access(secretref.parse(f"file://{tmp_path}/big"))
+
+
+@pytest.mark.parametrize("make, kind", [
+    (lambda path: os.mkfifo(path), "a FIFO"),            # no writer: opening or reading it would block
+    (lambda path: path.mkdir(), "a directory"),
+    (lambda path: path.symlink_to("/dev/zero"), "a character device"),    # endless
+])
+def test_file_secret_refuses_what_is_not_a_regular_file_without_blocking(tmp_path, make, kind):
+    make(tmp_path / "odd")
+    start = time.monotonic()
+    with pytest.raises(secrets.SecretError, match=f"/odd: not a regular file \\({kind}\\)"):
+        secrets.access(secretref.parse(f"file://{tmp_path}/odd"), sleep=pytest.fail)
+    assert time.monotonic() - start < 2
+
+
+def test_file_secret_through_a_symlink_to_a_regular_file(tmp_path):
+    """As Kubernetes mounts Secrets: ..data/KEY behind a link."""
+    (tmp_path / "real").write_bytes(TOKEN)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert secrets.access(secretref.parse(f"file://{tmp_path}/link")) == TOKEN
+
+
+def test_file_secret_that_becomes_a_fifo_after_the_check_does_not_block(tmp_path, monkeypatch):
+    """The descriptor is checked too: a FIFO swapped in between stat and open
+    is refused, not waited on."""
+    path = tmp_path / "swapped"
+    os.mkfifo(path)
+    regular = os.stat(__file__)
+    real_stat = os.stat
+    monkeypatch.setattr(secrets.os, "stat", lambda p, *a, **k: regular if str(p) == str(path) else real_stat(p, *a, **k))
+    start = time.monotonic()
+    with pytest.raises(secrets.SecretError, match=r"/swapped: not a regular file \(a FIFO\)"):
+        secrets.access(secretref.parse(f"file://{path}"))
+    assert time.monotonic() - start < 2
