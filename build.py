@@ -27,8 +27,9 @@ from pathlib import Path  # noqa: E402
 
 from firstboot.errors import BadInput, RackbootError  # noqa: E402
 from firstboot.profile import load_profiles  # noqa: E402
-from image import jumphost, k3s_bundle, netboot, qemu, render, rootfs, sdcard, seed  # noqa: E402
+from image import agent_env, jumphost, k3s_bundle, k3s_pins, netboot, output, qemu, render, rootfs, sdcard, seed  # noqa: E402
 from image import log as progress  # noqa: E402
+from image.output import Kind  # noqa: E402
 
 log = logging.getLogger("rackboot")
 
@@ -44,10 +45,17 @@ def cmd_check(args) -> int:
 
 def cmd_render(args) -> int:
     profiles = load_profiles(args.profiles)
+    out = output.check(args.output, {p.rack: Kind.DIRECTORY for p in profiles})
     with progress.step(f"render {len(profiles)} rack{'s' if len(profiles) != 1 else ''} into {args.output}"):
-        for path in render.render(profiles, args.output):
+        trees = render.render_all(profiles)
+        for path in render.write_all(trees, out.claim()):
             log.info("  %s", path)
     return 0
+
+
+def _image_files(name: str) -> dict:
+    """An image and what disk.flashing_files writes beside it."""
+    return {n: Kind.FILE for n in (name, f"{name}.sha256", f"{name}.bmap", f"{name}.zst")}
 
 
 def _k3s_bundle(args, profiles):
@@ -65,11 +73,12 @@ def _k3s_bundle(args, profiles):
 
 def cmd_image(args) -> int:
     profiles = load_profiles(args.profiles)
+    out = output.check(args.output, _image_files(jumphost.IMAGE_NAME))
     if os.geteuid() != 0:
         raise RackbootError("building an image needs root (mmdebstrap in root mode, unpacking the "
                             "root filesystem with its owners)", hint=f"sudo {' '.join(sys.argv)}")
     bundle = _k3s_bundle(args, profiles)
-    options = jumphost.ImageOptions(output=args.output, release=args.release, cache_dir=args.cache_dir,
+    options = jumphost.ImageOptions(output=out.claim(), release=args.release, cache_dir=args.cache_dir,
                                     use_cache=not args.no_cache, compress=args.compress, k3s_bundle=bundle)
     with progress.step(f"jumphost image for {', '.join(p.rack for p in profiles)}"):
         outputs = jumphost.build(profiles, options)
@@ -82,24 +91,35 @@ def cmd_fetch_k3s(args) -> int:
     versions = [a for a in args.profiles if k3s_bundle.VERSION_RE.fullmatch(a)]
     named = [a for a in args.profiles if a not in versions]
     versions += [p.k3s.version for p in load_profiles(named)] if named else []
-    for version in sorted(set(versions)):
-        print(k3s_bundle.fetch(version, args.output, mirror=args.mirror))
+    versions = sorted(set(versions))
+    if args.pins and not args.pins.is_dir():    # not a silent "nothing pinned"
+        raise BadInput(f"{args.pins}: no such directory (--pins)")
+    pins = args.pins or k3s_pins.PINS
+    out = output.check(args.output, {v: Kind.DIRECTORY for v in versions})
+    out.claim()
+    for version in versions:
+        bundle = k3s_bundle.fetch(version, args.output, mirror=args.mirror, pins=pins)
+        print(bundle)
+        if args.pin:
+            for pin in k3s_bundle.pin(bundle, pins):
+                log.info("pinned %s (commit it)", pin)
     return 0
 
 
-def _agent_env(settings: list[str]) -> dict[str, str]:
-    env = {}
-    for setting in settings:
-        name, sep, value = setting.partition("=")
-        if not sep:
-            raise BadInput(f"--agent-env {setting!r}: expected NAME=VALUE")
-        env[name] = value
+def _seed_inputs(args) -> dict[str, str]:
+    """--agent-env and --credentials, checked before anything is written."""
+    env = agent_env.parse(args.agent_env)
+    seed.vendor_data(env, args.credentials)
     return env
 
 
 def cmd_seed(args) -> int:
-    for profile in load_profiles(args.profiles):
-        print(seed.make_seed(profile, args.output, _agent_env(args.agent_env), args.credentials))
+    profiles = load_profiles(args.profiles)
+    env = _seed_inputs(args)
+    out = output.check(args.output, {seed.seed_image_name(p): Kind.FILE for p in profiles})
+    out.claim()
+    for profile in profiles:
+        print(seed.make_seed(profile, args.output, env, args.credentials))
     return 0
 
 
@@ -108,8 +128,12 @@ def cmd_boot(args) -> int:
     disk = args.output / jumphost.IMAGE_NAME
     if not disk.exists():
         raise BadInput(f"{disk} does not exist", hint=f"build it first: ./build.py image {profile.source} -o {args.output}")
-    seed_image = None if args.no_seed else seed.make_seed(profile, args.output, _agent_env(args.agent_env),
-                                                          args.credentials)
+    env = _seed_inputs(args)
+    writes = {f"boot-{profile.rack}": Kind.DIRECTORY}
+    if not args.no_seed:
+        writes[seed.seed_image_name(profile)] = Kind.FILE
+    output.check(args.output, writes).claim()
+    seed_image = None if args.no_seed else seed.make_seed(profile, args.output, env, args.credentials)
     files = qemu.BootFiles(args.output / f"boot-{profile.rack}")
     qemu.prepare(files)
     argv = qemu.qemu_argv(profile, disk, seed_image, files, kvm=args.kvm, ssh_port=args.ssh_port,
@@ -133,13 +157,18 @@ def _one_profile(args):
 
 def cmd_netboot(args) -> int:
     profiles = load_profiles(args.profiles)
+    several = len(profiles) > 1
+    out = output.check(args.output, {p.rack: Kind.DIRECTORY for p in profiles} if several else
+                       {"tftp": Kind.DIRECTORY, "pi-root": Kind.DIRECTORY})
     if os.geteuid() != 0:
         raise RackbootError("building the Pi root filesystem needs root (mmdebstrap in root mode)",
                             hint=f"sudo {' '.join(sys.argv)}")
+    bundles = {p.rack: _k3s_bundle(args, [p]) for p in profiles}
+    out.claim()
     for profile in profiles:
-        target = args.output / profile.rack if len(profiles) > 1 else args.output
+        target = args.output / profile.rack if several else args.output
         tree, pi_root = netboot.build(profile, target, args.release, args.cache_dir, not args.no_cache,
-                                      _k3s_bundle(args, [profile]))
+                                      bundles[profile.rack])
         log.info("  %s: %d files, %d Pi directories", tree, sum(1 for p in tree.iterdir() if p.is_file()),
                  sum(1 for p in tree.iterdir() if p.is_dir()))
         log.info("  %s: the Pis' NFS root (export it read-only, as %s)", pi_root, profile.netboot.nfs_root)
@@ -149,13 +178,14 @@ def cmd_netboot(args) -> int:
 def cmd_sdcard(args) -> int:
     [profile] = _one_profile(args)
     sdcard.require_pis(profile)
+    out = output.check(args.output, _image_files(sdcard.IMAGE_NAME))
     if os.geteuid() != 0:
         raise RackbootError("building the Pi root filesystem and its card image needs root (mmdebstrap in "
                             "root mode, unpacking the root filesystem with its owners)",
                             hint=f"sudo {' '.join(sys.argv)}")
     bundle = _k3s_bundle(args, [profile])
     with progress.step(f"SD-card image for the Pis of rack {profile.rack}"):
-        outputs = sdcard.build(profile, args.output, args.release, args.cache_dir, not args.no_cache, bundle,
+        outputs = sdcard.build(profile, out.claim(), args.release, args.cache_dir, not args.no_cache, bundle,
                                args.compress)
     for path in outputs:
         print(path)
@@ -172,7 +202,8 @@ VERBS = {
                          "DIR/jumphost.img with .sha256 and .bmap (needs root)", True),
     "seed": (cmd_seed, "write each rack's NoCloud seed (a CIDATA disk image) as DIR/seed-RACK.img", True),
     "fetch-k3s": (cmd_fetch_k3s, "download a k3s release's binaries and air-gap images (amd64, arm64) "
-                                 "into DIR/VERSION/, verified against the release's checksums; each "
+                                 "into DIR/VERSION/, verified against the release's checksums, and those "
+                                 "against the ones pinned in image/k3s-pins/VERSION/ if any; each "
                                  "argument is a version (v1.31.4+k3s1) or a profile naming one", True),
     "netboot": (cmd_netboot, "write the Raspberry Pi TFTP tree a Pi 4 bootloader fetches: firmware, "
                              "config.txt, kernel, initramfs, device trees, cmdline.txt (NFS root), one "
@@ -201,6 +232,11 @@ def _verb_options(name: str, sub: argparse.ArgumentParser) -> None:
     if name == "fetch-k3s":
         sub.add_argument("--mirror", metavar="URL",
                          help=f"where releases are (default: ${k3s_bundle.MIRROR_ENV} or {k3s_bundle.DEFAULT_MIRROR})")
+        sub.add_argument("--pin", action="store_true",
+                         help="pin the fetched releases' checksum files (PINS/VERSION/sha256sum-ARCH.txt), to "
+                              "commit; a pinned release is fetched only if the mirror serves exactly those")
+        sub.add_argument("--pins", type=Path, metavar="PINS",
+                         help="where pinned checksum files are (default: image/k3s-pins in this repository)")
     if name in ("seed", "boot"):
         sub.add_argument("--agent-env", action="append", default=[], metavar="NAME=VALUE",
                          help="environment for the first-boot agent, e.g. SECRET_MANAGER_EMULATOR_HOST=host:port "
@@ -237,7 +273,8 @@ def parser() -> argparse.ArgumentParser:
             sub.add_argument("profiles", nargs="+", metavar="PROFILE",
                              help="rack profile (YAML) or a directory of them")
         sub.add_argument("-o", "--output", type=Path, required=needs_output, metavar="DIR",
-                         help="output directory" + (" (required)" if needs_output else ""))
+                         help="output directory" + (" (required): new, empty, or one rackboot made (it "
+                                                    f"holds {output.MARKER})" if needs_output else ""))
         sub.add_argument("-v", "--verbose", action="store_true", help="log every command run")
         sub.add_argument("--debug", action="store_true", help="show tracebacks")
         _verb_options(name, sub)

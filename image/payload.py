@@ -120,13 +120,6 @@ def strip_machine_state(tree: Path) -> None:
 
 
 def install_k3s(bundle, tree: Path, arch: str | None = None) -> None:
-    """The k3s bundle (image/k3s_bundle.py), or only its files for arch."""
-    target = tree / AGENT_DIR / "k3s" / bundle.version
-    if arch is None:
-        shutil.copytree(bundle.path, target)
-        return
-    target.mkdir(parents=True)
-    for name in (k3s_bundle.binary_name(arch), k3s_bundle.images_name(arch), k3s_bundle.checksums_name(arch)):
-        shutil.copy2(bundle.path / name, target / name)
-
-
+    """The k3s bundle's verified files (image/k3s_bundle.py), or only those
+    for arch: nothing else that lies in the bundle's directory."""
+    k3s_bundle.install(bundle, tree / AGENT_DIR / "k3s" / bundle.version, arch)

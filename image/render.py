@@ -81,12 +81,21 @@ def write_tree(files: RenderedTree, destination: Path) -> None:
         raise
 
 
-def render(profiles: list[RackProfile], output: Path) -> list[Path]:
-    """Render every rack into output/RACK/; return the rack directories."""
+def render_all(profiles: list[RackProfile]) -> dict[str, RenderedTree]:
+    """Every rack's files, in memory: nothing is written if any template fails."""
     env = environment()
-    trees = {profile.rack: render_rack(profile, env) for profile in profiles}
+    return {profile.rack: render_rack(profile, env) for profile in profiles}
+
+
+def write_all(trees: dict[str, RenderedTree], output: Path) -> list[Path]:
+    """Write each rack into output/RACK/, replacing it whole; return the rack directories."""
     written = []
     for rack, files in trees.items():
         write_tree(files, output / rack)
         written.append(output / rack)
     return written
+
+
+def render(profiles: list[RackProfile], output: Path) -> list[Path]:
+    """Render every rack into output/RACK/; return the rack directories."""
+    return write_all(render_all(profiles), output)

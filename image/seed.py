@@ -7,10 +7,12 @@ A seed can also carry what the first-boot agent needs on this site, as
 NoCloud vendor-data that cloud-init writes root-only under /etc/rackboot:
 endpoint overrides (agent.env, read by the agent's unit) and a service
 account key for Application Default Credentials. The stick then holds a
-credential: keep it like one.
+credential: keep it like one. Such a seed image is written 0600.
 """
 
 import json
+import os
+import stat
 import tempfile
 from pathlib import Path, PurePosixPath
 
@@ -18,6 +20,7 @@ import yaml
 
 from firstboot.errors import BadInput
 from firstboot.profile import RackProfile
+from image import agent_env as agent_env_file
 from image.render import render_rack
 from image.run import run
 
@@ -25,34 +28,58 @@ SEED_FILES = ("user-data", "meta-data", "network-config")
 SEED_KIB = 1024
 AGENT_ENV = "/etc/rackboot/agent.env"
 CREDENTIALS = "/etc/rackboot/credentials.json"
+CREDENTIALS_VARIABLE = "GOOGLE_APPLICATION_CREDENTIALS"
+KEY_MAX_BYTES = 64 * 1024      # a service account key is about 2.3 kB
 
 
 def seed_image_name(profile: RackProfile) -> str:
     return f"seed-{profile.rack}.img"
 
 
+def read_credentials(path: Path) -> str:
+    """A service account key file: a regular file (not a FIFO or a device),
+    small, UTF-8, holding a JSON object. Its content is never shown."""
+    problem = f"{path}: not a readable JSON key file"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise BadInput(f"{problem} ({err.strerror})") from None
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise BadInput(f"{problem} (not a regular file)")
+        data = file.read(KEY_MAX_BYTES + 1)
+    if len(data) > KEY_MAX_BYTES:
+        raise BadInput(f"{problem} (larger than {KEY_MAX_BYTES} bytes)")
+    try:
+        key = data.decode("utf-8")
+        document = json.loads(key)
+    except UnicodeDecodeError:
+        raise BadInput(f"{problem} (not UTF-8)") from None
+    except ValueError as err:      # the message names a position, never the content
+        raise BadInput(f"{problem} (not JSON: {err.msg} at line {err.lineno} column {err.colno})") from None
+    if not isinstance(document, dict):
+        raise BadInput(f"{problem} (not a JSON object)")
+    return key
+
+
 def vendor_data(agent_env: dict[str, str], credentials: Path | None) -> str:
     env = dict(agent_env)
     files = []
     if credentials is not None:
-        try:
-            key = credentials.read_text()
-            json.loads(key)
-        except (OSError, ValueError) as err:
-            raise BadInput(f"{credentials}: not a readable JSON key file ({err})") from None
-        files.append({"path": CREDENTIALS, "permissions": "0600", "content": key})
-        env["GOOGLE_APPLICATION_CREDENTIALS"] = CREDENTIALS
-    for name, value in env.items():
-        if not name.isidentifier() or "\n" in value:
-            raise BadInput(f"--agent-env {name}={value!r}: not a NAME=VALUE environment setting")
+        if CREDENTIALS_VARIABLE in env:
+            raise BadInput(f"--agent-env {CREDENTIALS_VARIABLE}: --credentials sets it (to {CREDENTIALS}); "
+                           "give one or the other")
+        files.append({"path": CREDENTIALS, "permissions": "0600", "content": read_credentials(credentials)})
+        env[CREDENTIALS_VARIABLE] = CREDENTIALS
     if env:
-        files.append({"path": AGENT_ENV, "permissions": "0600",
-                      "content": "".join(f"{k}={v}\n" for k, v in sorted(env.items()))})
+        files.append({"path": AGENT_ENV, "permissions": "0600", "content": agent_env_file.render(env)})
     return "#cloud-config\n" + yaml.safe_dump({"write_files": files}, sort_keys=True)
 
 
 def make_seed(profile: RackProfile, output_dir: Path, agent_env: dict[str, str] | None = None,
               credentials: Path | None = None) -> Path:
+    """output_dir/seed-RACK.img; 0600 when it carries a credential."""
+    vendor = vendor_data(agent_env or {}, credentials) if agent_env or credentials else None
     files = render_rack(profile)
     target = output_dir / seed_image_name(profile)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -61,11 +88,13 @@ def make_seed(profile: RackProfile, output_dir: Path, agent_env: dict[str, str] 
         names = list(SEED_FILES)
         for name in SEED_FILES:
             (work / name).write_text(files[PurePosixPath("jumphost/seed", name)])
-        if agent_env or credentials:
-            (work / "vendor-data").write_text(vendor_data(agent_env or {}, credentials))
+        if vendor is not None:
+            (work / "vendor-data").write_text(vendor)
             names.append("vendor-data")
         staging = work / "seed.img"
         run(["mkfs.vfat", "-n", "CIDATA", "-C", staging, str(SEED_KIB)])
         run(["mcopy", "-i", staging, *(work / name for name in names), "::/"])
+        # Made inside a 0700 directory, so never readable by others on the way.
+        os.chmod(staging, 0o600 if credentials is not None else 0o644)
         staging.replace(target)
     return target

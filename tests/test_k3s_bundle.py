@@ -11,6 +11,7 @@ import pytest
 
 from firstboot.errors import BadInput, RackbootError
 from image import k3s_bundle
+from tests.doubles import k3s_standin_bundle
 from tests.doubles.k3s_release_mirror import Release
 
 VERSION = "v1.31.4+k3s1"
@@ -116,9 +117,7 @@ def test_command_line_fetch_and_image_version_check(release, build, tmp_path):
     result = build("fetch-k3s", "rack-profiles/example.yaml", "-o", str(tmp_path / "k3s"), "--mirror", release.url)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(tmp_path / "k3s" / VERSION)
-    other = tmp_path / "k3s" / "v1.30.0+k3s1"
-    (tmp_path / "k3s" / VERSION).rename(other)
-    (other / "bundle.json").write_text(json.dumps({"version": "v1.30.0+k3s1"}))
+    other = k3s_standin_bundle.make(tmp_path / "other", "v1.30.0+k3s1")
     result = build("image", "rack-profiles/example.yaml", "-o", str(tmp_path / "out"), "--k3s-bundle", str(other))
     assert result.returncode == 2
     assert "is v1.30.0+k3s1, but the racks want v1.31.4+k3s1" in result.stderr

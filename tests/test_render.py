@@ -57,8 +57,9 @@ def test_same_inputs_same_bytes(build, tmp_path):
 
 
 def test_rerender_replaces_rack_and_keeps_the_rest(build, tmp_path):
+    first = build("render", "rack-profiles/example.yaml", "-o", str(tmp_path))   # rackboot's directory from now on
+    assert first.returncode == 0, first.stderr
     stale = tmp_path / "example" / "stale-file"
-    stale.parent.mkdir(parents=True)
     stale.write_text("from an older render\n")
     unrelated = tmp_path / "notes.txt"
     unrelated.write_text("mine\n")
@@ -67,7 +68,8 @@ def test_rerender_replaces_rack_and_keeps_the_rest(build, tmp_path):
     assert not stale.exists()
     assert unrelated.read_text() == "mine\n"
     assert (tmp_path / "example" / "jumphost" / "seed" / "user-data").exists()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    # no staging left behind; only the output marker (image/output.py)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [".rackboot-output"]
 
 
 def test_no_secret_values_and_no_token_key(rendered):

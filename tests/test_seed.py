@@ -51,7 +51,7 @@ def test_vendor_data_carries_environment_and_credentials(tmp_path):
 
 
 @pytest.mark.parametrize("env, credentials, message", [
-    ({"BAD NAME": "x"}, None, "not a NAME=VALUE"),
+    ({"BAD NAME": "x"}, None, "'BAD NAME': not an environment variable name"),
     ({}, "missing.json", "not a readable JSON key file"),
 ])
 def test_bad_agent_settings_are_bad_input(tmp_path, env, credentials, message):

@@ -1,8 +1,10 @@
 """Stands in for the k3s release downloads on GitHub (github.com/k3s-io/k3s/releases); to test fetch-k3s against the real thing, run ./build.py fetch-k3s v1.31.4+k3s1 -o DIR on a machine that reaches GitHub.
 
-An HTTP server serving a directory shaped like one k3s release: binaries,
-air-gap images and sha256sum-ARCH.txt files that, like the real ones, list
-more assets than rackboot fetches. Failures can be ordered per request.
+An HTTP server serving a directory shaped like one k3s release: binaries
+(the k3s stand-in, which says the release's version as `k3s --version`),
+air-gap images (random bytes) and sha256sum-ARCH.txt files that, like the
+real ones, list more assets than rackboot fetches. Failures can be ordered
+per request; tests tamper with the served files in place (Release.dir).
 """
 
 import hashlib
@@ -12,6 +14,7 @@ import threading
 from pathlib import Path
 
 from image import k3s_bundle
+from tests.doubles.k3s_standin_bundle import standin_binary
 
 
 class Release:
@@ -24,7 +27,9 @@ class Release:
         self.fail_next: list[int] = []       # HTTP statuses for the next requests
         self.requests: list[str] = []
         for arch in k3s_bundle.ARCHES:
-            assets = {k3s_bundle.binary_name(arch): os.urandom(3000),
+            # The binaries are the k3s stand-in, which says its version as k3s
+            # does (`k3s --version`): verify runs the build host's one.
+            assets = {k3s_bundle.binary_name(arch): standin_binary(version) + f"# {arch}\n".encode(),
                       k3s_bundle.images_name(arch): os.urandom(5000),
                       f"k3s-airgap-images-{arch}.tar.gz": b"not fetched"}
             lines = []

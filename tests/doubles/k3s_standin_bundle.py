@@ -23,12 +23,21 @@ def real_bundle() -> Path | None:
     return Path(value) if value else None
 
 
-def make(destination: Path, version: str = "v1.31.4+k3s1") -> Path:
-    """Write a stand-in bundle for version into destination/version; return it."""
+def standin_binary(version: str) -> bytes:
+    """The stand-in as a `k3s` binary that says it is version (k3s --version)."""
+    source = STANDIN.read_text()
+    marker = 'VERSION = "v1.31.4+k3s1"'
+    assert marker in source, "the stand-in's VERSION line moved; update k3s_standin_bundle"
+    return source.replace(marker, f'VERSION = "{version}"', 1).encode()
+
+
+def make(destination: Path, version: str = "v1.31.4+k3s1", binary_version: str | None = None) -> Path:
+    """Write a stand-in bundle for version into destination/version; return it.
+    binary_version: what its binaries say they are, if not version (a bundle
+    that lies about its version, for tests)."""
     bundle = destination / version
     bundle.mkdir(parents=True)
-    source = STANDIN.read_text()
-    binary = source.replace('VERSION = "v1.31.4+k3s1"', f'VERSION = "{version}"', 1).encode()
+    binary = standin_binary(binary_version or version)
     # The images tarball: a real zstd-compressed tar (with nothing k3s would import).
     tar = io.BytesIO()
     with tarfile.open(fileobj=tar, mode="w") as archive:
@@ -46,7 +55,9 @@ def make(destination: Path, version: str = "v1.31.4+k3s1") -> Path:
             files[name] = hashlib.sha256(data).hexdigest()
             lines.append(f"{files[name]}  {name}")
         (bundle / k3s_bundle.binary_name(arch)).chmod(0o755)
-        (bundle / k3s_bundle.checksums_name(arch)).write_text("\n".join(lines) + "\n")
+        sums = ("\n".join(lines) + "\n").encode()
+        (bundle / k3s_bundle.checksums_name(arch)).write_bytes(sums)
+        files[k3s_bundle.checksums_name(arch)] = hashlib.sha256(sums).hexdigest()
     (bundle / "bundle.json").write_text(json.dumps({"version": version, "arches": list(k3s_bundle.ARCHES),
                                                     "files": files, "standin": True}, indent=2) + "\n")
     return bundle
