@@ -30,6 +30,7 @@ import platform
 import shutil
 from pathlib import Path
 
+from firstboot import checksums
 from firstboot.errors import RackbootError
 from firstboot.system import place, sha256_file, systemctl
 
@@ -102,13 +103,16 @@ def find_bundle(version: str, arch: str) -> tuple[Path, Path]:
     names = ("k3s" if arch == "amd64" else f"k3s-{arch}", f"k3s-airgap-images-{arch}.tar.zst")
     sums_file = bundle / f"sha256sum-{arch}.txt"
     try:
-        sums = dict(reversed(line.split()) for line in sums_file.read_text().splitlines() if len(line.split()) == 2)
+        sums = checksums.read(sums_file)     # as the build host read it (image/k3s_bundle.py)
     except OSError as err:
         raise RackbootError(f"{sums_file}: {err.strerror}", hint="the image's k3s bundle is incomplete; rebuild it")
+    except checksums.ChecksumFileError as err:
+        raise RackbootError(str(err), hint="the image's k3s bundle is damaged; reflash or rebuild the image")
     for name in names:
         path = bundle / name
-        if not path.exists():
-            raise RackbootError(f"{path}: missing from the image's k3s bundle", hint="rebuild the image")
+        if path.is_symlink() or not path.is_file():
+            raise RackbootError(f"{path}: missing from the image's k3s bundle (or not a regular file)",
+                                hint="rebuild the image")
         if sums.get(name) != sha256_file(path):
             raise RackbootError(f"{path}: does not match {sums_file.name} (corrupt image?)",
                                 hint="reflash the image, or rebuild it with a freshly fetched bundle")
