@@ -279,8 +279,9 @@ def _read_yaml(path: Path) -> dict:
     except UnicodeDecodeError as err:
         raise ProfileError([f"{shown(path)}: is not UTF-8 text (byte 0x{data[err.start]:02x} "
                             f"at offset {err.start})"]) from None
-    loader = _StrictLoader(text)
+    loader = None
     try:
+        loader = _StrictLoader(text)   # the reader refuses control characters here
         node = loader.get_single_node()
         problems = list(_key_problems(node, [])) if node is not None else []
         if problems:
@@ -295,9 +296,13 @@ def _read_yaml(path: Path) -> dict:
         mark = getattr(err, "problem_mark", None)
         where = f"{shown(path)}:{mark.line + 1}:{mark.column + 1}" if mark else shown(path)
         problem = getattr(err, "problem", None) or str(err)
+        context = getattr(err, "context", None)
+        if context and problem.startswith("but "):   # "but found another document" needs what was expected
+            problem = f"{context}, {problem}"
         raise ProfileError([f"{where}: {problem}"]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
@@ -470,6 +475,8 @@ def _parse_secret(raw) -> secretref.SecretRef:
 # The schema's manifests pattern is the same as MANIFEST_ENTRY.
 MANIFEST_ENTRY = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*/?")
 MANIFEST_NAME = re.compile(r"[A-Za-z0-9._-]+")
+# netboot.tftp_root and nfs_root, as the schema's srvPath.
+SRV_PATH = re.compile(r"/srv(/[A-Za-z0-9._-]+)+")
 
 
 def _manifest_files(raw: list[str], base: Path, problems: list | None = None) -> tuple[Path, ...]:
@@ -521,12 +528,12 @@ def _manifest_files(raw: list[str], base: Path, problems: list | None = None) ->
                     continue
                 child_mode = child.lstat().st_mode
                 if stat.S_ISLNK(child_mode):
-                    refuse(index, f"{shown(child.name)!r} in {entry!r} is a symbolic link "
+                    refuse(index, f"{child.name!r} in {entry!r} is a symbolic link "
                                   "(manifests must be regular files)")
                 elif not stat.S_ISREG(child_mode):
-                    refuse(index, f"{shown(child.name)!r} in {entry!r} is not a regular file")
+                    refuse(index, f"{child.name!r} in {entry!r} is not a regular file")
                 elif not MANIFEST_NAME.fullmatch(child.name):
-                    refuse(index, f"{shown(child.name)!r} in {entry!r} is not a manifest file name "
+                    refuse(index, f"{child.name!r} in {entry!r} is not a manifest file name "
                                   "(letters, digits, '.', '_' and '-')")
                 else:
                     found.append(child)
@@ -566,6 +573,8 @@ def _pis(doc) -> list[dict]:
 
 
 def _check_addresses(doc, source, problems):
+    if not isinstance(doc["network"]["subnet"], str):
+        return  # the schema reported it (IPv4Network would take an integer)
     subnet = ipaddress.IPv4Network(doc["network"]["subnet"])
     hosts = [(["network", "router"], doc["network"].get("router")),
              (["jumphost", "address"], doc["jumphost"].get("address"))]
@@ -620,12 +629,17 @@ def _check_names(doc, source, problems):
 
 def _check_macs(doc, source, problems):
     macs = doc["jumphost"].get("identify", {}).get("macs", [])
-    _duplicates(problems, "MAC", [(["jumphost", "identify", "macs", i], _mac(m)) for i, m in enumerate(macs)]
-                + [(["pis", i, "mac"], _mac(pi["mac"]) if "mac" in pi else None) for i, pi in enumerate(_pis(doc))])
+    macs = macs if isinstance(macs, list) else []   # the schema reported anything else
+    _duplicates(problems, "MAC", [(["jumphost", "identify", "macs", i], _mac(m)) for i, m in enumerate(macs)
+                                  if isinstance(m, str)]
+                + [(["pis", i, "mac"], _mac(pi["mac"]) if isinstance(pi.get("mac"), str) else None)
+                   for i, pi in enumerate(_pis(doc))])
 
 
 def _check_boot_dirs(doc, source, problems):
     by = doc.get("netboot", {}).get("boot_dir_by", BootDirBy.SERIAL)
+    if by not in list(BootDirBy):
+        return  # the schema reported it
     for i, pi in enumerate(_pis(doc)):
         if pi and by not in pi and ("mac" in pi or "serial" in pi):
             problems.append((["pis", i, by], f"is required: netboot.boot_dir_by is {by!r}"))
@@ -684,12 +698,12 @@ def _check_netboot_paths(doc, source, problems):
     under /srv/; here they must also be two separate trees."""
     netboot = doc.get("netboot", {})
     roots = {name: netboot.get(name, default) for name, default in NETBOOT_ROOTS.items()}
+    if not all(isinstance(value, str) and SRV_PATH.fullmatch(value) for value in roots.values()):
+        return  # the schema reported it
     for name, value in roots.items():
-        if isinstance(value, str) and {".", ".."} & set(value.split("/")):
+        if {".", ".."} & set(value.split("/")):
             problems.append((["netboot", name], f"{value!r} has a '.' or '..' component"))
     tftp, nfs = roots["tftp_root"], roots["nfs_root"]
-    if not (isinstance(tftp, str) and isinstance(nfs, str)):
-        return
     if tftp == nfs:
         problems.append((["netboot", "nfs_root"], f"{nfs!r} is also netboot.tftp_root: the two must differ"))
     elif nfs.startswith(tftp + "/"):
