@@ -1,7 +1,7 @@
 """The hot-swappable jumphost image: one x86-64 disk image for every rack.
 
     render -> rootfs (cached) -> unpack -> install rackboot -> strip machine state
-           -> [Pi NFS root and TFTP trees (image/netboot.py)]
+           -> [the Pis' root as a squashfs with its mount unit, TFTP trees (image/netboot.py)]
            -> ESP + ext4 root -> GPT (genimage) -> sha256, bmap, [zstd]
 
 The image carries every rack it serves (profiles, their Kubernetes YAML and
@@ -91,7 +91,7 @@ def build(profiles: list[RackProfile], options: ImageOptions) -> list[Path]:
             _configure(tree)
             payload.strip_machine_state(tree)
         if pi_rootfs is not None:
-            with progress.step("the Pis' netboot: NFS root and TFTP trees"):
+            with progress.step("the Pis' netboot: NFS root (squashfs) and TFTP trees"):
                 netboot.install_into_image(profiles, rendered, pi_rootfs, tree, options.k3s_bundle)
         kernel, initrd = rootfs.kernel_and_initrd(base)
         disk.esp_tree(work / "esp", tree / "usr/lib/systemd/boot/efi/systemd-bootx64.efi",

@@ -248,3 +248,64 @@ def test_real_pi_tree_from_debian(profile, tmp_path):
                              capture_output=True, check=True).stdout.decode()
     assert "kernel/drivers/mmc/core/mmc_block.ko" in builtin.split()
     check_conformance(profile, tree, tmp_path)
+
+
+def test_pi_root_mount_unit_is_named_and_read_as_systemd_does(tmp_path):
+    """The jumphost's mount of the Pis' root: its name is systemd's for its
+    Where=, systemd-analyze accepts it, and enabling it in an image tree puts
+    it under local-fs.target, before the NFS server and the agent."""
+    from firstboot import serve
+    escaped = subprocess.run(["systemd-escape", "--path", "--suffix=mount", serve.IMAGE_PI_ROOT],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert escaped == serve.PI_ROOT_UNIT
+    unit = tmp_path / serve.PI_ROOT_UNIT
+    unit.write_text(netboot.PI_ROOT_MOUNT_UNIT)
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+    assert f"What={serve.PI_ROOT_IMAGE}\n" in netboot.PI_ROOT_MOUNT_UNIT
+    assert "Type=squashfs\n" in netboot.PI_ROOT_MOUNT_UNIT
+    assert "ro" in netboot.PI_ROOT_MOUNT_UNIT.split("Options=")[1].split("\n")[0].split(",")
+    assert "Before=nfs-server.service rackboot-firstboot.service\n" in netboot.PI_ROOT_MOUNT_UNIT
+    tree = tmp_path / "tree"
+    (tree / "etc/systemd/system").mkdir(parents=True)
+    netboot.install_pi_root_mount(tree)
+    link = tree / "etc/systemd/system/local-fs.target.wants" / serve.PI_ROOT_UNIT
+    assert os.readlink(link) == f"/etc/systemd/system/{serve.PI_ROOT_UNIT}"
+    assert (tree / netboot.PI_ROOT_IN_IMAGE).is_dir() and not list((tree / netboot.PI_ROOT_IN_IMAGE).iterdir())
+
+
+def test_squashfs_keeps_what_the_pis_root_needs(tmp_path):
+    """mksquashfs as the image runs it: owners, modes (setuid too), hard and
+    symbolic links, extended attributes and empty files come back as they
+    were when the kernel mounts it (in a mount namespace of this test's); the
+    same tree gives the same bytes."""
+    if os.geteuid() != 0:
+        pytest.skip("owners and mounts need root")
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "usr/bin").mkdir(parents=True)
+    (tree / "etc/shadow").write_text("root:*:19000:0:99999:7:::\n")
+    os.chown(tree / "etc/shadow", 0, 42)
+    os.chmod(tree / "etc/shadow", 0o640)
+    (tree / "usr/bin/su").write_bytes(b"\x7fELF")
+    os.chmod(tree / "usr/bin/su", 0o4755)
+    os.link(tree / "usr/bin/su", tree / "usr/bin/su-again")
+    (tree / "usr/bin/sh").symlink_to("dash")
+    (tree / "etc/machine-id").write_text("")
+    os.setxattr(tree / "usr/bin/su", "user.rackboot", b"kept")
+    first, second = tmp_path / "a.squashfs", tmp_path / "b.squashfs"
+    netboot.make_squashfs(tree, first)
+    netboot.make_squashfs(tree, second)
+    assert first.read_bytes() == second.read_bytes()
+    assert (first.stat().st_mode & 0o777) == 0o644
+    script = (f"mkdir -p {tmp_path}/mnt && mount -t squashfs -o ro,loop {first} {tmp_path}/mnt && "
+              f"cd {tmp_path}/mnt && stat -c '%n %u %g %a %h %s %F' etc/shadow usr/bin/su usr/bin/sh etc/machine-id && "
+              f"{sys.executable} -c \"import os; print(os.getxattr('usr/bin/su', 'user.rackboot').decode())\" && "
+              f"readlink usr/bin/sh")
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-ec", script],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:4] == ["etc/shadow 0 42 640 1 26 regular file", "usr/bin/su 0 0 4755 2 4 regular file",
+                         "usr/bin/sh 0 0 777 1 4 symbolic link", "etc/machine-id 0 0 644 1 0 regular empty file"]
+    assert lines[4:] == ["kept", "dash"]

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from tests.doubles.secret_manager import SecretManagerDouble
-from tests.vm import ALL_DONE, ARTIFACTS, boot, debugfs, file_type, free_port, root_filesystem
+from tests.vm import (ALL_DONE, ARTIFACTS, boot, debugfs, dump_file, file_type, free_port, root_filesystem,
+                      squashfs_entries)
 
 pytestmark = pytest.mark.vm
 
@@ -74,13 +75,26 @@ def test_image_holds_no_machine_state_and_the_whole_agent(built, tmp_path):
                  # The Pis' netboot: shared boot files, the NFS root with the agent and arm64 k3s.
                  "/usr/lib/rackboot/pi-boot/vmlinuz", "/usr/lib/rackboot/pi-boot/start4.elf",
                  "/usr/share/rackboot/racks/example/tftp/cmdline.txt",
-                 "/srv/rackboot/pi-root/usr/lib/rackboot/firstboot/join.py",
-                 "/srv/rackboot/pi-root/usr/lib/rackboot/k3s/v1.31.4+k3s1/k3s-arm64"):
+                 # The Pis' root: a squashfs of its own, never a directory of this filesystem.
+                 "/usr/lib/rackboot/pi-root.squashfs"):
         assert file_type(root, path) == "regular", path
     assert file_type(root, "/usr/share/rackboot/racks/example/tftp/0a1b2c01/start4.elf") == "symlink"
+    # Its mount point is empty here (the export's mp option never exports it); the unit is enabled.
+    assert file_type(root, "/srv/rackboot/pi-root") == "directory"
+    entries = [line.split("/")[5] for line in debugfs(root, "ls -p /srv/rackboot/pi-root").splitlines()
+               if line.startswith("/")]
+    assert sorted(entries) == [".", ".."], entries
+    unit = "srv-rackboot-pi\\x2droot.mount"
+    assert file_type(root, f"/etc/systemd/system/local-fs.target.wants/{unit}") == "symlink"
+    assert "What=/usr/lib/rackboot/pi-root.squashfs" in debugfs(root, f"cat /etc/systemd/system/{unit}")
+    pi_root = squashfs_entries(dump_file(root, "/usr/lib/rackboot/pi-root.squashfs", tmp_path / "pi-root.squashfs"))
+    for path in ("/usr/lib/rackboot/firstboot/join.py", "/usr/lib/rackboot/k3s/v1.31.4+k3s1/k3s-arm64"):
+        assert pi_root[path]["mode"].startswith("-"), path
+    assert pi_root["/"]["mode"] == "drwxr-xr-x" and pi_root["/"]["owner"] == "0/0"
+    assert pi_root["/etc/shadow"]["owner"] == "0/42" and pi_root["/etc/shadow"]["mode"] == "-rw-r-----"
     # Only the Pis' architecture of the bundle in their root; no machine state there either.
-    assert "k3s-airgap-images-amd64" not in debugfs(root, "ls /srv/rackboot/pi-root/usr/lib/rackboot/k3s/v1.31.4+k3s1")
-    assert "Size: 0" in debugfs(root, "stat /srv/rackboot/pi-root/etc/machine-id")
+    assert not [path for path in pi_root if "k3s-airgap-images-amd64" in path]
+    assert pi_root["/etc/machine-id"]["size"] == 0
 
 
 def test_two_boots_of_one_image_reach_rack_ready(built, secret_manager, tmp_path):

@@ -5,6 +5,8 @@ learning switch (tests/rack_switch.py, UDP cables on the host's loopback),
 and the rack router (DHCP, the host at the router's address, forwarded
 ports) is QEMU's user network in a QEMU of its own on another port.
 
+The jumphost exports the Pis' root from a filesystem of its own: the
+image's squashfs, mounted read-only, on another device than its root.
 Each Pi boots the kernel, initramfs and cmdline.txt of the jumphost image's
 TFTP tree for the rack (QEMU's raspi4b has no network, so the test hands the
 Pi what its bootloader would fetch; tests/test_netboot.py checks that
@@ -59,6 +61,10 @@ def test_virtual_rack_joins_a_power_cycled_pi_rejoins_and_a_replacement_boots_fr
 
     def with_jumphost_ready(report):
         assert report["steps"] == ALL_DONE, report["errors"]
+        # What the jumphost exports to the Pis: its mount, and the device numbers of it and of /.
+        seen["pi_root_mount"] = rack.ssh("findmnt", "-n", "-J", "-o", "SOURCE,FSTYPE,OPTIONS,FSROOT",
+                                         "--mountpoint", "/srv/rackboot/pi-root")
+        seen["st_dev"] = rack.ssh("stat", "-c", "%d:%n", "/", "/srv/rackboot/pi-root")
         for vm in rack.pis:
             vm.power_on()
         seen["pis"] = [vm.report() for vm in rack.pis]
@@ -99,6 +105,15 @@ def test_virtual_rack_joins_a_power_cycled_pi_rejoins_and_a_replacement_boots_fr
         assert b"rackboot: root is the NFS root with a tmpfs overlay" in console
         assert TOKEN not in console and join.agent_token(TOKEN, "example") not in console
     assert "/srv/rackboot/pi-root" in seen["exports"] and "192.168.1.0/24" in seen["exports"]
+    # The export is a filesystem of its own: the image's squashfs, whole and read-only, on another
+    # device than the jumphost's root; exported only while mounted, under a fixed fsid.
+    [mount] = json.loads(seen["pi_root_mount"])["filesystems"]
+    assert mount["fstype"] == "squashfs" and mount["fsroot"] == "/", mount
+    assert mount["source"].startswith("/dev/loop") and "ro" in mount["options"].split(","), mount
+    st_dev = {name: int(dev) for dev, name in (line.split(":", 1) for line in seen["st_dev"].splitlines())}
+    print(f"jumphost st_dev: / {st_dev['/']}, /srv/rackboot/pi-root {st_dev['/srv/rackboot/pi-root']}")
+    assert st_dev["/srv/rackboot/pi-root"] != st_dev["/"], st_dev
+    assert "mountpoint" in seen["exports"] and "fsid=44155317-85df-410d-b5a3-07adf3f58a6d" in seen["exports"]
     joined = seen["joined"]["nodes"]
     assert set(joined) == {"jumphost-example", *(pi.name for pi in pis)}
     first = joined[pis[0].name]

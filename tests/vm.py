@@ -6,6 +6,7 @@ its Pis on one switch). Each boot's serial log is kept under tests/artifacts/.
 
 import dataclasses
 import json
+import re
 import socket
 import subprocess
 import time
@@ -106,6 +107,29 @@ def ext4_header(filesystem: Path) -> dict[str, str]:
                             check=True).stdout
     return {name.strip(): value.strip() for name, _, value in
             (line.partition(":") for line in header.splitlines() if ":" in line)}
+
+
+def dump_file(filesystem: Path, path: str, target: Path) -> Path:
+    """A file of an ext4 filesystem image, copied out with debugfs."""
+    subprocess.run(["debugfs", "-R", f"dump {path} {target}", str(filesystem)], check=True, capture_output=True)
+    return target
+
+
+def squashfs_entries(squashfs: Path) -> dict[str, dict]:
+    """Every entry of a squashfs image, read with unsquashfs (nothing is
+    mounted): path -> mode string, numeric owner, size."""
+    listing = subprocess.run(["unsquashfs", "-lln", "-d", "", str(squashfs)], capture_output=True, text=True,
+                             check=True).stdout
+    entries = {}
+    for line in listing.splitlines():
+        # Devices show "major, minor" where others show their size.
+        match = re.fullmatch(r"(\S+) (\S+) +(\d+|\d+, *\d+) \S+ \S+ ?(.*)", line)
+        if not match:
+            raise AssertionError(f"unsquashfs listed an unexpected line: {line!r}")
+        mode, owner, size, path = match.groups()
+        entries[path.split(" -> ")[0] or "/"] = {"mode": mode, "owner": owner,
+                                                 "size": int(size) if size.isdigit() else None}
+    return entries
 
 
 def pi_boot_files(image: Path, rack: str, workdir: Path) -> qemu.PiBoot:
