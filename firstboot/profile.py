@@ -692,6 +692,29 @@ def _check_labels(doc, source, problems):
                 problems.append((path + [key], refusal))
 
 
+# Names the templates write as plain YAML scalars (cloud-init's seed, k3s's
+# configs): a name YAML 1.1 reads as something else ("0", "null", "on",
+# "2024-01-01", "0x1f") would reach cloud-init or k3s as a number, null, a
+# boolean or a date.
+PLAIN_YAML_NAMES = [("rack",), ("jumphost", "hostname"), ("jumphost", "uplink"), ("network", "domain")]
+
+
+def _yaml_reading(value: str) -> str | None:
+    tag = yaml.resolver.Resolver().resolve(yaml.ScalarNode, value, (True, False))
+    return None if tag == "tag:yaml.org,2002:str" else _TAG_KIND.get(tag.rsplit(":", 1)[-1], tag)
+
+
+def _check_yaml_names(doc, source, problems):
+    named = [(path, doc.get(path[0], {}).get(path[1]) if len(path) == 2 else doc.get(path[0]))
+             for path in PLAIN_YAML_NAMES if len(path) == 1 or isinstance(doc.get(path[0]), dict)]
+    named += [(["pis", i, "name"], pi.get("name")) for i, pi in enumerate(_pis(doc))]
+    for path, value in named:
+        kind = _yaml_reading(value) if isinstance(value, str) else None
+        if kind:
+            problems.append((list(path), f"{value!r} would be read as {kind} in the YAML files rackboot writes "
+                                         "(cloud-init, k3s): choose another name"))
+
+
 def _check_netboot_paths(doc, source, problems):
     """The TFTP and NFS roots land in dnsmasq's config, the exports file and
     the Pis' kernel command line: the schema keeps them to plain directories
@@ -738,7 +761,7 @@ def _check_manifests(doc, source, problems):
 
 
 SEMANTIC_CHECKS = (_check_addresses, _check_dhcp, _check_names, _check_macs, _check_boot_dirs,
-                   _check_labels, _check_netboot_paths, _check_secrets, _check_manifests)
+                   _check_labels, _check_yaml_names, _check_netboot_paths, _check_secrets, _check_manifests)
 
 
 def _semantic_problems(doc: dict, source: Path) -> list[tuple[list, str]]:

@@ -453,7 +453,20 @@ SHAPES = [
     table("host-aliases-null-item", "host_aliases: [null]", "host_aliases[0]: expected a string, got nothing"),
 ]
 
-CASES = NEWLINE + PORTS + STRUCTURE + ROOTS + LABELS + STRINGS + MANIFESTS + ON_DISK + SHAPES
+# ---------------------------------------------------------------- names YAML would read as something else
+
+YAML_NAMES = [table(f"yaml-name-{i}", text, f"{path}: {value!r} would be read as {kind} in the YAML files "
+                    "rackboot writes (cloud-init, k3s): choose another name")
+              for i, (text, path, value, kind) in enumerate([
+                  ('rack: "null"', "rack", "null", "null"),
+                  ('jumphost: {hostname: "0"}', "jumphost.hostname", "0", "an integer"),
+                  ('jumphost: {uplink: "on"}', "jumphost.uplink", "on", "true or false"),
+                  ('network: {domain: "1.5"}', "network.domain", "1.5", "a number"),
+                  ('pis: [{name: "2024-01-01", model: pi4, serial: "00000001"}]', "pis[0].name", "2024-01-01",
+                   "a date"),
+                  ('jumphost: {hostname: "0x1f"}', "jumphost.hostname", "0x1f", "an integer")])]
+
+CASES = YAML_NAMES + NEWLINE + PORTS + STRUCTURE + ROOTS + LABELS + STRINGS + MANIFESTS + ON_DISK + SHAPES
 
 
 def make(case: Case, directory: Path) -> tuple[Path, list[str]]:
