@@ -1,6 +1,15 @@
 """Apply: put the rack's Kubernetes YAML and Secrets into its cluster (on the
 jumphost, through k3s's admin kubeconfig).
 
+- First, the jumphost's Node gets the label JUMPHOST_LABEL through the API.
+  Pods that mount the rack's Secrets select that label (nodeSelector), not
+  one a node chooses itself: a kubelet may set any label outside the
+  kubernetes.io namespaces on its own Node (k3s's node-label), so anything
+  holding the agent token could claim e.g. skolo.dev/role=jumphost and have
+  those pods, and their Secrets, sent to it. Labels under
+  node-restriction.kubernetes.io/ are refused to kubelets both at start
+  (--node-labels) and by the NodeRestriction admission plugin (on in k3s):
+  only an API client with more rights, this agent, can set them.
 - Every document of the profile's manifests, in order, by server-side apply
   with one field manager ("rackboot"), forced: the profile is the truth.
 - The profile's Secrets, their values read from their references into memory
@@ -28,6 +37,7 @@ from firstboot import k3s, secrets
 from firstboot.errors import BadInput, RackbootError
 
 FIELD_MANAGER = "rackboot"
+JUMPHOST_LABEL = "node-restriction.kubernetes.io/rackboot-role"
 MANAGED_BY = "app.kubernetes.io/managed-by"
 RACK_LABEL = "rackboot.dev/rack"
 TIMEOUT = float(os.environ.get("RACKBOOT_APPLY_TIMEOUT", "300"))
@@ -138,6 +148,7 @@ def apply(profile, previous_inventory=(), timeout: float = TIMEOUT) -> dict:
     dyn = _client()
     applied = []
     try:
+        placement = label_jumphost(dyn, profile.jumphost.hostname)
         for document in documents:
             resource = _resource(dyn, document)
             body = _labelled(document.body, profile.rack)
@@ -162,7 +173,30 @@ def apply(profile, previous_inventory=(), timeout: float = TIMEOUT) -> dict:
     return {"applied": [f"{k} {ns + '/' if ns else ''}{n}" for _, k, ns, n in applied],
             "secrets": [f"{d.body['metadata']['namespace']}/{d.body['metadata']['name']}"
                         for d in documents if d.source == "secrets"],
-            "pruned": pruned, "inventory": [list(kind) for kind in inventory], "waited_seconds": waited}
+            "pruned": pruned, "inventory": [list(kind) for kind in inventory], "waited_seconds": waited,
+            "placement": placement}
+
+
+def label_jumphost(dyn, node: str) -> dict:
+    """Put JUMPHOST_LABEL=jumphost on the jumphost's Node (a JSON merge patch
+    of that one label, field manager rackboot: the Node's other labels and
+    status stay the kubelet's)."""
+    from kubernetes.client.exceptions import ApiException
+
+    nodes = dyn.resources.get(api_version="v1", kind="Node")
+    label = f"{JUMPHOST_LABEL}=jumphost"
+    try:
+        current = dyn.get(nodes, name=node, _request_timeout=REQUEST_TIMEOUT)
+        if (current.metadata.labels or {}).get(JUMPHOST_LABEL) == "jumphost":
+            return {"node": node, "label": label, "changed": False}
+        dyn.patch(nodes, name=node, body={"metadata": {"labels": {JUMPHOST_LABEL: "jumphost"}}},
+                  content_type="application/merge-patch+json", field_manager=FIELD_MANAGER,
+                  _request_timeout=REQUEST_TIMEOUT)
+    except ApiException as err:
+        raise RackbootError(f"labelling the jumphost's Node {node} ({label}): the API answered "
+                            f"{err.status} {err.reason}",
+                            hint="kubectl get node on the jumphost; the agent tries again at its next run") from None
+    return {"node": node, "label": label, "changed": True}
 
 
 def _prune(dyn, rack: str, inventory, keep: set) -> list[str]:

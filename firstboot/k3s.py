@@ -13,18 +13,35 @@ the service restarts only when something changed, so running the agent again
 with a newer bundle upgrades k3s, and running it on an unchanged machine
 changes nothing ("to upgrade, run it again").
 
-Node password: k3s registers each node name with a password and rejects a
-node that comes back under the same name with another one ("Node password
-rejected"), which is what a re-imaged jumphost, a replaced Pi or a netbooted
-Pi whose /etc/rancher lives in RAM would do with k3s's random password. The
-password here is derived from the rack and node names, so the same name on
-new hardware presents the same one. That gives up, on purpose, k3s's guard
-against one token holder taking over another node's name: Pis that boot one
-shared root and one token cannot hold per-node secrets. Joining at all still
-needs the token.
+Node password: k3s registers each node name with a password (it keeps a hash
+in kube-system/NAME.node-password.k3s) and rejects a node that comes back under
+the same name with another one ("Node password rejected"). The password is
+the only thing that stops a holder of the agent token from registering under
+a name that is not its own and taking that node's kubelet identity.
+
+  - The jumphost's password is an HMAC keyed by the rack's (server) token,
+    which no Pi and no holder of the agent token ever has, so nobody on the
+    rack network can register as the jumphost and read the Secrets of the pods
+    placed there. It is written only when /etc/rancher/node/password is
+    missing, never replaced: a token rotation (k3s token rotate, README
+    "Rotating the token") changes the key, and a new password would no longer
+    match the hash the datastore holds, so the jumphost's own node would be
+    rejected. A re-flashed jumphost starts with a new datastore and writes a
+    fresh one. (To reset it on a live rack: delete the password file and
+    kube-system/JUMPHOST.node-password.k3s, then re-run the agent.)
+  - A Pi's password is derived from the rack and node names only, and
+    rewritten at every run: Pis boot one shared root, keep /etc/rancher in
+    RAM when netbooted and get one agent token for the whole rack, so there
+    is no per-Pi secret to key it with, and a replaced or power-cycled Pi
+    must present the same password under the same name. This gives up, on
+    purpose, k3s's guard between Pis: a holder of the agent token can
+    register under any Pi name of the rack (and so run that Pi's pods and see
+    what they are given). It cannot register as the jumphost, whose password
+    it cannot compute.
 """
 
 import hashlib
+import hmac
 import os
 import platform
 import shutil
@@ -126,7 +143,24 @@ def config_source(rack: str, role: str, node: str) -> Path:
 
 
 def node_password(rack: str, node: str) -> bytes:
+    """A Pi's password: public names only (see the module's docstring)."""
     return hashlib.sha256(f"rackboot k3s node password\0{rack}\0{node}".encode()).hexdigest().encode()
+
+
+def server_node_password(rack_token: bytes, rack: str, node: str) -> bytes:
+    """The jumphost's password: keyed by the rack token, which no Pi holds.
+    Domain-separated from the agent token (join.agent_token), the other HMAC
+    keyed by it."""
+    message = b"rackboot k3s server node password v1\0" + rack.encode() + b"\0" + node.encode() + b"\0"
+    return hmac.new(rack_token, message, hashlib.sha256).hexdigest().encode()
+
+
+def _install_node_password(rack: str, role: str, node: str) -> bool:
+    if role != "jumphost":
+        return place(node_password(rack, node) + b"\n", NODE_PASSWORD, 0o600)
+    if NODE_PASSWORD.exists():
+        return False      # kept across token rotations: the datastore holds its hash
+    return place(server_node_password(TOKEN_FILE.read_bytes().strip(), rack, node) + b"\n", NODE_PASSWORD, 0o600)
 
 
 def install(rack: str, role: str, node: str, version: str, token_changed: bool) -> dict:
@@ -150,7 +184,7 @@ def install(rack: str, role: str, node: str, version: str, token_changed: bool) 
         changed.append("images")
     if place(config.read_bytes(), CONFIG, 0o600):
         changed.append("config")
-    if place(node_password(rack, node) + b"\n", NODE_PASSWORD, 0o600):
+    if _install_node_password(rack, role, node):
         changed.append("node-password")
     if token_changed:
         changed.append("token")

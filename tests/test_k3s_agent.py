@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from firstboot import k3s
 from tests.doubles import k3s_standin_bundle
 from tests.doubles.secret_manager import SecretManagerDouble
 from tests.machine import REPO
@@ -61,6 +62,10 @@ def test_jumphost_reaches_rack_ready(rack):
     for secret_file in ("/etc/rancher/k3s/token", "/etc/rancher/node/password", "/etc/rancher/k3s/config.yaml"):
         assert m.path(secret_file).stat().st_mode & 0o777 == 0o600, secret_file
     assert m.path("/etc/rancher/k3s/token").read_bytes() == TOKEN + b"\n"
+    # The jumphost's node password is keyed by the rack token: its public name does not give it.
+    password = m.path("/etc/rancher/node/password").read_bytes()
+    assert password == k3s.server_node_password(TOKEN, "example", "jumphost-example") + b"\n"
+    assert password != k3s.node_password("example", "jumphost-example") + b"\n"
     assert "ExecStart=/usr/local/bin/k3s server" in m.path("/etc/systemd/system/k3s.service").read_text()
     assert m.path("/etc/systemd/system/multi-user.target.wants/k3s.service").is_symlink()
     assert m.path("/var/lib/rancher/k3s/agent/images/k3s-airgap-images-amd64.tar.zst").exists()
@@ -69,6 +74,10 @@ def test_jumphost_reaches_rack_ready(rack):
     # The cluster: the node with the profile's labels, the rack's YAML applied with our labels.
     node = rack.get("v1", "Node", "jumphost-example")
     assert node.metadata.labels["rackboot.dev/rack"] == "example"
+    # Placed through the API, with a label no kubelet may set on itself.
+    assert node.metadata.labels["node-restriction.kubernetes.io/rackboot-role"] == "jumphost"
+    assert status["steps"]["apply"]["result"]["placement"] == {
+        "node": "jumphost-example", "label": "node-restriction.kubernetes.io/rackboot-role=jumphost", "changed": True}
     assert node.metadata.labels["example.dev/owner"] == "lab-team"
     info = rack.get("v1", "ConfigMap", "rack-info", "rack-apps")
     assert dict(info.data) == {"rack": "example", "owner": "rackboot"}
@@ -99,6 +108,7 @@ def test_second_run_changes_nothing(rack):
     assert rack.k3s_pid() == pid                                     # k3s was not restarted
     assert rack.get("v1", "ConfigMap", "rack-info", "rack-apps").metadata.resourceVersion == version
     assert rack.status()["steps"]["apply"]["result"]["pruned"] == []
+    assert rack.status()["steps"]["apply"]["result"]["placement"]["changed"] is False
 
 
 def test_newer_bundle_upgrades_and_restarts(rack):
@@ -115,7 +125,9 @@ def test_newer_bundle_upgrades_and_restarts(rack):
     assert rack.k3s_pid() != pid
     version = rack.machine.run(["k3s", "--version"]).stdout
     assert "v1.31.5+k3s1" in version
-    assert rack.get("v1", "Node", "jumphost-example").status.nodeInfo.kubeletVersion == "v1.31.5+k3s1"
+    node = rack.get("v1", "Node", "jumphost-example")
+    assert node.status.nodeInfo.kubeletVersion == "v1.31.5+k3s1"
+    assert node.metadata.labels["node-restriction.kubernetes.io/rackboot-role"] == "jumphost"   # k3s keeps it
     # The datastore survived the restart: what was applied is still there.
     assert rack.get("v1", "ConfigMap", "rack-info", "rack-apps").data["owner"] == "rackboot"
 

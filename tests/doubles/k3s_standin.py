@@ -26,11 +26,25 @@ k3s's command line, files and protocols that rackboot relies on:
                presents /etc/rancher/node/password; a node name already
                registered with another password gets k3s's "Node password
                rejected" and is retried, as the real agent does.
+               Server and agent refuse to start with node labels in the
+               kubernetes.io / k8s.io namespaces that a kubelet may not set
+               (kubelet's --node-labels check; node-restriction.kubernetes.io/*
+               among them), with the kubelet's message.
+  GET /v1-k3s/client-kubelet.crt   (join token in basic auth, k3s-Node-Name and
+               k3s-Node-Password) a node's kubelet identity, as k3s issues it:
+               a client certificate for system:node:NAME.
 
 The Kubernetes API is a small in-memory server persisted as JSON: discovery,
 get/list (label selectors), create, replace, delete, JSON merge patch and
 server-side apply (one applier owns the whole object: the applied
 configuration replaces the previous one; managedFields records the manager).
+A node's identity (its kubelet certificate, or the bearer token the join
+returned) is held to what the real API server allows it: the Node authorizer
+and RBAC's system:node role (read nodes, pods, services; a Secret, ConfigMap
+or claim only when a pod bound to the node uses it) and NodeRestriction
+admission (it writes its own Node only, and adds, changes or removes no
+node-restriction.kubernetes.io/ or other kubelet-forbidden labels, nor
+taints), refused with the API server's 403 Status and messages.
 Workload controllers are simulated: Deployments, StatefulSets, DaemonSets and
 Jobs report themselves ready once applied, because no containers run here.
 K3S_STANDIN_API_DELAY=SECONDS slows every API request (fault tests).
@@ -44,6 +58,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -61,6 +76,7 @@ from pathlib import Path
 
 VERSION = "v1.31.4+k3s1"
 NODE_PASSWORD_FILE = Path("/etc/rancher/node/password")
+NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")   # DNS-1123 subdomain
 REJECTED = ("Node password rejected, duplicate hostname or contents of '/etc/rancher/node/password' "
             "may not match server node-passwd entry, try enabling a unique node name with the "
             "--with-node-id flag")
@@ -203,6 +219,51 @@ def labels_from(config: dict) -> dict:
     return labels
 
 
+# What a kubelet may set on its own Node (kubernetes: pkg/kubelet/apis/well_known_labels.go,
+# as of v1.31): these keys, and the kubelet.kubernetes.io and node.kubernetes.io namespaces.
+KUBELET_LABELS = ("beta.kubernetes.io/arch", "beta.kubernetes.io/instance-type", "beta.kubernetes.io/os",
+                  "failure-domain.beta.kubernetes.io/region", "failure-domain.beta.kubernetes.io/zone",
+                  "kubernetes.io/arch", "kubernetes.io/hostname", "kubernetes.io/os",
+                  "node.kubernetes.io/instance-type", "topology.kubernetes.io/region", "topology.kubernetes.io/zone")
+KUBELET_LABEL_NAMESPACES = ("kubelet.kubernetes.io", "node.kubernetes.io")
+NODE_RESTRICTION_NAMESPACE = "node-restriction.kubernetes.io"
+
+
+def _label_namespace(key: str) -> str:
+    return key.split("/", 1)[0] if "/" in key else ""
+
+
+def _in_namespace(key: str, namespace: str) -> bool:
+    return _label_namespace(key) == namespace or _label_namespace(key).endswith("." + namespace)
+
+
+def is_kubernetes_label(key: str) -> bool:
+    return _in_namespace(key, "kubernetes.io") or _in_namespace(key, "k8s.io")
+
+
+def is_kubelet_label(key: str) -> bool:
+    return key in KUBELET_LABELS or any(_in_namespace(key, ns) for ns in KUBELET_LABEL_NAMESPACES)
+
+
+def check_kubelet_labels(labels: dict) -> None:
+    """kubelet refuses to start with such --node-labels (cmd/kubelet/app/options: ValidateKubeletFlags),
+    and k3s, which runs the kubelet, exits with it."""
+    unknown = sorted(k for k in labels if is_kubernetes_label(k) and not is_kubelet_label(k))
+    if unknown:
+        fatal("kubelet exited: failed to validate kubelet flags: unknown 'kubernetes.io' or 'k8s.io' labels "
+              f"specified with --node-labels: [{' '.join(unknown)}]\n--node-labels in the 'kubernetes.io' "
+              f"namespace must begin with an allowed prefix ({', '.join(KUBELET_LABEL_NAMESPACES)}) or be in "
+              f"the specifically allowed set ({', '.join(KUBELET_LABELS)})")
+
+
+def forbidden_node_labels(new: dict, old: dict) -> list[str]:
+    """Labels a node may not add, change or remove on its own Node (NodeRestriction admission,
+    plugin/pkg/admission/noderestriction: getForbiddenLabels)."""
+    modified = {k for k in {*new, *old} if new.get(k) != old.get(k) or (k in new) != (k in old)}
+    return sorted(k for k in modified if _in_namespace(k, NODE_RESTRICTION_NAMESPACE)
+                  or (is_kubernetes_label(k) and not is_kubelet_label(k)))
+
+
 # --- certificates ------------------------------------------------------------
 
 def openssl(*args: str) -> None:
@@ -242,13 +303,21 @@ def write_private(path: Path, text: str, mode: int = 0o600) -> None:
 # --- the Kubernetes API ------------------------------------------------------
 
 class ApiError(Exception):
-    def __init__(self, code: int, reason: str, message: str):
+    def __init__(self, code: int, reason: str, message: str, details: dict | None = None):
         super().__init__(message)
-        self.code, self.reason = code, reason
+        self.code, self.reason, self.details = code, reason, details
 
     def status(self) -> dict:
-        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": str(self), "reason": self.reason, "code": self.code}
+        status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                  "message": str(self), "reason": self.reason, "code": self.code}
+        if self.details:
+            status["details"] = self.details
+        return status
+
+
+def forbidden(plural: str, name: str, why: str) -> ApiError:
+    """An admission plugin's refusal, as the API server words it (admission.NewForbidden)."""
+    return ApiError(403, "Forbidden", f'{plural} "{name}" is forbidden: {why}', {"name": name, "kind": plural})
 
 
 def matches(labels: dict, selector: str) -> bool:
@@ -383,6 +452,25 @@ def simulate_controllers(plural: str, obj: dict, store: Store) -> None:
         obj["status"] = {"phase": "Active"}
 
 
+def pod_references(spec: dict, what: str) -> set[str]:
+    """Names of the secrets, configMaps or persistentVolumeClaims a pod spec uses."""
+    names = set()
+    for volume in spec.get("volumes") or []:
+        source = volume.get(what) or {}
+        names.add(source.get("secretName") if what == "secret" else
+                  source.get("claimName") if what == "persistentVolumeClaim" else source.get("name"))
+        for projected in (volume.get("projected") or {}).get("sources") or []:
+            names.add((projected.get(what) or {}).get("name"))
+    for container in (spec.get("containers") or []) + (spec.get("initContainers") or []):
+        for env in container.get("env") or []:
+            names.add(((env.get("valueFrom") or {}).get(f"{what}KeyRef") or {}).get("name"))
+        for source in container.get("envFrom") or []:
+            names.add((source.get(f"{what}Ref") or {}).get("name"))
+    if what == "secret":
+        names.update(ref.get("name") for ref in spec.get("imagePullSecrets") or [])
+    return names - {None}
+
+
 def node_password() -> str:
     """k3s reads /etc/rancher/node/password, or makes a random one and keeps it there."""
     if NODE_PASSWORD_FILE.exists():
@@ -435,6 +523,7 @@ class Server:
         self.agent_tokens: dict[str, str] = {}
 
     def start(self) -> None:
+        check_kubelet_labels(labels_from(self.config))    # k3s runs a kubelet beside the server
         token = read_token(self.config)
         self.tls.mkdir(parents=True, exist_ok=True)
         for ca in ("server-ca", "client-ca"):
@@ -491,20 +580,48 @@ class Server:
         write_private(self.data / "server/node-token", full + "\n")
         self.secret = secret
 
-    def register(self, name: str, password: str, labels: dict, address: str, role: str) -> None:
-        """k3s keeps a hash of each node's password in kube-system/NAME.node-password.k3s."""
+    def check_node_password(self, name: str, password: str) -> None:
+        """k3s keeps a hash of each node's password in kube-system/NAME.node-password.k3s:
+        the first password a name comes with is the one it must always come with."""
+        if not NODE_NAME.fullmatch(name) or len(name) > 253:
+            raise ApiError(400, "BadRequest", f"invalid node name {name!r}")
         secret_name = f"{name}.node-password.k3s"
         digest = hashlib.sha256(password.encode()).hexdigest()
-        saved = self.store.get("secrets", "kube-system", secret_name)
-        if saved and base64.b64decode(saved["data"]["hash"]).decode() != digest:
-            raise ApiError(403, "Forbidden", REJECTED)
-        if not saved:
-            self.store.put("secrets", "kube-system", {
-                "apiVersion": "v1", "kind": "Secret", "type": "k3s.cattle.io/node-password",
-                "metadata": {"name": secret_name, "namespace": "kube-system"},
-                "data": {"hash": base64.b64encode(digest.encode()).decode()}})
+        with self.store.lock:
+            saved = self.store.get("secrets", "kube-system", secret_name)
+            if saved and base64.b64decode(saved["data"]["hash"]).decode() != digest:
+                raise ApiError(403, "Forbidden", REJECTED)
+            if not saved:
+                self.store.put("secrets", "kube-system", {
+                    "apiVersion": "v1", "kind": "Secret", "type": "k3s.cattle.io/node-password",
+                    "metadata": {"name": secret_name, "namespace": "kube-system"},
+                    "data": {"hash": base64.b64encode(digest.encode()).decode()}})
+
+    def kubelet_client_certificate(self, name: str) -> str:
+        """A node's kubelet identity, as k3s issues it: a client certificate
+        for system:node:NAME in the group system:nodes, and its key (PEM)."""
+        with self.store.lock, tempfile.TemporaryDirectory(dir=self.tls) as scratch:
+            directory = Path(scratch)
+            for ca in ("client-ca.crt", "client-ca.key"):
+                os.symlink(self.tls / ca, directory / ca)
+            sign(directory, "client-ca", "client-kubelet", f"/O=system:nodes/CN=system:node:{name}",
+                 "extendedKeyUsage=clientAuth")
+            return (directory / "client-kubelet.crt").read_text() + (directory / "client-kubelet.key").read_text()
+
+    def register(self, name: str, password: str, labels: dict, address: str, role: str) -> None:
+        self.check_node_password(name, password)
         node = ready_node(name, labels, address, role)
         old = self.store.get("nodes", "", name)
+        if role == "agent":      # the kubelet registers its Node with its own identity: NodeRestriction
+            if not old:
+                claimed = forbidden_node_labels(node["metadata"]["labels"], {})
+                why = f'node "{name}" is not allowed to set the following labels: '
+            else:
+                previous = old["metadata"].get("labels", {})
+                claimed = forbidden_node_labels({**previous, **node["metadata"]["labels"]}, previous)
+                why = "is not allowed to modify labels: "
+            if claimed:
+                raise forbidden("nodes", name, why + ", ".join(claimed))
         if old:
             node["metadata"]["labels"] = {**old["metadata"].get("labels", {}), **node["metadata"]["labels"]}
         self.store.put("nodes", "", node, manager="k3s")
@@ -562,11 +679,23 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
     def body(self) -> bytes:
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
+    node: str | None = None     # the node whose identity the request carries (None: an admin)
+
     def authenticated(self) -> bool:
-        if self.connection.getpeercert():
+        """An admin (client certificate of system:masters) or a node: its kubelet
+        certificate (system:node:NAME), or the bearer token its join returned."""
+        self.node = None
+        certificate = self.connection.getpeercert()
+        if certificate:
+            subject = dict(field for entry in certificate.get("subject", ()) for field in entry)
+            if subject.get("commonName", "").startswith("system:node:"):
+                self.node = subject["commonName"].removeprefix("system:node:")
             return True
         auth = self.headers.get("Authorization", "")
-        return auth.startswith("Bearer ") and auth[7:] in self.server_state.agent_tokens
+        if auth.startswith("Bearer ") and auth[7:] in self.server_state.agent_tokens:
+            self.node = self.server_state.agent_tokens[auth[7:]]
+            return True
+        return False
 
     def handle_any(self, method: str) -> None:
         state = self.server_state
@@ -579,6 +708,8 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
                 return self.send_text(200, (state.tls / "server-ca.crt").read_text())
             if url.path == "/v1-k3s/standin-join":
                 return self.join()
+            if url.path == "/v1-k3s/client-kubelet.crt" and method == "GET":
+                return self.client_kubelet_cert()
             if url.path == "/v1-k3s/token" and method == "PUT":
                 return self.rotate()
             if not self.authenticated():
@@ -599,9 +730,9 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
     do_PATCH = lambda self: self.handle_any("PATCH")      # noqa: E731
     do_DELETE = lambda self: self.handle_any("DELETE")    # noqa: E731
 
-    def join(self) -> None:
-        """The agent's side of joining: token in basic auth, node name and
-        password in k3s's headers (k3s-Node-Name, k3s-Node-Password)."""
+    def check_join_token(self) -> None:
+        """The token in basic auth: the server token (user node or server), or
+        the agent token (user node: it joins agents, never servers)."""
         state = self.server_state
         auth = self.headers.get("Authorization", "")
         try:
@@ -609,10 +740,24 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
         except ValueError:
             user, secret = "", ""
         accepted = secrets.compare_digest(secret, state.secret) and user in ("node", "server")
-        if state.agent_secret and user == "node":     # the agent token joins agents, never servers
+        if state.agent_secret and user == "node":
             accepted = accepted or secrets.compare_digest(secret, state.agent_secret)
         if not accepted:
             raise ApiError(401, "Unauthorized", "Unauthorized")
+
+    def client_kubelet_cert(self) -> None:
+        """k3s's /v1-k3s/client-kubelet.crt: the join token, and the node's name
+        and password in k3s's headers, buy that node's kubelet identity."""
+        self.check_join_token()
+        name = self.headers.get("k3s-Node-Name", "")
+        self.server_state.check_node_password(name, self.headers.get("k3s-Node-Password", ""))
+        self.send_text(200, self.server_state.kubelet_client_certificate(name), "application/x-pem-file")
+
+    def join(self) -> None:
+        """The agent's side of joining: token in basic auth, node name and
+        password in k3s's headers (k3s-Node-Name, k3s-Node-Password)."""
+        state = self.server_state
+        self.check_join_token()
         request = json.loads(self.body() or b"{}")
         name = self.headers.get("k3s-Node-Name", "")
         state.register(name, self.headers.get("k3s-Node-Password", ""), request.get("labels", {}),
@@ -674,6 +819,8 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
 
     def resource(self, method, plural, kind, api_version, namespaced, namespace, name, query):
         store = self.server_state.store
+        if self.node:
+            self.authorize_node(method, plural, api_version, namespaced, namespace, name)
         if method == "GET" and name is None:
             items = store.list(plural, namespace if namespaced and namespace else None,
                                query.get("labelSelector", ""))
@@ -689,6 +836,7 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
                 raise ApiError(404, "NotFound", f"{what} not found")
             return 200, current
         if method == "DELETE":
+            self.admit(plural, name, current, None)
             if not store.delete(plural, namespace, name):
                 raise ApiError(404, "NotFound", f"{what} not found")
             return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success",
@@ -704,12 +852,14 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
             name = doc.get("metadata", {}).get("name")
             if store.get(plural, namespace, name):
                 raise ApiError(409, "AlreadyExists", f'{plural} "{name}" already exists')
-            return 201, store.put(plural, namespace, self.checked(doc, kind, api_version, name),
+            return 201, store.put(plural, namespace, self.admit(plural, name, None,
+                                                                self.checked(doc, kind, api_version, name)),
                                   query.get("fieldManager", "unknown"))
         if method == "PUT":
             if not current:
                 raise ApiError(404, "NotFound", f"{what} not found")
-            return 200, store.put(plural, namespace, self.checked(doc, kind, api_version, name),
+            return 200, store.put(plural, namespace, self.admit(plural, name, current,
+                                                                self.checked(doc, kind, api_version, name)),
                                   query.get("fieldManager", "unknown"))
         if content_type == "application/apply-patch+yaml":
             manager = query.get("fieldManager")
@@ -721,12 +871,68 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
             applied = self.checked(doc, kind, api_version, name)
             if current and "status" in current:
                 applied.setdefault("status", current["status"])
-            return (200 if current else 201), store.put(plural, namespace, applied, manager, "Apply")
+            return (200 if current else 201), store.put(plural, namespace, self.admit(plural, name, current, applied),
+                                                        manager, "Apply")
         if content_type in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
             if not current:
                 raise ApiError(404, "NotFound", f"{what} not found")
-            return 200, store.put(plural, namespace, merge_patch(current, doc), query.get("fieldManager"))
+            return 200, store.put(plural, namespace, self.admit(plural, name, current, merge_patch(current, doc)),
+                                  query.get("fieldManager"))
         raise ApiError(415, "UnsupportedMediaType", f"unsupported patch type {content_type!r}")
+
+    # What a node's identity may read (RBAC's system:node role, less watch).
+    NODE_READABLE = ("nodes", "pods", "services")
+    # Read one by one, and only when a pod bound to the node uses them (the Node authorizer).
+    NODE_GRAPH = {"secrets": "secret", "configmaps": "configMap", "persistentvolumeclaims": "persistentVolumeClaim"}
+
+    def authorize_node(self, method, plural, api_version, namespaced, namespace, name) -> None:
+        """The Node authorizer and RBAC for a kubelet's identity (system:node:NAME),
+        as strict as the real API server for what the stand-in serves."""
+        verb = {"GET": "get" if name else "list", "POST": "create", "PUT": "update", "PATCH": "patch",
+                "DELETE": "delete"}[method]
+        if plural == "nodes" or (plural in self.NODE_READABLE and verb in ("get", "list")):
+            return     # writes to Nodes go on to NodeRestriction (admit)
+        where = f' in the namespace "{namespace}"' if namespaced and namespace else " at the cluster scope"
+        group = api_version.rpartition("/")[0]
+        why = f'User "system:node:{self.node}" cannot {verb} resource "{plural}" in API group "{group}"{where}'
+        if plural in self.NODE_GRAPH and verb == "get":
+            if self.pod_on_node_uses(self.NODE_GRAPH[plural], namespace, name):
+                return
+            why += f": no relationship found between node '{self.node}' and this object"
+        raise ApiError(403, "Forbidden", f'{plural} "{name}" is forbidden: {why}' if name else f"{plural} is forbidden: {why}",
+                       {"name": name, "kind": plural} if name else {"kind": plural})
+
+    def pod_on_node_uses(self, what: str, namespace: str, name: str) -> bool:
+        for pod in self.server_state.store.list("pods", namespace):
+            spec = pod.get("spec") or {}
+            if spec.get("nodeName") == self.node and name in pod_references(spec, what):
+                return True
+        return False
+
+    def admit(self, plural: str, name: str | None, current: dict | None, new: dict | None):
+        """NodeRestriction admission for a node's own writes: only its own Node,
+        and no node-restriction.kubernetes.io/ (or unknown kubernetes.io) labels
+        added, changed or removed. Returns new."""
+        if not self.node or plural != "nodes":
+            return new
+        name = name or (new or {}).get("metadata", {}).get("name", "")
+        if name != self.node:
+            raise forbidden("nodes", name, f'node "{self.node}" is not allowed to modify node "{name}"')
+        if new is None:
+            return new
+        labels = new.get("metadata", {}).get("labels") or {}
+        if current is None:
+            claimed = forbidden_node_labels(labels, {})
+            if claimed:
+                raise forbidden("nodes", name, f'node "{name}" is not allowed to set the following labels: '
+                                               + ", ".join(claimed))
+            return new
+        if (new.get("spec") or {}).get("taints") != (current.get("spec") or {}).get("taints"):
+            raise forbidden("nodes", name, f'node "{name}" is not allowed to modify taints')
+        claimed = forbidden_node_labels(labels, current.get("metadata", {}).get("labels") or {})
+        if claimed:
+            raise forbidden("nodes", name, "is not allowed to modify labels: " + ", ".join(claimed))
+        return new
 
     @staticmethod
     def checked(doc: dict, kind: str, api_version: str, name: str | None) -> dict:
@@ -749,8 +955,9 @@ def run_agent(config: dict) -> None:
     if not token:
         fatal("--token is required")
     name = str(config.get("node-name") or socket.gethostname())
-    password = node_password()
     labels = labels_from(config)
+    check_kubelet_labels(labels)
+    password = node_password()
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
