@@ -69,7 +69,9 @@ def test_secret_references_round_trip(text):
 
 @pytest.mark.parametrize("text", [
     "gs://b/o", "berglas://b", "berglas://bucket/o#x", "sm://proj/a/b", "sm://p/n", "sm://project/n#0",
-    "file://relative", "plain"])
+    "file://relative", "plain", "sm://skia-infra/k3s-token\n", " sm://skia-infra/k3s-token",
+    "berglas://skia-secrets/etc/k3s node token", "file:///etc/rackboot/../shadow", "file:///etc/a,b",
+    "file:///etc//token", "file:///etc/token\x00", "sm://skia-infra/k3s-token\u2028", "file:///etc/t\u00f6ken"])
 def test_secret_references_rejected(text):
     with pytest.raises(secretref.SecretRefError):
         secretref.parse(text)

@@ -54,6 +54,22 @@ def test_command_line_exit_status_and_nothing_written(build, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("verb", ["check", "render"])
+def test_command_line_reports_the_whole_corpus(build, tmp_path, verb):
+    """Every broken profile through the real command line at once: exit
+    status 2, each expected problem on its own line, no traceback, nothing
+    written."""
+    out = tmp_path / "out"
+    result = build(verb, *map(str, BROKEN), *(["-o", str(out)] if verb == "render" else []))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    for path in BROKEN:
+        for text in expectations(path):
+            assert any(line.startswith(f"  {path}") and text in line for line in lines), (path.name, text)
+    assert not out.exists()
+
+
 def test_all_profiles_checked_before_any_output(build, tmp_path):
     """One broken profile among good ones: nothing is rendered for any."""
     out = tmp_path / "out"

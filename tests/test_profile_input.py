@@ -491,7 +491,10 @@ def make(case: Case, directory: Path) -> tuple[Path, list[str]]:
 
 
 def test_enough_cases():
-    assert len(CASES) >= 120
+    """Issue 11 asks for at least 150 bad-input cases; these and the broken
+    corpus of tests/test_profile_corpus.py are the profiles' share."""
+    from tests.test_profile_corpus import BROKEN
+    assert len(CASES) >= 120 and len(CASES) + len(BROKEN) >= 150
     assert len({c.id for c in CASES}) == len(CASES), "case ids are unique"
 
 
