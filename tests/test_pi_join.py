@@ -242,6 +242,19 @@ def test_the_agent_token_cannot_make_a_jumphost(rack, tmp_path):
     refused = refusal(lambda: kubelet.get(secret_api, name="jumphost-loop.node-password.k3s", namespace="kube-system"))
     assert refused["code"] == 403 and refused["message"].endswith(
         "no relationship found between node 'loop-pi-01' and this object")
+    # What it can read: the Secrets of pods bound to it, and only those.
+    dyn = rack.kube()
+    for name in ("for-the-pi", "for-the-jumphost"):
+        dyn.create(dyn.resources.get(api_version="v1", kind="Secret"), namespace="loop-apps", body={
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": {"k": "dg=="}})
+    for pod, node, secret in (("on-the-pi", "loop-pi-01", "for-the-pi"),
+                              ("on-the-jumphost", "jumphost-loop", "for-the-jumphost")):
+        dyn.create(dyn.resources.get(api_version="v1", kind="Pod"), namespace="loop-apps", body={
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "registry.example/c:1"}],
+                     "volumes": [{"name": "s", "secret": {"secretName": secret}}]}})
+    assert kubelet.get(secret_api, name="for-the-pi", namespace="loop-apps").data["k"] == "dg=="
+    assert refusal(lambda: kubelet.get(secret_api, name="for-the-jumphost", namespace="loop-apps"))["code"] == 403
     assert rack.get("v1", "Node", "jumphost-loop").metadata.labels[JUMPHOST_LABEL] == "jumphost"
 
 
