@@ -837,10 +837,10 @@ def profile_paths(args: Iterable[str | Path]) -> list[Path]:
         if path.is_dir():
             paths.extend(sorted(p for p in path.glob("*.yaml") if p.name != DEFAULTS_NAME))
         elif path.name == DEFAULTS_NAME:
-            raise BadInput(f"{path}: holds shared defaults, not a rack",
+            raise BadInput(f"{shown(path)}: holds shared defaults, not a rack",
                            hint="name the rack profiles instead, or their directory")
         elif not path.exists():
-            raise BadInput(f"{path}: no such rack profile")
+            raise BadInput(f"{shown(path)}: no such rack profile")
         else:
             paths.append(path)
     if not paths:
