@@ -5,6 +5,7 @@ assets than rackboot fetches, as these do)."""
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,285 @@ def test_command_line_fetch_and_image_version_check(release, build, tmp_path):
     assert result.returncode == 2
     assert "is v1.30.0+k3s1, but the racks want v1.31.4+k3s1" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ bundle.json and versions
+
+
+def bundle_json(path: Path) -> dict:
+    return json.loads((path / "bundle.json").read_text())
+
+
+def test_lying_binary_is_refused(tmp_path):
+    """bundle.json, the directory and the checksums all say v1.31.5+k3s1, but
+    the binary is v1.31.4+k3s1: k3s --version gives it away."""
+    liar = k3s_standin_bundle.make(tmp_path, "v1.31.5+k3s1", binary_version=VERSION)
+    with pytest.raises(BadInput, match=re.escape(f"{liar}/k3s: says it is k3s v1.31.4+k3s1 (k3s --version), "
+                                                 f"but the bundle is v1.31.5+k3s1 ({liar}/bundle.json)")):
+        k3s_bundle.verify(liar)
+
+
+def test_binary_that_is_not_k3s_is_refused(tmp_path):
+    path = k3s_standin_bundle.make(tmp_path, VERSION)
+    for body, message in ((b"#!/bin/sh\necho hello\n", r"printed 'hello', not `k3s version VERSION"),
+                          (b"#!/bin/sh\nexit 3\n", r"failed \(exit status 3\)"),
+                          (os.urandom(64), r"cannot run it to ask its version")):
+        rewrite(path, "k3s", body)
+        with pytest.raises(BadInput, match=rf"{re.escape(str(path))}/k3s: .*{message}"):
+            k3s_bundle.verify(path)
+
+
+def test_binary_runs_as_nobody_with_nothing_of_the_build(tmp_path, monkeypatch):
+    """It may be a tampered mirror's binary, and the build runs as root."""
+    monkeypatch.setenv("RACKBOOT_TEST_SECRET", "hunter2")
+    path = k3s_standin_bundle.make(tmp_path, VERSION)
+    rewrite(path, "k3s", b'#!/bin/sh\necho "uid=$(id -u) groups=$(id -G) env=$(env | sort | tr "\\n" " ")"; exit 1\n')
+    with pytest.raises(BadInput) as caught:
+        k3s_bundle.verify(path)
+    said = str(caught.value)
+    assert "uid=65534 groups=65534 env=" in said      # nobody, when the build is root
+    assert "hunter2" not in said and "RACKBOOT" not in said and "PATH=/usr/bin:/bin" in said
+
+
+def rewrite(bundle: Path, name: str, data: bytes) -> None:
+    """Replace one file of a bundle and keep its checksum file and bundle.json
+    consistent (a tampered mirror would serve it so)."""
+    arch = "amd64" if name in ("k3s", "k3s-airgap-images-amd64.tar.zst") else "arm64"
+    (bundle / name).write_bytes(data)
+    sums_path = bundle / f"sha256sum-{arch}.txt"
+    lines = [line for line in sums_path.read_text().splitlines() if not line.endswith(f"  {name}")]
+    sums_path.write_text("\n".join([*lines, f"{hashlib.sha256(data).hexdigest()}  {name}"]) + "\n")
+    manifest = bundle_json(bundle)
+    manifest["files"][name] = hashlib.sha256(data).hexdigest()
+    manifest["files"][sums_path.name] = hashlib.sha256(sums_path.read_bytes()).hexdigest()
+    (bundle / "bundle.json").write_text(json.dumps(manifest))
+
+
+def test_only_the_verified_files_are_copied(tmp_path):
+    from image import payload
+    path = k3s_standin_bundle.make(tmp_path / "k3s", VERSION)
+    (path / "notes.txt").write_text("an operator's notes, or a private key left here\n")
+    bundle = k3s_bundle.verify(path)
+    tree = tmp_path / "tree"
+    payload.install_k3s(bundle, tree)
+    installed = tree / payload.AGENT_DIR / "k3s" / VERSION
+    assert sorted(p.name for p in installed.iterdir()) == sorted(
+        ["bundle.json", "k3s", "k3s-arm64", "k3s-airgap-images-amd64.tar.zst", "k3s-airgap-images-arm64.tar.zst",
+         "sha256sum-amd64.txt", "sha256sum-arm64.txt"])
+    for p in installed.iterdir():
+        assert p.read_bytes() == (path / p.name).read_bytes()
+        assert p.stat().st_mode & 0o777 == (0o755 if p.name.startswith("k3s") and "images" not in p.name else 0o644)
+    pi = tmp_path / "pi"
+    payload.install_k3s(bundle, pi, "arm64")
+    assert sorted(p.name for p in (pi / payload.AGENT_DIR / "k3s" / VERSION).iterdir()) == [
+        "k3s-airgap-images-arm64.tar.zst", "k3s-arm64", "sha256sum-arm64.txt"]
+
+
+def test_a_file_changed_after_verify_is_not_copied(tmp_path):
+    from image import payload
+    path = k3s_standin_bundle.make(tmp_path / "k3s", VERSION)
+    bundle = k3s_bundle.verify(path)
+    (path / "k3s-airgap-images-amd64.tar.zst").write_bytes(b"swapped in after the check")
+    with pytest.raises(RackbootError, match=r"k3s-airgap-images-amd64.tar.zst: changed since it was verified"):
+        payload.install_k3s(bundle, tmp_path / "tree")
+    (path / "k3s-airgap-images-amd64.tar.zst").unlink()
+    (path / "k3s-airgap-images-amd64.tar.zst").symlink_to("/etc/shadow")
+    with pytest.raises(RackbootError, match=r"k3s-airgap-images-amd64.tar.zst: cannot read it"):
+        payload.install_k3s(bundle, tmp_path / "tree2")
+    assert not (tmp_path / "tree2" / payload.AGENT_DIR / "k3s" / VERSION / "k3s-airgap-images-amd64.tar.zst").exists()
+
+
+# ------------------------------------------------------------------ bad bundles through the command line
+
+def corrupt_manifest(text):
+    return lambda bundle: (bundle / "bundle.json").write_bytes(text if isinstance(text, bytes) else text.encode())
+
+
+def edit_manifest(change):
+    def edit(bundle):
+        document = bundle_json(bundle)
+        change(document)
+        (bundle / "bundle.json").write_text(json.dumps(document))
+    return edit
+
+
+def link(name, target):
+    def make(bundle):
+        (bundle / name).unlink(missing_ok=True)
+        (bundle / name).symlink_to(target)
+    return make
+
+
+def swap_binary_for_another_version(bundle):
+    other = k3s_standin_bundle.make(bundle.parent / "elsewhere", "v1.30.0+k3s1")
+    rewrite(bundle, "k3s", (other / "k3s").read_bytes())
+
+
+def make_fifo(bundle):
+    os.mkfifo(bundle / "extra")
+
+
+BAD_BUNDLES = {
+    # bundle.json malformed
+    "not JSON": (corrupt_manifest("{"), "bundle.json: not JSON"),
+    "not UTF-8": (corrupt_manifest(b'{"version": "\xff"}'), "bundle.json: not JSON"),
+    "a list": (corrupt_manifest("[]"), "bundle.json: not a JSON object but list"),
+    "a string": (corrupt_manifest('"v1.31.4+k3s1"'), "bundle.json: not a JSON object but str"),
+    "no version": (edit_manifest(lambda d: d.pop("version")), "bundle.json: version: missing"),
+    "version a number": (edit_manifest(lambda d: d.update(version=1.31)), "bundle.json: version: 1.31 is not"),
+    "version a channel": (edit_manifest(lambda d: d.update(version="stable")), "bundle.json: version: 'stable' is not"),
+    "version with a newline": (edit_manifest(lambda d: d.update(version=VERSION + "\n")), "is not a k3s release tag"),
+    "arches a string": (edit_manifest(lambda d: d.update(arches="amd64")), "bundle.json: arches: 'amd64' is not"),
+    "unknown arch": (edit_manifest(lambda d: d.update(arches=["amd64", "riscv64"])), "bundle.json: arches:"),
+    "arch twice": (edit_manifest(lambda d: d.update(arches=["amd64", "amd64"])), "bundle.json: arches:"),
+    "files a list": (edit_manifest(lambda d: d.update(files=[])), "bundle.json: files: not a mapping"),
+    "files not sums": (edit_manifest(lambda d: d["files"].update(k3s="xyz")), "bundle.json: files: not a mapping"),
+    "files lists more": (edit_manifest(lambda d: d["files"].update({"notes.txt": "0" * 64})),
+                         "bundle.json: files: lists notes.txt"),
+    "files lists less": (edit_manifest(lambda d: d["files"].pop("k3s-arm64")),
+                         "bundle.json: files: does not list k3s-arm64"),
+    "unknown key": (edit_manifest(lambda d: d.update(url="http://x")), "bundle.json: unknown key 'url'"),
+    "standin not a boolean": (edit_manifest(lambda d: d.update(standin="yes")), "bundle.json: standin:"),
+    "too big": (corrupt_manifest(" " * (1 << 17)), "bundle.json: larger than"),
+    # bundle.json lies
+    "another version": (edit_manifest(lambda d: d.update(version="v1.31.5+k3s1")),
+                        "bundle.json: says version v1.31.5+k3s1, but the bundle's directory is named v1.31.4+k3s1"),
+    "other checksums": (edit_manifest(lambda d: d["files"].update(k3s="0" * 64)),
+                        f"bundle.json: lists k3s with sha256 {'0' * 64}, but the file's is"),
+    "binary of another version": (swap_binary_for_another_version,
+                                  "k3s: says it is k3s v1.30.0+k3s1 (k3s --version), but the bundle is v1.31.4+k3s1"),
+    # not regular files
+    "binary a link": (link("k3s", "/usr/bin/true"), "k3s: a symbolic link; a k3s bundle holds regular files only"),
+    "images a link to a secret": (link("k3s-airgap-images-amd64.tar.zst", "/etc/shadow"),
+                                  "k3s-airgap-images-amd64.tar.zst: a symbolic link"),
+    "bundle.json a link": (link("bundle.json", "/etc/hostname"), "bundle.json: a symbolic link"),
+    "checksums a link": (link("sha256sum-arm64.txt", "/dev/null"), "sha256sum-arm64.txt: a symbolic link"),
+    "a FIFO": (make_fifo, "extra: not a regular file"),
+    "a directory": (lambda b: (b / "images.d").mkdir(), "images.d: a directory"),
+    # checksum files
+    "CRLF checksums": (lambda b: (b / "sha256sum-amd64.txt").write_bytes(
+        (b / "sha256sum-amd64.txt").read_bytes().replace(b"\n", b"\r\n")), "sha256sum-amd64.txt:1: "),
+    "checksums list a file twice": (lambda b: (b / "sha256sum-arm64.txt").write_bytes(
+        (b / "sha256sum-arm64.txt").read_bytes() * 2), "sha256sum-arm64.txt:3: k3s-arm64 is listed twice"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_BUNDLES)
+def test_bad_bundle_is_refused_before_any_work(build, tmp_path, case):
+    spoil, message = BAD_BUNDLES[case]
+    bundle = k3s_standin_bundle.make(tmp_path / "k3s", VERSION)
+    spoil(bundle)
+    result = build("image", "rack-profiles/example.yaml", "-o", str(tmp_path / "out"), "--k3s-bundle", str(bundle))
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and str(bundle) in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "hint: " in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_renamed_bundle_is_refused(build, tmp_path):
+    bundle = k3s_standin_bundle.make(tmp_path / "k3s", VERSION)
+    renamed = bundle.rename(bundle.with_name("v1.31.9+k3s1"))
+    result = build("netboot", "rack-profiles/example.yaml", "-o", str(tmp_path / "out"), "--k3s-bundle", str(renamed))
+    assert result.returncode == 2
+    assert f"{renamed}/bundle.json: says version {VERSION}, but the bundle's directory is named v1.31.9+k3s1" in result.stderr
+    assert not (tmp_path / "out").exists()
+    (renamed / "bundle.json").unlink()
+    nameless = renamed.rename(renamed.with_name("latest"))
+    result = build("sdcard", "rack-profiles/example.yaml", "-o", str(tmp_path / "out"), "--k3s-bundle", str(nameless))
+    assert result.returncode == 2 and f"{nameless}: cannot tell the k3s version" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ pins
+
+
+def test_fetch_checks_the_pins(release, tmp_path):
+    pins = tmp_path / "pins"
+    (pins / VERSION).mkdir(parents=True)
+    for arch in ("amd64", "arm64"):
+        (pins / VERSION / f"sha256sum-{arch}.txt").write_bytes((release.dir / f"sha256sum-{arch}.txt").read_bytes())
+    path = k3s_bundle.fetch(VERSION, tmp_path / "k3s", mirror=release.url, pins=pins)
+    k3s_bundle.verify(path, pins=pins)
+    # A tampered mirror serves a binary with a checksum file to match: only the pin catches it.
+    rewrite_release(release, "k3s-arm64", b"#!/bin/sh\necho pwned\n")
+    out = tmp_path / "again"
+    release.requests.clear()
+    with pytest.raises(RackbootError) as caught:
+        k3s_bundle.fetch(VERSION, out, mirror=release.url, pins=pins)
+    message = str(caught.value)
+    assert f"{release.url}/v1.31.4%2Bk3s1/sha256sum-arm64.txt: differs from the pinned {pins}/{VERSION}/sha256sum-arm64.txt" \
+        in message
+    assert "tampered" in caught.value.hint
+    assert leftovers(out) == []
+    assert release.requests[-1].endswith("/sha256sum-arm64.txt")     # nothing fetched past the checksum file
+    # Without the pin the same mirror is believed: that is what pins are for.
+    k3s_bundle.fetch(VERSION, tmp_path / "unpinned", mirror=release.url, pins=tmp_path / "no-pins")
+
+
+def test_verify_checks_the_pins(tmp_path):
+    bundle = k3s_standin_bundle.make(tmp_path / "k3s", VERSION)
+    pins = tmp_path / "pins"
+    k3s_bundle.pin(bundle, pins)
+    k3s_bundle.verify(bundle, pins=pins)
+    rewrite(bundle, "k3s-airgap-images-amd64.tar.zst", b"other images")
+    with pytest.raises(BadInput, match=re.escape(f"{bundle}/sha256sum-amd64.txt: differs from the pinned "
+                                                 f"{pins}/{VERSION}/sha256sum-amd64.txt")):
+        k3s_bundle.verify(bundle, pins=pins)
+
+
+def test_a_pin_for_one_architecture_only(release, tmp_path):
+    pins = tmp_path / "pins"
+    (pins / VERSION).mkdir(parents=True)
+    (pins / VERSION / "sha256sum-amd64.txt").write_bytes((release.dir / "sha256sum-amd64.txt").read_bytes())
+    with pytest.raises(RackbootError, match=re.escape(f"{pins}/{VERSION}/sha256sum-arm64.txt: missing; ")):
+        k3s_bundle.fetch(VERSION, tmp_path / "k3s", mirror=release.url, pins=pins)
+
+
+def test_mirror_serving_a_malformed_checksum_file(release, tmp_path):
+    sums = release.dir / "sha256sum-amd64.txt"
+    sums.write_bytes(sums.read_bytes() + sums.read_bytes().splitlines(keepends=True)[0])
+    with pytest.raises(RackbootError, match=re.escape(f"{release.url}/v1.31.4%2Bk3s1/sha256sum-amd64.txt:4: "
+                                                      "k3s is listed twice")):
+        k3s_bundle.fetch(VERSION, tmp_path / "k3s", mirror=release.url)
+    assert leftovers(tmp_path / "k3s") == []
+
+
+def test_command_line_pin_then_catch_a_tampered_mirror(release, build, tmp_path):
+    pins = tmp_path / "pins"
+    pins.mkdir()
+    result = build("fetch-k3s", VERSION, "-o", str(tmp_path / "k3s"), "--mirror", release.url, "--pins", str(pins),
+                   "--pin")
+    assert result.returncode == 0, result.stderr
+    for arch in ("amd64", "arm64"):
+        pin = pins / VERSION / f"sha256sum-{arch}.txt"
+        assert pin.read_bytes() == (release.dir / pin.name).read_bytes()
+        assert f"pinned {pin}" in result.stderr
+    rewrite_release(release, "k3s", b"#!/bin/sh\necho 'k3s version v1.31.4+k3s1 (evil)'\n")
+    result = build("fetch-k3s", VERSION, "-o", str(tmp_path / "k3s2"), "--mirror", release.url, "--pins", str(pins))
+    assert result.returncode == 1
+    assert f"differs from the pinned {pins}/{VERSION}/sha256sum-amd64.txt" in result.stderr
+    assert release.url in result.stderr
+    assert sorted(p.name for p in (tmp_path / "k3s2").iterdir()) == [".rackboot-output"]
+    missing = build("fetch-k3s", VERSION, "-o", str(tmp_path / "k3s3"), "--pins", str(tmp_path / "no-such-pins"))
+    assert missing.returncode == 2 and f"{tmp_path}/no-such-pins: no such directory (--pins)" in missing.stderr
+    assert not (tmp_path / "k3s3").exists()
+
+
+def test_no_release_is_pinned_without_its_real_checksums():
+    """Pins come from real releases only (image/k3s-pins/README.md); each is a
+    well-formed checksum file listing the assets rackboot fetches."""
+    from firstboot import checksums
+    for directory in sorted(p for p in k3s_bundle.k3s_pins.PINS.iterdir() if p.is_dir()):
+        k3s_bundle.check_version(directory.name)
+        for arch in k3s_bundle.ARCHES:
+            sums = checksums.read(directory / f"sha256sum-{arch}.txt")
+            assert {k3s_bundle.binary_name(arch), k3s_bundle.images_name(arch)} <= set(sums)
+
+
+def rewrite_release(release, name: str, data: bytes) -> None:
+    """A tampered mirror: the asset and its line in the checksum file replaced."""
+    arch = "arm64" if name.endswith("arm64") or "arm64" in name else "amd64"
+    (release.dir / name).write_bytes(data)
+    sums = release.dir / f"sha256sum-{arch}.txt"
+    lines = [line for line in sums.read_text().splitlines() if not line.endswith(f"  {name}")]
+    sums.write_text("\n".join([*lines, f"{hashlib.sha256(data).hexdigest()}  {name}"]) + "\n")
