@@ -74,9 +74,10 @@ def read(path: Path) -> dict[str, str]:
         if err.errno == errno.ELOOP:
             raise ChecksumFileError(f"{path}: a symbolic link, not a regular file") from None
         raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):      # before fdopen, which refuses a directory itself
+        os.close(fd)
+        raise ChecksumFileError(f"{path}: not a regular file")
     with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-            raise ChecksumFileError(f"{path}: not a regular file")
         data = file.read(MAX_BYTES + 1)
     if len(data) > MAX_BYTES:
         raise ChecksumFileError(f"{path}: larger than {MAX_BYTES} bytes; not a checksum file")

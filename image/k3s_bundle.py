@@ -193,9 +193,10 @@ def _read_regular(path: Path, limit: int) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as err:
         raise BadInput(f"{path}: cannot read it ({err.strerror})", hint=REFETCH_HINT) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):      # before fdopen, which refuses a directory itself
+        os.close(fd)
+        raise BadInput(f"{path}: not a regular file", hint=REFETCH_HINT)
     with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-            raise BadInput(f"{path}: not a regular file", hint=REFETCH_HINT)
         data = file.read(limit + 1)
     if len(data) > limit:
         raise BadInput(f"{path}: larger than {limit} bytes", hint=REFETCH_HINT)
@@ -351,10 +352,11 @@ def copy_verified(source: Path, target: Path, expected: str, mode: int) -> None:
         fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as err:
         raise RackbootError(f"{source}: cannot read it ({err.strerror}) after verifying it") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RackbootError(f"{source}: no longer a regular file since it was verified")
     digest = hashlib.sha256()
     with os.fdopen(fd, "rb") as data:
-        if not stat.S_ISREG(os.fstat(data.fileno()).st_mode):
-            raise RackbootError(f"{source}: no longer a regular file since it was verified")
         with open(target, "xb") as out:
             for chunk in iter(lambda: data.read(CHUNK), b""):
                 out.write(chunk)

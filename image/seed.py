@@ -44,9 +44,10 @@ def read_credentials(path: Path) -> str:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as err:
         raise BadInput(f"{problem} ({err.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):      # before fdopen, which refuses a directory itself
+        os.close(fd)
+        raise BadInput(f"{problem} (not a regular file)")
     with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-            raise BadInput(f"{problem} (not a regular file)")
         data = file.read(KEY_MAX_BYTES + 1)
     if len(data) > KEY_MAX_BYTES:
         raise BadInput(f"{problem} (larger than {KEY_MAX_BYTES} bytes)")

@@ -129,6 +129,9 @@ def test_read_refuses_links_fifos_and_huge_files(tmp_path):
     os.mkfifo(tmp_path / "fifo.txt")
     with pytest.raises(checksums.ChecksumFileError, match="fifo.txt: not a regular file"):
         checksums.read(tmp_path / "fifo.txt")      # and does not block
+    (tmp_path / "dir.txt").mkdir()
+    with pytest.raises(checksums.ChecksumFileError, match="dir.txt: not a regular file"):
+        checksums.read(tmp_path / "dir.txt")
     (tmp_path / "huge.txt").write_bytes(b"a" * (checksums.MAX_BYTES + 1))
     with pytest.raises(checksums.ChecksumFileError, match="huge.txt: larger than"):
         checksums.read(tmp_path / "huge.txt")
