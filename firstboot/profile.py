@@ -693,15 +693,28 @@ def _check_labels(doc, source, problems):
 
 
 # Names the templates write as plain YAML scalars (cloud-init's seed, k3s's
-# configs): a name YAML 1.1 reads as something else ("0", "null", "on",
-# "2024-01-01", "0x1f") would reach cloud-init or k3s as a number, null, a
-# boolean or a date.
+# configs): a name YAML reads as something else ("0", "null", "on", "y",
+# "2024-01-01", "0x1f", "1e3") would reach cloud-init or k3s as a number,
+# null, a boolean or a date.
 PLAIN_YAML_NAMES = [("rack",), ("jumphost", "hostname"), ("jumphost", "uplink"), ("network", "domain")]
 
 
+# k3s reads its config with go-yaml, which also takes y and n as booleans,
+# 1e3 as a number and 0o17 as an integer (go-yaml resolve.go).
+_GO_YAML_BOOL = re.compile(r"[yYnN]")
+_GO_YAML_NUMBER = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|0o[0-7_]+")
+
+
 def _yaml_reading(value: str) -> str | None:
+    """What a YAML parser makes of value as a plain scalar, unless a string."""
     tag = yaml.resolver.Resolver().resolve(yaml.ScalarNode, value, (True, False))
-    return None if tag == "tag:yaml.org,2002:str" else _TAG_KIND.get(tag.rsplit(":", 1)[-1], tag)
+    if tag != "tag:yaml.org,2002:str":
+        return _TAG_KIND.get(tag.rsplit(":", 1)[-1], tag)
+    if _GO_YAML_BOOL.fullmatch(value):
+        return "true or false"
+    if _GO_YAML_NUMBER.fullmatch(value):
+        return "a number"
+    return None
 
 
 def _check_yaml_names(doc, source, problems):

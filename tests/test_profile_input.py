@@ -464,7 +464,11 @@ YAML_NAMES = [table(f"yaml-name-{i}", text, f"{path}: {value!r} would be read as
                   ('network: {domain: "1.5"}', "network.domain", "1.5", "a number"),
                   ('pis: [{name: "2024-01-01", model: pi4, serial: "00000001"}]', "pis[0].name", "2024-01-01",
                    "a date"),
-                  ('jumphost: {hostname: "0x1f"}', "jumphost.hostname", "0x1f", "an integer")])]
+                  ('jumphost: {hostname: "0x1f"}', "jumphost.hostname", "0x1f", "an integer"),
+                  ('jumphost: {hostname: "y"}', "jumphost.hostname", "y", "true or false"),
+                  ('pis: [{name: "1e3", model: pi4, serial: "00000001"}]', "pis[0].name", "1e3", "a number"),
+                  ('rack: "0o17"', "rack", "0o17", "a number"),
+                  ('network: {domain: "1.5e3"}', "network.domain", "1.5e3", "a number")])]
 
 CASES = YAML_NAMES + NEWLINE + PORTS + STRUCTURE + ROOTS + LABELS + STRINGS + MANIFESTS + ON_DISK + SHAPES
 
