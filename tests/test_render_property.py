@@ -14,6 +14,7 @@ exports and hosts files split as the kernel, exportfs and a resolver do.
 
 Derandomized and bounded: the same examples every run, well under a minute."""
 
+import dataclasses
 import shutil
 import subprocess
 from pathlib import Path
@@ -287,3 +288,26 @@ def test_free_text_fields_are_not_rendered(work):
     [profile] = load_profiles([_write_profile(work / "desc", doc)])
     assert not any("unique-marker-4f1d" in text for text in render.render_rack(profile).values())
 
+
+
+@settings(max_examples=100, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(ALPHABET, min_size=1, max_size=12).map(lambda s: s.replace("/", "").replace("\x00", "")
+                                                      + ".yaml"))
+def test_any_file_name_is_refused_or_rendered_nowhere(work, name):
+    """The profile's file name is refused unless plain, and no rendered file depends on it."""
+    directory = work / "names"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir()
+    (directory / name).write_text(yaml.safe_dump(BASE))
+    (directory / "kube").mkdir()
+    (directory / "kube" / "00-ns.yaml").write_text("kind: Namespace\n")
+    try:
+        [profile] = load_profiles([directory / name])
+    except ProfileError as err:
+        [line] = err.problems
+        assert line.isprintable() and ": (file name): " in line
+        return
+    assert name[0].isalnum() and all(c.isalnum() or c in "._-" for c in name)
+    renamed = dataclasses.replace(profile, source=directory / "another-name.yaml")
+    assert render.render_rack(profile) == render.render_rack(renamed)
