@@ -5,10 +5,16 @@ and the first-boot agent reads the same profiles inside the image, so both
 agree on what a rack is. Loading happens in three passes, each of which
 collects every problem it finds instead of stopping at the first:
 
-1. YAML (duplicate keys are errors: YAML would silently keep the last one);
-2. the JSON Schema in rack-profiles/schema.json, after merging defaults.yaml;
+1. YAML, from a regular UTF-8 file of at most MAX_FILE_BYTES whose name is
+   plain (PROFILE_NAME). Duplicate keys are errors (YAML would silently keep
+   the last one), and so are keys that are not strings, anchors and aliases,
+   and nesting deeper than MAX_DEPTH;
+2. the JSON Schema in rack-profiles/schema.json, after merging defaults.yaml,
+   with each pattern's `$` meaning the end of the string and integers that
+   are integers (not 6442.0, not true);
 3. meaning: duplicates, addresses outside the subnet, secret references,
-   manifest paths, and the same across all profiles given together.
+   manifest paths, labels kubelet refuses, names YAML would read as other
+   things, the netboot roots, and the same across all profiles given together.
 
 Every problem is reported as `FILE: PATH: MESSAGE`, where FILE is the profile
 or the defaults file the offending value came from.
