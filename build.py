@@ -95,10 +95,11 @@ def cmd_fetch_k3s(args) -> int:
     if args.pins and not args.pins.is_dir():    # not a silent "nothing pinned"
         raise BadInput(f"{args.pins}: no such directory (--pins)")
     pins = args.pins or k3s_pins.PINS
+    mirror = k3s_bundle.mirror_url(args.mirror)
     out = output.check(args.output, {v: Kind.DIRECTORY for v in versions})
     out.claim()
     for version in versions:
-        bundle = k3s_bundle.fetch(version, args.output, mirror=args.mirror, pins=pins)
+        bundle = k3s_bundle.fetch(version, args.output, mirror=mirror, pins=pins)
         print(bundle)
         if args.pin:
             for pin in k3s_bundle.pin(bundle, pins):

@@ -143,7 +143,17 @@ def _download(url: str, target: Path, expected: str | None = None) -> str:
 
 
 def mirror_url(mirror: str | None) -> str:
-    return (mirror or os.environ.get(MIRROR_ENV) or DEFAULT_MIRROR).rstrip("/")
+    """The mirror to fetch from (--mirror, else $RACKBOOT_K3S_MIRROR, else
+    GitHub): an http(s) URL with a host, or a file: URL of a local copy."""
+    given = mirror or os.environ.get(MIRROR_ENV)
+    url = (given or DEFAULT_MIRROR).rstrip("/")
+    where = "--mirror" if mirror else f"${MIRROR_ENV}"
+    parts = urllib.parse.urlsplit(url)
+    if (any(c.isspace() or not c.isprintable() for c in url) or parts.query or parts.fragment
+            or not (parts.scheme in ("http", "https") and parts.hostname or parts.scheme == "file" and parts.path)):
+        raise BadInput(f"{where} {given!r}: not a mirror URL (http://HOST/PATH, https://HOST/PATH or file:///PATH)",
+                       hint=f"the default is {DEFAULT_MIRROR}")
+    return url
 
 
 def fetch(version: str, destination: Path, mirror: str | None = None, arches=ARCHES,

@@ -405,3 +405,12 @@ def rewrite_release(release, name: str, data: bytes) -> None:
     sums = release.dir / f"sha256sum-{arch}.txt"
     lines = [line for line in sums.read_text().splitlines() if not line.endswith(f"  {name}")]
     sums.write_text("\n".join([*lines, f"{hashlib.sha256(data).hexdigest()}  {name}"]) + "\n")
+
+
+@pytest.mark.parametrize("mirror", ["notaurl", "http://", "https://host/with space", "http://host/?q=1",
+                                    "ftp://host/k3s", "https://host/\x1b[2J"])
+def test_bad_mirror_is_refused_before_any_work(build, tmp_path, mirror):
+    result = build("fetch-k3s", VERSION, "-o", str(tmp_path / "k3s"), "--mirror", mirror)
+    assert result.returncode == 2, result.stderr
+    assert f"--mirror {mirror!r}: not a mirror URL" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "k3s").exists()
