@@ -22,7 +22,9 @@ hostenv.ensure()
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from firstboot.errors import BadInput, RackbootError  # noqa: E402
@@ -218,9 +220,32 @@ VERBS = {
 }
 
 
+def _port(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,5}", text) or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
+
+
+def _release(text: str) -> str:
+    # It names the root filesystem's cache entry (rootfs-RELEASE-...): no paths.
+    if not re.fullmatch(r"[a-z][a-z0-9-]{0,31}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Debian release name such as bookworm or trixie")
+    return text
+
+
 def _verb_options(name: str, sub: argparse.ArgumentParser) -> None:
     if name in ("image", "netboot", "sdcard"):
-        sub.add_argument("--release", default="bookworm", help="Debian release (default: bookworm)")
+        sub.add_argument("--release", type=_release, default="bookworm", help="Debian release (default: bookworm)")
         sub.add_argument("--cache-dir", type=Path, default=rootfs.default_cache_dir(), metavar="DIR",
                          help="root filesystem cache (default: %(default)s)")
         sub.add_argument("--no-cache", action="store_true", help="rebuild the root filesystem")
@@ -250,13 +275,13 @@ def _verb_options(name: str, sub: argparse.ArgumentParser) -> None:
                          help="use KVM instead of TCG (guests are known to hang under KVM on some hosts)")
         sub.add_argument("--no-seed", action="store_true",
                          help="boot without the rack's seed (the jumphost must then recognise its network)")
-        sub.add_argument("--ssh-port", type=int, metavar="PORT", help="forward 127.0.0.1:PORT to the guest's ssh")
-        sub.add_argument("--api-port", type=int, metavar="PORT",
+        sub.add_argument("--ssh-port", type=_port, metavar="PORT", help="forward 127.0.0.1:PORT to the guest's ssh")
+        sub.add_argument("--api-port", type=_port, metavar="PORT",
                          help="forward 127.0.0.1:PORT to the guest's k3s API (kubeconfig: sudo cat "
                               "/etc/rancher/k3s/k3s.yaml on the guest, server port changed to PORT)")
         sub.add_argument("--until-report", action="store_true",
                          help="run headless until the agent reports, print the report, and stop")
-        sub.add_argument("--timeout", type=float, default=900, help="seconds to wait with --until-report")
+        sub.add_argument("--timeout", type=_seconds, default=900, help="seconds to wait with --until-report")
 
 
 def parser() -> argparse.ArgumentParser:
