@@ -216,7 +216,12 @@ def _read_regular(path: Path, limit: int) -> bytes:
 def _only_regular_files(bundle_dir: Path) -> list[str]:
     """Every entry's name; anything but a regular file is refused, not followed."""
     names = []
-    for entry in sorted(os.scandir(bundle_dir), key=lambda e: e.name):
+    try:
+        with os.scandir(bundle_dir) as scan:
+            entries = sorted(scan, key=lambda e: e.name)
+    except OSError as err:
+        raise BadInput(f"{bundle_dir}: cannot list the k3s bundle ({err.strerror})", hint=REFETCH_HINT) from None
+    for entry in entries:
         if entry.is_symlink():
             raise BadInput(f"{bundle_dir / entry.name}: a symbolic link; a k3s bundle holds regular files "
                            "only (a link would pull whatever it points at into the image)", hint=REFETCH_HINT)
@@ -257,7 +262,7 @@ def _manifest_problem(document) -> str | None:
     expected = {name for arch in arches for name in arch_files(arch)}
     if set(files) != expected:
         odd = sorted(set(files) ^ expected)[0]
-        return f"files: {'lists' if odd in files else 'does not list'} {odd} (a bundle of {', '.join(arches)} " \
+        return f"files: {'lists' if odd in files else 'does not list'} {odd!r} (a bundle of {', '.join(arches)} " \
                f"has exactly {', '.join(sorted(expected))})"
     if "standin" in document and not isinstance(document["standin"], bool):
         return "standin: not true or false"
