@@ -9,6 +9,7 @@ journal field or status record. The step reports whether the files changed
 (a rotated token), never a value or a hash of it.
 """
 
+import re
 from pathlib import Path
 
 from firstboot import join, secrets, system
@@ -16,6 +17,9 @@ from firstboot.errors import RackbootError
 from firstboot.secretref import SecretRef
 
 TOKEN_FILE = Path("/etc/rancher/k3s/token")
+K3S_TOKEN_PREFIX = b"K10"
+K3S_CA_HASH_LENGTH = 64                                                   # hex SHA-256
+BOOTSTRAP_TOKEN = re.compile(rb"[a-z0-9]{6}\.[a-z0-9]{16}")                # kubeadm's ID.SECRET
 
 
 def install_token(ref: SecretRef, rack: str, path: Path | None = None, access=None,
@@ -37,9 +41,14 @@ def install_token(ref: SecretRef, rack: str, path: Path | None = None, access=No
         # image makes its own, so the rack's shared token must not pin one.
         raise RackbootError(f"{ref}: the secret is a secure k3s token (K10<CA hash>::...), which pins "
                             "one server's CA; a replacement jumphost would have another",
-                            hint="store the short form: the part after the last ':' of K10...::server:SECRET")
+                            hint="store the short form: the part after '::server:' of K10...::server:SECRET")
+    password = k3s_token_password(value)
+    if password is None:
+        raise RackbootError(f"{ref}: the secret is not a k3s server token: k3s finds no password in it "
+                            "(it takes PASSWORD, or K10<CA hash>::USER:PASSWORD)",
+                            hint="store the rack's k3s token, the password alone")
     if _differs(path, value) and datastore is not None and datastore.exists() and path.exists() \
-            and _server_token_secret(datastore) != value:
+            and _server_token_secret(datastore) != password:
         raise RackbootError(
             f"{ref}: the k3s token changed, but this server's datastore ({datastore}) was made with "
             "the old one and k3s refuses to start with another",
@@ -75,4 +84,30 @@ def _server_token_secret(datastore: Path) -> bytes | None:
         full = (datastore.parent / "token").read_bytes().strip()
     except OSError:
         return None
-    return full.rsplit(b":", 1)[-1] if b"::" in full else full
+    return k3s_token_password(full)
+
+
+def k3s_token_password(token: bytes) -> bytes | None:
+    """The password k3s takes from a token, by k3s's own rule (pkg/clientaccess
+    token.go parseToken, through util.NormalizeToken): a bare value is all
+    password, colons included; K10<CA hash>::USER:PASSWORD splits at the first
+    '::' and then at the first ':', so the password is everything after
+    '::server:' and may hold ':' itself. None where k3s finds no password: an
+    empty token, a CA hash that is not 64 characters, no ':' in the
+    credentials, an empty password, or a kubeadm bootstrap token (ID.SECRET,
+    which has none)."""
+    if not token:
+        return None
+    if not token.startswith(K3S_TOKEN_PREFIX):
+        if BOOTSTRAP_TOKEN.fullmatch(token):
+            return None
+        return token
+    ca_hash, separator, credentials = token[len(K3S_TOKEN_PREFIX):].partition(b"::")
+    if not separator:
+        credentials = ca_hash           # K10 without '::': k3s reads the rest as credentials
+    elif ca_hash and len(ca_hash) != K3S_CA_HASH_LENGTH:
+        return None
+    if BOOTSTRAP_TOKEN.fullmatch(credentials):
+        return None
+    _user, colon, password = credentials.partition(b":")
+    return password if colon and password else None

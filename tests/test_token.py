@@ -7,7 +7,7 @@ import pytest
 
 from firstboot import join, secretref
 from firstboot.errors import RackbootError
-from firstboot.token import install_token
+from firstboot.token import install_token, k3s_token_password
 
 TOKEN = b"rack-token-never-in-a-log"
 REF = secretref.parse("sm://rackboot-test/k3s-token")
@@ -50,3 +50,66 @@ def test_server_with_a_datastore_keeps_its_token_when_the_store_changes(tmp_path
         install_token(REF, "test-rack", path, access=lambda ref: b"new-token", datastore=datastore)
     assert "k3s token rotate" in caught.value.hint
     assert path.read_bytes() == TOKEN + b"\n"
+
+
+CA_HASH = "ab" * 32
+
+
+@pytest.mark.parametrize("token, password", [
+    (b"plain-secret", b"plain-secret"),
+    (b"pa:ss:word", b"pa:ss:word"),                                # bare: all of it, colons too
+    (f"K10{CA_HASH}::server:pa:ss".encode(), b"pa:ss"),            # all after ::server:
+    (f"K10{CA_HASH}::node:a::b".encode(), b"a::b"),
+    (b"K10::server:no-hash", b"no-hash"),
+    (b"K10abc:def", b"def"),                                       # K10 without '::': credentials
+    (b"K10abc", None),                                             # no ':' in the credentials
+    (b"K10" + b"a" * 10 + b"::server:x", None),                    # CA hash of the wrong length
+    (f"K10{CA_HASH}::server:".encode(), None),                     # empty password
+    (b"abcdef.0123456789abcdef", None),                            # bootstrap token: no password
+    (b"", None),
+])
+def test_k3s_token_password_follows_k3s_parse_token(token, password):
+    from tests.doubles import k3s_standin
+    assert k3s_token_password(token) == password
+    # The stand-in reads tokens by the same rule (it exits where k3s does).
+    if password is not None:
+        assert k3s_standin.token_secret(token.decode()) == password.decode()
+    else:
+        with pytest.raises(SystemExit):
+            k3s_standin.token_secret(token.decode())
+
+
+def k3s_server(tmp_path, secret: bytes):
+    """A server's datastore, and the server/token k3s keeps beside it."""
+    datastore = tmp_path / "server/db"
+    datastore.mkdir(parents=True)
+    (tmp_path / "server/token").write_bytes(f"K10{CA_HASH}::server:".encode() + secret + b"\n")
+    return datastore
+
+
+def test_rotated_token_with_colons_is_taken(tmp_path):
+    """After `k3s token rotate --new-token new:pass:word`, k3s's server/token
+    holds K10<hash>::server:new:pass:word; the store's new token matches it."""
+    path = tmp_path / "etc/token"
+    install_token(REF, "test-rack", path, access=lambda ref: b"old:token")
+    datastore = k3s_server(tmp_path, b"new:pass:word")
+    result = install_token(REF, "test-rack", path, access=lambda ref: b"new:pass:word", datastore=datastore)
+    assert result["changed"] is True and path.read_bytes() == b"new:pass:word\n"
+
+
+def test_token_matching_only_the_tail_of_a_colon_secret_is_refused(tmp_path):
+    """k3s's secret is a:b; a store holding b is another token, not the rotated one."""
+    path = tmp_path / "etc/token"
+    install_token(REF, "test-rack", path, access=lambda ref: b"old-token")
+    datastore = k3s_server(tmp_path, b"a:b")
+    with pytest.raises(RackbootError, match="was made with the old one"):
+        install_token(REF, "test-rack", path, access=lambda ref: b"b", datastore=datastore)
+    assert path.read_bytes() == b"old-token\n"
+
+
+@pytest.mark.parametrize("value", [b"K10abc", b"abcdef.0123456789abcdef"])
+def test_refuses_tokens_in_which_k3s_finds_no_password(tmp_path, value):
+    path = tmp_path / "token"
+    with pytest.raises(RackbootError, match="k3s finds no password in it") as caught:
+        install_token(REF, "test-rack", path, access=lambda ref: value)
+    assert not path.exists() and value.decode() not in str(caught.value)

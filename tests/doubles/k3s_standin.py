@@ -206,9 +206,31 @@ def read_token(config: dict, key: str = "token") -> str:
     return ""
 
 
+BOOTSTRAP_TOKEN = re.compile(r"[a-z0-9]{6}\.[a-z0-9]{16}")    # kubeadm's ID.SECRET
+
+
+def parse_token(token: str) -> tuple[str, str]:
+    """(CA hash, password) by k3s's rule (pkg/clientaccess/token.go parseToken):
+    a bare value is all password, colons included; K10<hash>::USER:PASSWORD
+    splits at the first '::', then at the first ':' (so the password is all
+    after '::server:'). Bootstrap tokens (ID.SECRET) are not implemented here."""
+    if not token.startswith("K10"):
+        token = "K10::" + token if BOOTSTRAP_TOKEN.fullmatch(token) else "K10:::" + token
+    ca_hash, separator, credentials = token[3:].partition("::")
+    if not separator:
+        ca_hash, credentials = "", ca_hash
+    elif ca_hash and len(ca_hash) != 64:
+        fatal("invalid token CA hash length")
+    if BOOTSTRAP_TOKEN.fullmatch(credentials):
+        fatal("k3s stand-in: bootstrap tokens (ID.SECRET) are not implemented")
+    _user, colon, password = credentials.partition(":")
+    if not colon or not password:
+        fatal("invalid token format")
+    return ca_hash, password
+
+
 def token_secret(token: str) -> str:
-    # K10<hash>::<user>:<secret> or a bare secret.
-    return token.split("::", 1)[1].split(":", 1)[1] if token.startswith("K10") and "::" in token else token
+    return parse_token(token)[1]
 
 
 def labels_from(config: dict) -> dict:
@@ -546,7 +568,7 @@ class Server:
         if saved_secret and saved_secret != digest:
             fatal("starting kubernetes: preparing server: bootstrap data already found and encrypted "
                   "with different token")
-        if token.startswith("K10") and "::" in token and token[3:].split("::")[0] != ca_hash:
+        if parse_token(token)[0] not in ("", ca_hash):
             fatal("token CA hash does not match the Cluster CA certificate hash")
         self.set_token(secret)
         agent = read_token(self.config, "agent-token")
@@ -966,8 +988,8 @@ def run_agent(config: dict) -> None:
         try:
             with urllib.request.urlopen(f"{server}/cacerts", context=context, timeout=10) as response:
                 ca = response.read()
-            if token.startswith("K10") and "::" in token:
-                want = token[3:].split("::")[0]
+            want = parse_token(token)[0]
+            if want:
                 if hashlib.sha256(ca).hexdigest() != want:
                     fatal(f"token CA hash does not match the Cluster CA certificate hash: {server}/cacerts")
             pinned = ssl.create_default_context(cadata=ca.decode())
