@@ -1,7 +1,8 @@
 """Read secret values by reference (see secretref.py), one backend per scheme.
 
     file://     a file on the machine (a lab without Google Cloud)
-    sm://       Google Secret Manager, through google-cloud-secret-manager
+    sm://       Google Secret Manager, through google-cloud-secret-manager; the
+                payload is checked against its data_crc32c (CRC32C), as Google asks
     berglas://  berglas's Cloud Storage + Cloud KMS envelope, decrypted as berglas
                 does: object = base64(KMS-encrypted DEK) ":" base64(nonce || AES-256-GCM
                 ciphertext+tag); the DEK is decrypted by the key named in the object's
@@ -133,7 +134,20 @@ def _secret_manager(ref: SecretRef) -> bytes:
     except (exceptions.ServiceUnavailable, exceptions.DeadlineExceeded, exceptions.InternalServerError,
             exceptions.TooManyRequests, exceptions.RetryError, TransportError) as err:
         raise TransientSecretError(f"{ref}: {type(err).__name__}") from None
+    _check_crc32c(ref, response.payload)
     return bytes(response.payload.data)
+
+
+def _check_crc32c(ref: SecretRef, payload) -> None:
+    """Google's integrity check for every access: payload.data_crc32c is the
+    CRC32C of the data as stored. It is optional in the API, so checked
+    when the service sent it."""
+    import google_crc32c
+
+    if "data_crc32c" in payload and google_crc32c.value(bytes(payload.data)) != payload.data_crc32c:
+        raise SecretError(f"{ref}: the value read does not match its checksum (data_crc32c): "
+                          "corrupted on the way or in the store",
+                          hint="read it again; if it persists, add a new version of the secret")
 
 
 def _kms_client():

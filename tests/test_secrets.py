@@ -149,3 +149,27 @@ def test_file_secret_that_becomes_a_fifo_after_the_check_does_not_block(tmp_path
     with pytest.raises(secrets.SecretError, match=r"/swapped: not a regular file \(a FIFO\)"):
         secrets.access(secretref.parse(f"file://{path}"))
     assert time.monotonic() - start < 2
+
+
+def test_payload_checksum_is_sent_and_matches(sm):
+    """The double sends data_crc32c as the service does; the value read is checked against it."""
+    import google_crc32c
+    from google.cloud import secretmanager_v1
+    from google.cloud.secretmanager_v1.services.secret_manager_service.transports import (
+        SecretManagerServiceGrpcTransport)
+    sm.add("rackboot-test", "k3s-token", TOKEN)
+    client = secrets._google_client(secretmanager_v1.SecretManagerServiceClient, SecretManagerServiceGrpcTransport,
+                                    "SECRET_MANAGER_EMULATOR_HOST", "RACKBOOT_SECRET_MANAGER_ENDPOINT")
+    payload = client.access_secret_version(name="projects/rackboot-test/secrets/k3s-token/versions/latest").payload
+    assert "data_crc32c" in payload and payload.data_crc32c == google_crc32c.value(TOKEN)
+    assert secrets.access(secretref.parse("sm://rackboot-test/k3s-token")) == TOKEN
+
+
+def test_payload_that_does_not_match_its_checksum_is_refused(sm, caplog):
+    sm.add("rackboot-test", "k3s-token", TOKEN)
+    sm.corrupt_checksum("rackboot-test", "k3s-token")
+    with caplog.at_level(logging.DEBUG), pytest.raises(
+            secrets.SecretError, match=r"^sm://rackboot-test/k3s-token: the value read does not match "
+                                       r"its checksum \(data_crc32c\)") as caught:
+        secrets.access(secretref.parse("sm://rackboot-test/k3s-token"), sleep=pytest.fail)
+    assert TOKEN.decode() not in str(caught.value) + caught.value.hint + caplog.text

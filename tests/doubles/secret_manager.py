@@ -2,13 +2,17 @@
 
 A gRPC server speaking google.cloud.secretmanager.v1.SecretManagerService's
 AccessSecretVersion with the client library's own message types, so the
-agent's real client talks its real protocol to it. Faults can be injected:
-the next N calls answer a status code (UNAVAILABLE, PERMISSION_DENIED, ...).
+agent's real client talks its real protocol to it. Every payload carries
+data_crc32c, the CRC32C of its data, as the real service sends it. Faults can
+be injected: the next N calls answer a status code (UNAVAILABLE,
+PERMISSION_DENIED, ...), and a secret's checksum can be corrupted (what a
+payload damaged on the way looks like to the client).
 """
 
 import threading
 from concurrent import futures
 
+import google_crc32c
 import grpc
 from google.cloud.secretmanager_v1 import types
 
@@ -19,6 +23,7 @@ class SecretManagerDouble:
     def __init__(self):
         self.secrets: dict[str, list[bytes]] = {}     # "projects/P/secrets/N" -> versions 1..n
         self.denied: set[str] = set()
+        self.corrupted: set[str] = set()          # secrets whose payloads carry a wrong data_crc32c
         self.calls: list[str] = []
         self._faults: list[grpc.StatusCode] = []
         self._lock = threading.Lock()
@@ -27,6 +32,10 @@ class SecretManagerDouble:
 
     def add(self, project: str, name: str, value: bytes) -> None:
         self.secrets.setdefault(f"projects/{project}/secrets/{name}", []).append(value)
+
+    def corrupt_checksum(self, project: str, name: str) -> None:
+        """From now on, the secret's payloads carry a data_crc32c their data does not have."""
+        self.corrupted.add(f"projects/{project}/secrets/{name}")
 
     def fail_next(self, count: int, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
         with self._lock:
@@ -52,8 +61,10 @@ class SecretManagerDouble:
         index = len(versions) if version == "latest" else int(version)
         if not 1 <= index <= len(versions):
             context.abort(grpc.StatusCode.NOT_FOUND, f"Secret Version [{request.name}] not found.")
+        data = versions[index - 1]
+        checksum = google_crc32c.value(data) ^ (1 if secret in self.corrupted else 0)
         return types.AccessSecretVersionResponse(
-            name=f"{secret}/versions/{index}", payload=types.SecretPayload(data=versions[index - 1]))
+            name=f"{secret}/versions/{index}", payload=types.SecretPayload(data=data, data_crc32c=checksum))
 
     def start(self) -> str:
         handler = grpc.method_handlers_generic_handler(SERVICE, {
