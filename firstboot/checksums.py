@@ -12,12 +12,11 @@ lines, blank lines, CR line ends, names with control characters or with
 white space at either end, a name listed twice, and an empty file.
 """
 
-import errno
-import os
 import re
-import stat
 import unicodedata
 from pathlib import Path
+
+from firstboot import files
 
 MAX_BYTES = 1 << 20      # k3s's lists are a few hundred bytes
 LINE = re.compile(r"(?P<digest>[0-9a-f]{64}) (?P<mode>[ *])(?P<name>.+)", re.DOTALL)
@@ -68,17 +67,9 @@ def read(path: Path) -> dict[str, str]:
     """parse() of the regular file at path (not a link to one); OSError if it
     cannot be opened (missing, unreadable)."""
     try:
-        # O_NONBLOCK: a FIFO in its place opens at once (and is then refused).
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise ChecksumFileError(f"{path}: a symbolic link, not a regular file") from None
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):      # before fdopen, which refuses a directory itself
-        os.close(fd)
-        raise ChecksumFileError(f"{path}: not a regular file")
-    with os.fdopen(fd, "rb") as file:
-        data = file.read(MAX_BYTES + 1)
-    if len(data) > MAX_BYTES:
-        raise ChecksumFileError(f"{path}: larger than {MAX_BYTES} bytes; not a checksum file")
+        data = files.read_regular(path, MAX_BYTES, follow_symlinks=False)
+    except files.NotRegularFile as err:
+        raise ChecksumFileError(f"{path}: {err.kind}, not a regular file") from None
+    except files.TooLarge:
+        raise ChecksumFileError(f"{path}: larger than {MAX_BYTES} bytes; not a checksum file") from None
     return parse(data, str(path))

@@ -25,7 +25,6 @@ import functools
 import hashlib
 import ipaddress
 import json
-import os
 import re
 import stat
 from collections.abc import Iterable, Iterator
@@ -35,7 +34,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from firstboot import secretref
+from firstboot import files, secretref
 from firstboot.errors import BadInput, ProfileError
 
 DEFAULTS_NAME = "defaults.yaml"
@@ -161,9 +160,6 @@ MAX_DEPTH = 32
 # can carry unquoted.
 PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.yaml")
 
-_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-
 # YAML tags a mapping key may resolve to, as the user would say them.
 _TAG_KIND = {"int": "an integer", "float": "a number", "bool": "true or false", "null": "null",
              "timestamp": "a date", "binary": "binary data", "merge": "a merge key (<<)",
@@ -243,39 +239,21 @@ def _key_problems(node: yaml.Node, path: list) -> Iterator[tuple[list, str]]:
 
 
 def _read_bytes(path: Path) -> bytes:
-    """A regular file's bytes, up to MAX_FILE_BYTES. Never blocks: a FIFO or
-    a device is refused from its stat, before it is opened, and the open is
-    non-blocking in case the path changed in between."""
+    """A regular file's bytes, up to MAX_FILE_BYTES, never blocking on a FIFO
+    or a device (firstboot/files.py)."""
     def refuse(message: str) -> ProfileError:
         return ProfileError([f"{shown(path)}: {message}"])
 
-    def check(mode: int, size: int) -> None:
-        for test, kind in _FILE_KINDS:
-            if test(mode):
-                raise refuse(f"is {kind}, not a regular file")
-        if not stat.S_ISREG(mode):
-            raise refuse("is not a regular file")
-        if size > MAX_FILE_BYTES:
-            raise refuse(f"is {size} bytes; a rack profile is at most {MAX_FILE_BYTES} bytes")
-
     try:
-        info = os.stat(path)
-        check(info.st_mode, info.st_size)
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        return files.read_regular(path, MAX_FILE_BYTES)
+    except files.NotRegularFile as err:
+        raise refuse(f"is {err.kind}, not a regular file") from None
+    except files.TooLarge as err:
+        if err.size is None:
+            raise refuse(f"is more than {MAX_FILE_BYTES} bytes; a rack profile is at most that") from None
+        raise refuse(f"is {err.size} bytes; a rack profile is at most {MAX_FILE_BYTES} bytes") from None
     except OSError as err:
         raise refuse(f"cannot read: {err.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        check(info.st_mode, info.st_size)
-        with os.fdopen(fd, "rb", closefd=False) as stream:
-            data = stream.read(MAX_FILE_BYTES + 1)
-    except OSError as err:
-        raise refuse(f"cannot read: {err.strerror}") from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_FILE_BYTES:
-        raise refuse(f"is more than {MAX_FILE_BYTES} bytes; a rack profile is at most that")
-    return data
 
 
 def _read_yaml(path: Path) -> dict:
@@ -496,7 +474,7 @@ def _manifest_files(raw: list[str], base: Path, problems: list | None = None) ->
         if problems is not None:
             problems.append((["manifests", index], message))
 
-    files = []
+    manifests = []
     root = base.resolve()
     for index, entry in enumerate(raw):
         parts = [part for part in entry.split("/") if part not in ("", ".")]
@@ -545,12 +523,12 @@ def _manifest_files(raw: list[str], base: Path, problems: list | None = None) ->
                     found.append(child)
             if not found and not [c for c in children if c.suffix in (".yaml", ".yml")]:
                 refuse(index, f"directory {entry!r} holds no *.yaml files")
-            files.extend(found)
+            manifests.extend(found)
         elif stat.S_ISREG(mode):
-            files.append(path)
+            manifests.append(path)
         else:
             refuse(index, f"{entry!r} is not a regular file or a directory")
-    return tuple(files)
+    return tuple(manifests)
 
 
 def _duplicates(problems: list, what: str, items: Iterable[tuple[list, object]]) -> None:

@@ -35,7 +35,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from firstboot import checksums
+from firstboot import checksums, files
 from firstboot.errors import BadInput, RackbootError
 from image import k3s_pins, k3s_version
 from image import log as progress
@@ -200,17 +200,13 @@ def fetch(version: str, destination: Path, mirror: str | None = None, arches=ARC
 def _read_regular(path: Path, limit: int) -> bytes:
     """The bytes of the regular file at path (not through a link), at most limit."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        return files.read_regular(path, limit, follow_symlinks=False)
+    except files.NotRegularFile as err:
+        raise BadInput(f"{path}: {err.kind}, not a regular file", hint=REFETCH_HINT) from None
+    except files.TooLarge:
+        raise BadInput(f"{path}: larger than {limit} bytes", hint=REFETCH_HINT) from None
     except OSError as err:
         raise BadInput(f"{path}: cannot read it ({err.strerror})", hint=REFETCH_HINT) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):      # before fdopen, which refuses a directory itself
-        os.close(fd)
-        raise BadInput(f"{path}: not a regular file", hint=REFETCH_HINT)
-    with os.fdopen(fd, "rb") as file:
-        data = file.read(limit + 1)
-    if len(data) > limit:
-        raise BadInput(f"{path}: larger than {limit} bytes", hint=REFETCH_HINT)
-    return data
 
 
 def _only_regular_files(bundle_dir: Path) -> list[str]:

@@ -12,12 +12,12 @@ credential: keep it like one. Such a seed image is written 0600.
 
 import json
 import os
-import stat
 import tempfile
 from pathlib import Path, PurePosixPath
 
 import yaml
 
+from firstboot import files
 from firstboot.errors import BadInput
 from firstboot.profile import RackProfile
 from image import agent_env as agent_env_file
@@ -41,16 +41,13 @@ def read_credentials(path: Path) -> str:
     small, UTF-8, holding a JSON object. Its content is never shown."""
     problem = f"{path}: not a readable JSON key file"
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        data = files.read_regular(path, KEY_MAX_BYTES)
+    except files.NotRegularFile as err:
+        raise BadInput(f"{problem} ({err.kind}, not a regular file)") from None
+    except files.TooLarge:
+        raise BadInput(f"{problem} (larger than {KEY_MAX_BYTES} bytes)") from None
     except OSError as err:
         raise BadInput(f"{problem} ({err.strerror})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):      # before fdopen, which refuses a directory itself
-        os.close(fd)
-        raise BadInput(f"{problem} (not a regular file)")
-    with os.fdopen(fd, "rb") as file:
-        data = file.read(KEY_MAX_BYTES + 1)
-    if len(data) > KEY_MAX_BYTES:
-        raise BadInput(f"{problem} (larger than {KEY_MAX_BYTES} bytes)")
     try:
         key = data.decode("utf-8")
         document = json.loads(key)

@@ -127,10 +127,10 @@ def test_read_refuses_links_fifos_and_huge_files(tmp_path):
     with pytest.raises(checksums.ChecksumFileError, match="link.txt: a symbolic link"):
         checksums.read(tmp_path / "link.txt")
     os.mkfifo(tmp_path / "fifo.txt")
-    with pytest.raises(checksums.ChecksumFileError, match="fifo.txt: not a regular file"):
+    with pytest.raises(checksums.ChecksumFileError, match="fifo.txt: a FIFO, not a regular file"):
         checksums.read(tmp_path / "fifo.txt")      # and does not block
     (tmp_path / "dir.txt").mkdir()
-    with pytest.raises(checksums.ChecksumFileError, match="dir.txt: not a regular file"):
+    with pytest.raises(checksums.ChecksumFileError, match="dir.txt: a directory, not a regular file"):
         checksums.read(tmp_path / "dir.txt")
     (tmp_path / "huge.txt").write_bytes(b"a" * (checksums.MAX_BYTES + 1))
     with pytest.raises(checksums.ChecksumFileError, match="huge.txt: larger than"):

@@ -220,9 +220,9 @@ def bad_key(tmp_path: Path, kind: str) -> Path:
 
 @pytest.mark.parametrize("kind, message", [
     ("missing", "No such file or directory"),
-    ("directory", "not a regular file"),
-    ("fifo", "not a regular file"),
-    ("device", "not a regular file"),
+    ("directory", "a directory, not a regular file"),
+    ("fifo", "a FIFO, not a regular file"),
+    ("device", "a character device, not a regular file"),
     ("huge", "larger than 65536 bytes"),
     ("not-json", "not JSON: Expecting value at line 1 column 1"),
     ("not-utf8", "not UTF-8"),
