@@ -29,13 +29,15 @@ def cloud(monkeypatch):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", storage_double.start())
     monkeypatch.setenv("RACKBOOT_KMS_EMULATOR_HOST", kms_double.start())
     kms_double.create_key(KEY)
-    bucket = secrets._storage_client().create_bucket(BUCKET)
+    bucket = secrets._storage_client().bucket(BUCKET)
+    bucket.versioning_enabled = True            # as `berglas bootstrap` creates its bucket
+    bucket.create()
     yield bucket, kms_double
     kms_double.stop()
     storage_double.stop()
 
 
-def berglas_create(bucket, name: str, plaintext: bytes, key: str = KEY) -> None:
+def berglas_create(bucket, name: str, plaintext: bytes, key: str = KEY) -> int:
     """What `berglas create BUCKET/NAME VALUE --key KEY` stores."""
     dek = os.urandom(32)
     nonce = os.urandom(12)
@@ -46,6 +48,7 @@ def berglas_create(bucket, name: str, plaintext: bytes, key: str = KEY) -> None:
     blob.metadata = {"berglas-kms-key": key, "berglas-secret": "1"}
     blob.upload_from_string(base64.b64encode(encrypted_dek) + b":" + base64.b64encode(sealed),
                             content_type="text/plain")
+    return blob.generation
 
 
 def test_reads_a_secret_written_the_berglas_way(cloud, caplog):
@@ -112,3 +115,38 @@ def test_kubernetes_secret_yaml_in_berglas(cloud):
                    b"apiVersion: v1\nkind: Secret\ndata:\n  key.json: " + base64.b64encode(b'{"k": 1}') + b"\n")
     ref = secretref.parse(f"berglas://{BUCKET}/etc/alert-to-pubsub", key="key.json")
     assert secrets.access(ref) == b'{"k": 1}'
+
+
+def test_pinned_generation_reads_that_generation(cloud):
+    """berglas://BUCKET/OBJECT#GENERATION: an older generation of a versioned
+    bucket's object, as `berglas access` reads it."""
+    bucket, _ = cloud
+    first = berglas_create(bucket, "etc/k3s-node-token", b"first-token")
+    second = berglas_create(bucket, "etc/k3s-node-token", TOKEN)
+    assert first != second
+    assert secrets.access(secretref.parse(f"berglas://{BUCKET}/etc/k3s-node-token")) == TOKEN
+    assert secrets.access(secretref.parse(f"berglas://{BUCKET}/etc/k3s-node-token#{first}")) == b"first-token"
+    assert secrets.access(secretref.parse(f"berglas://{BUCKET}/etc/k3s-node-token#{second}")) == TOKEN
+
+
+def test_missing_generation_fails_at_once_naming_it(cloud):
+    bucket, _ = cloud
+    generation = berglas_create(bucket, "etc/k3s-node-token", TOKEN)
+    ref = secretref.parse(f"berglas://{BUCKET}/etc/k3s-node-token#{generation + 1}")
+    with pytest.raises(secrets.SecretError, match=re.escape(f"{ref}: NotFound")) as caught:
+        secrets.access(ref, sleep=pytest.fail)
+    assert "objectViewer" in caught.value.hint and TOKEN.decode() not in str(caught.value)
+
+
+def test_unversioned_bucket_keeps_no_old_generation(cloud):
+    """The double is no kinder than Cloud Storage: without Object Versioning
+    an overwrite leaves only the new generation."""
+    from google.api_core import exceptions
+    plain = secrets._storage_client().create_bucket("plain-bucket")
+    old = plain.blob("obj")
+    old.upload_from_string(b"old")
+    new = plain.blob("obj")
+    new.upload_from_string(b"new")
+    with pytest.raises(exceptions.NotFound):
+        plain.blob("obj", generation=old.generation).download_as_bytes()
+    assert plain.blob("obj", generation=new.generation).download_as_bytes() == b"new"
