@@ -82,7 +82,12 @@ def _is_mount_point(path: Path) -> bool:
     return _mount_at(path) is not None
 
 
-def require_own_filesystem(path: Path, what: str) -> None:
+PI_ROOT_HINT = (f"the Pis' root must be a filesystem of its own: {PI_ROOT_UNIT} mounts the image's "
+                f"{PI_ROOT_IMAGE} at {PI_ROOT} (systemctl status '{PI_ROOT_UNIT}'); an image without "
+                "that file predates it and must be rebuilt with ./build.py image")
+
+
+def require_own_filesystem(path: Path, what: str, hint: str = PI_ROOT_HINT) -> None:
     """Refuse to export path unless it is the whole of a filesystem other than
     the root's: everything a file handle can reach on that filesystem is then
     under path. (A bind mount of a directory is a mount point too, but the
@@ -98,10 +103,15 @@ def require_own_filesystem(path: Path, what: str) -> None:
         return
     raise RackbootError(
         f"refusing to export {path} ({what}): it {problem}, and an NFS client could reach every file of "
-        "that filesystem by file handle (the jumphost's tokens, keys and credentials)",
-        hint=f"the Pis' root must be a filesystem of its own: {PI_ROOT_UNIT} mounts the image's "
-             f"{PI_ROOT_IMAGE} at {PI_ROOT} (systemctl status '{PI_ROOT_UNIT}'); an image without "
-             "that file predates it and must be rebuilt with ./build.py image")
+        "that filesystem by file handle (the jumphost's tokens, keys and credentials)", hint=hint)
+
+
+def _withdraw_export() -> None:
+    """No export of the Pis' root at all rather than one of the wrong
+    filesystem: an earlier run's export is unloaded."""
+    if EXPORTS.exists():
+        EXPORTS.unlink()
+        subprocess.run(["exportfs", "-ra"], stdin=subprocess.DEVNULL, capture_output=True)
 
 
 def _bind(source: Path, target: Path) -> bool:
@@ -148,14 +158,20 @@ def serve(profile) -> dict:
         raise RackbootError(f"this image has no Pi netboot files for rack {profile.rack} "
                             f"(missing {', '.join(missing)})",
                             hint="rebuild the jumphost image: ./build.py image builds the Pi root and TFTP tree")
-    require_own_filesystem(PI_ROOT, "the Pis' root")
     changed = []
+    nfs_root = Path(profile.netboot.nfs_root)
+    try:
+        require_own_filesystem(PI_ROOT, "the Pis' root")
+        if nfs_root != PI_ROOT and _bind(PI_ROOT, nfs_root):
+            changed.append("nfs-root")
+        require_own_filesystem(nfs_root, "netboot.nfs_root",
+                               hint=f"the agent bind-mounts the Pis' root {PI_ROOT} at netboot.nfs_root; "
+                                    f"unmount what is mounted at {nfs_root} (findmnt {nfs_root})")
+    except RackbootError:
+        _withdraw_export()
+        raise
     if _link(Path(profile.netboot.tftp_root), tree):
         changed.append("tftp-root")
-    nfs_root = Path(profile.netboot.nfs_root)
-    if nfs_root != PI_ROOT and _bind(PI_ROOT, nfs_root):
-        changed.append("nfs-root")
-    require_own_filesystem(nfs_root, "netboot.nfs_root")
     for target, name in ((EXPORTS, "exports"), (DNSMASQ_CONF, "dnsmasq-config"),
                          (UNIT_DIR / DNSMASQ_UNIT, "dnsmasq-unit"), (UNIT_DIR / JOIN_UNIT, "join-unit")):
         if system.place_file(rendered / "jumphost/rootfs" / target.relative_to("/"), target):

@@ -183,6 +183,27 @@ def test_pi_root_on_the_jumphost_filesystem_is_never_exported(rack):
     nothing_served(rack)
 
 
+def test_a_refused_pi_root_withdraws_an_earlier_export(rack):
+    """Served once; then the Pis' root is no longer a filesystem of its own
+    (its unit changed to bind a directory of the jumphost's filesystem): the
+    next run refuses and unloads the earlier export rather than keep it."""
+    m = rack.machine
+    done = rack.agent()
+    assert done.returncode == 0, done.stderr + rack.status_text()
+    assert m.path("/var/lib/nfs/etab").read_text().startswith("/srv/rackboot/pi-root\t")
+    stopped = m.run(["systemctl", "stop", serve.PI_ROOT_UNIT])
+    assert stopped.returncode == 0, stopped.stderr
+    (m.path("/srv/rackboot") / "old-pi-root/usr/lib/rackboot").mkdir(parents=True)
+    m.path(f"/etc/systemd/system/{serve.PI_ROOT_UNIT}").write_text(
+        netboot.PI_ROOT_MOUNT_UNIT.replace("What=/usr/lib/rackboot/pi-root.squashfs", "What=/srv/rackboot/old-pi-root")
+        .replace("Type=squashfs", "Type=none").replace("Options=ro,loop,", "Options=bind,ro,"))
+    failed = rack.agent()
+    assert failed.returncode != 0
+    assert rack.status()["steps"]["serve"]["error"].startswith("refusing to export /srv/rackboot/pi-root ")
+    assert not m.path("/etc/exports.d/rackboot.exports").exists()
+    assert "/srv/rackboot/pi-root" not in m.path("/var/lib/nfs/etab").read_text()
+
+
 def test_pi_root_without_its_mount_is_never_exported(rack):
     """The mount unit missing (an image from before the squashfs): no export
     of the empty directory beneath."""
