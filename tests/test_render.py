@@ -11,18 +11,20 @@ import yaml
 
 from firstboot.profile import load_profiles
 from image import render
+from tests.doubles import k3s_standin
 
 REPO = Path(__file__).resolve().parent.parent
 EXPECTED = Path(__file__).parent / "expected"
 GOLDEN_RACKS = ("example", "skolo-rack4")
 UPDATE = os.environ.get("RACKBOOT_UPDATE_GOLDEN") == "1"
 
-# Flags of `k3s server` and `k3s agent` that rackboot writes into config.yaml
-# (docs.k3s.io/cli/server, /cli/agent). A key outside these is a typo k3s
-# would reject at start-up, long after the image was flashed.
-K3S_SERVER_KEYS = {"token-file", "agent-token-file", "write-kubeconfig-mode", "node-name", "node-ip",
-                   "https-listen-port", "tls-san", "disable", "node-label"}
-K3S_AGENT_KEYS = {"server", "token-file", "node-name", "node-label"}
+# The keys a rendered config.yaml may hold: the flags the k3s stand-in takes
+# (one list, tests/doubles/k3s_standin.py). A key outside them is a typo or a
+# flag nobody has tested: `k3s server` logs "Unknown flag ... skipping" and
+# starts without it (so the setting is silently lost), `k3s agent` refuses
+# to start; either way long after the image was flashed.
+K3S_SERVER_KEYS = k3s_standin.SERVER_FLAGS
+K3S_AGENT_KEYS = k3s_standin.AGENT_FLAGS
 
 
 @pytest.fixture(scope="module")
@@ -157,19 +159,50 @@ def test_dnsmasq_config_follows_dhcp_mode(rendered):
 def test_k3s_configs_parse_and_use_known_keys(rendered, rack):
     [profile] = load_profiles([REPO / "rack-profiles" / f"{rack}.yaml"])
     server = yaml.safe_load((rendered / rack / "jumphost/rootfs/etc/rancher/k3s/config.yaml").read_text())
-    assert set(server) <= K3S_SERVER_KEYS
+    assert set(server) - K3S_SERVER_KEYS == set()
     assert server["node-ip"] == str(profile.jumphost.address)
     assert f"rackboot.dev/rack={rack}" in server["node-label"]
     nodes = sorted((rendered / rack / "pi/nodes").iterdir())
     assert [n.name for n in nodes] == sorted(pi.name for pi in profile.pis)
     for pi in profile.pis:
         agent = yaml.safe_load((rendered / rack / "pi/nodes" / pi.name / "etc/rancher/k3s/config.yaml").read_text())
-        assert set(agent) <= K3S_AGENT_KEYS
+        assert set(agent) - K3S_AGENT_KEYS == set()
         assert agent["server"] == f"https://{profile.jumphost.address}:{profile.k3s.api_port}"
         assert agent["node-name"] == pi.name
         assert agent["node-label"][:3] == [f"rackboot.dev/rack={rack}", "rackboot.dev/role=pi",
                                           f"rackboot.dev/model={pi.model}"]
         assert [label.split("=", 1) for label in agent["node-label"][3:]] == [list(kv) for kv in pi.labels]
+
+
+def _standin_config(tmp_path, monkeypatch, command: str, text: str, dropin: str | None = None):
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    if dropin is not None:
+        (tmp_path / "config.yaml.d").mkdir()
+        (tmp_path / "config.yaml.d/50-more.yaml").write_text(dropin)
+    monkeypatch.setenv("K3S_CONFIG_FILE", str(config))
+    return k3s_standin.load_config([], command)
+
+
+def test_standin_server_logs_unknown_flag_and_carries_on(tmp_path, monkeypatch, capsys):
+    """As k3s (pkg/configfilearg stripInvalidFlags): the key is logged and skipped."""
+    config = _standin_config(tmp_path, monkeypatch, "server", "node-name: a\nnode-lable:\n  - x=y\n")
+    assert config == {"node-name": "a"}
+    assert "Unknown flag --node-lable found in config.yaml, skipping" in capsys.readouterr().err
+
+
+def test_standin_agent_refuses_unknown_flag(tmp_path, monkeypatch, capsys):
+    """k3s filters only the server's config; the agent's flag parser refuses the key."""
+    with pytest.raises(SystemExit):
+        _standin_config(tmp_path, monkeypatch, "agent", "server: https://h:6443\ndisable:\n  - traefik\n")
+    assert "flag provided but not defined: -disable" in capsys.readouterr().err
+
+
+def test_standin_dropins_replace_keys_unless_appended(tmp_path, monkeypatch):
+    """As k3s: a drop-in's key replaces the earlier value; KEY+ appends to it."""
+    base = "node-label:\n  - a=1\ntls-san:\n  - one\n"
+    config = _standin_config(tmp_path, monkeypatch, "server", base, "node-label:\n  - b=2\ntls-san+:\n  - two\n")
+    assert config["node-label"] == ["b=2"] and config["tls-san"] == ["one", "two"]
 
 
 def test_router_hosts_snippet(rendered):

@@ -7,11 +7,13 @@ k3s's command line, files and protocols that rackboot relies on:
 
   k3s --version
   k3s server   reads --config / K3S_CONFIG_FILE (default /etc/rancher/k3s/config.yaml)
-               and config.yaml.d/*.yaml; keys: token, token-file, node-name,
-               node-ip, node-label, https-listen-port, write-kubeconfig,
-               write-kubeconfig-mode, data-dir, tls-san, disable,
-               agent-token, agent-token-file (a second secret that joins
-               agents only; written to DATA/server/agent-token as k3s does).
+               and config.yaml.d/*.yaml; keys: SERVER_FLAGS below (token,
+               token-file, node-name, node-ip, node-label, https-listen-port,
+               write-kubeconfig, write-kubeconfig-mode, data-dir, tls-san,
+               disable, agent-token, agent-token-file: a second secret that
+               joins agents only; written to DATA/server/agent-token as k3s
+               does). Another key is logged "Unknown flag --KEY found in
+               config.yaml, skipping" and skipped, as k3s does.
                Makes its CAs and certificates (openssl), writes
                DATA/server/token and node-token ("K10<sha256 of CA>::server:SECRET"),
                the admin kubeconfig, registers its own node, serves a Kubernetes
@@ -21,11 +23,13 @@ k3s's command line, files and protocols that rackboot relies on:
   k3s token rotate --token OLD --new-token NEW [--server URL]
                asks the running server to take NEW: it rewrites server/token
                and node-token and accepts only NEW from then on, as k3s does.
-  k3s agent    reads the same config (server, token, token-file, node-name,
-               node-label); pins the server CA when the token is K10-style;
-               presents /etc/rancher/node/password; a node name already
-               registered with another password gets k3s's "Node password
-               rejected" and is retried, as the real agent does.
+  k3s agent    reads the same config (AGENT_FLAGS: server, token, token-file,
+               node-name, node-label); another key in it stops the agent
+               ("flag provided but not defined"), as k3s's agent does; pins
+               the server CA when the token is K10-style; presents
+               /etc/rancher/node/password; a node name already registered
+               with another password gets k3s's "Node password rejected" and
+               is retried, as the real agent does.
                Server and agent refuse to start with node labels in the
                kubernetes.io / k8s.io namespaces that a kubelet may not set
                (kubelet's --node-labels check; node-restriction.kubernetes.io/*
@@ -80,9 +84,17 @@ NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z
 REJECTED = ("Node password rejected, duplicate hostname or contents of '/etc/rancher/node/password' "
             "may not match server node-passwd entry, try enabling a unique node name with the "
             "--with-node-id flag")
-KNOWN_KEYS = {"agent-token-file", "token", "token-file", "server", "node-name", "node-ip", "node-label",
-              "https-listen-port", "write-kubeconfig", "write-kubeconfig-mode", "data-dir",
-              "tls-san", "disable", "agent-token", "snapshotter", "prefer-bundled-bin"}
+# The flags of `k3s agent` and `k3s server` this stand-in takes, from config
+# files and the command line: the single list of keys rackboot may render
+# (tests/test_render.py checks against it). Real k3s has many more; a key
+# outside these is unknown here, as a misspelt key is to k3s (load_config).
+# snapshotter and prefer-bundled-bin are taken and have no effect (no containers run).
+AGENT_FLAGS = frozenset({"server", "token", "token-file", "node-name", "node-ip", "node-label", "data-dir",
+                         "snapshotter", "prefer-bundled-bin"})
+SERVER_FLAGS = frozenset({"token", "token-file", "agent-token", "agent-token-file", "node-name", "node-ip",
+                          "node-label", "https-listen-port", "write-kubeconfig", "write-kubeconfig-mode",
+                          "data-dir", "tls-san", "disable", "snapshotter", "prefer-bundled-bin"})
+LIST_FLAGS = frozenset({"node-label", "tls-san", "disable"})
 
 # group, version, kind, plural, namespaced
 RESOURCES = [
@@ -112,6 +124,11 @@ BY_PATH = {(g, v, plural): (kind, namespaced) for g, v, kind, plural, namespaced
 def log(message: str) -> None:
     # k3s logs logrus-style lines to stderr; systemd puts them in the journal.
     print(f'time="{time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}" level=info msg="{message}"',
+          file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    print(f'time="{time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}" level=warning msg="{message}"',
           file=sys.stderr, flush=True)
 
 
@@ -162,7 +179,14 @@ def _scalar(text: str):
     return int(text) if text.isdigit() else text
 
 
-def load_config(argv: list[str]) -> dict:
+def load_config(argv: list[str], command: str) -> dict:
+    """k3s's configuration as k3s reads it (pkg/configfilearg): config.yaml,
+    then config.yaml.d/*.yaml in name order (a later file's key replaces an
+    earlier one's; KEY+ appends to a list), then the command line. A key
+    `k3s server` does not know is logged "Unknown flag ... skipping" and
+    skipped: k3s carries on. `k3s agent` does not filter its config, so its
+    flag parser refuses the key and k3s exits, as on the command line."""
+    known = SERVER_FLAGS if command == "server" else AGENT_FLAGS
     path = Path(os.environ.get("K3S_CONFIG_FILE", "/etc/rancher/k3s/config.yaml"))
     flags = {}
     args = iter(argv)
@@ -171,27 +195,38 @@ def load_config(argv: list[str]) -> dict:
             path = Path(next(args))
         elif arg.startswith("--"):
             key, _, value = arg[2:].partition("=")
+            if key not in known:
+                fatal(f"flag provided but not defined: -{key}")
             flags.setdefault(key, []).append(value if value else next(args))
         else:
             fatal(f"unexpected argument {arg!r}")
     config = {}
     files = [path] if path.exists() else []
-    files += sorted(Path(str(path) + ".d").glob("*.yaml"))
+    files += sorted(p for p in Path(str(path) + ".d").glob("*")
+                     if p.suffix.lower() in (".yaml", ".yml") and p.is_file())
     for file in files:
         for key, value in parse_yaml_config(file.read_text(), str(file)).items():
-            if key not in KNOWN_KEYS:
-                fatal(f"{file}: unknown flag {key!r}")
-            if isinstance(value, list) and key in config and isinstance(config[key], list):
-                config[key] = config[key] + value   # k3s appends list flags from drop-ins
+            append, key = key.endswith("+"), key.removesuffix("+")
+            if key not in known:
+                if command != "server":
+                    fatal(f"flag provided but not defined: -{key}")
+                warn(f"Unknown flag --{key} found in config.yaml, skipping")
+                continue
+            if append and key in config:
+                config[key] = _as_list(config[key]) + _as_list(value)
             else:
                 config[key] = value
     for key, values in flags.items():
-        config[key] = values if key in ("node-label", "tls-san", "disable") else values[-1]
+        config[key] = (_as_list(config.get(key, [])) + values) if key in LIST_FLAGS else values[-1]
     if "K3S_TOKEN" in os.environ:
         config.setdefault("token", os.environ["K3S_TOKEN"])
     if "K3S_URL" in os.environ:
         config.setdefault("server", os.environ["K3S_URL"])
     return config
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
 
 
 def read_token(config: dict, key: str = "token") -> str:
@@ -1047,9 +1082,9 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     command, rest = argv[0], argv[1:]
     if command == "server":
-        Server(load_config(rest)).start()
+        Server(load_config(rest, "server")).start()
     elif command == "agent":
-        run_agent(load_config(rest))
+        run_agent(load_config(rest, "agent"))
     elif command == "token" and rest[:1] == ["rotate"]:
         return rotate_token(rest[1:])
     else:
