@@ -1,5 +1,6 @@
 """Secrets through the real client libraries, against the doubles in
-tests/doubles/ (or the real services: see each double's first line)."""
+tests/doubles/ (or the real services: RACKBOOT_REAL_GOOGLE=1, see
+tests/doubles/__init__.py)."""
 
 import base64
 import logging
@@ -12,14 +13,20 @@ from pathlib import Path
 import pytest
 
 from firstboot import secretref, secrets
-from tests.doubles.secret_manager import SecretManagerDouble
+from tests import doubles
+from tests.doubles.secret_manager import RealSecretManager, SecretManagerDouble
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = b"K10-this-is-a-test-token::server:5ecret-value-never-logged"
+PROJECT = doubles.google_names().project
 
 
 @pytest.fixture
 def sm(monkeypatch):
+    if doubles.real_google():
+        doubles.use_real_google(monkeypatch)
+        yield RealSecretManager()
+        return
     double = SecretManagerDouble()
     monkeypatch.setenv("SECRET_MANAGER_EMULATOR_HOST", double.start())
     yield double
@@ -31,41 +38,41 @@ def no_sleep(_):
 
 
 def test_secret_manager_latest_and_pinned_version(sm):
-    sm.add("rackboot-test", "k3s-token", b"old")
-    sm.add("rackboot-test", "k3s-token", TOKEN)
-    assert secrets.access(secretref.parse("sm://rackboot-test/k3s-token")) == TOKEN
-    assert secrets.access(secretref.parse("sm://rackboot-test/k3s-token#1")) == b"old"
-    assert sm.calls == ["projects/rackboot-test/secrets/k3s-token/versions/latest",
-                        "projects/rackboot-test/secrets/k3s-token/versions/1"]
+    sm.add(PROJECT, "k3s-token", b"old")
+    sm.add(PROJECT, "k3s-token", TOKEN)
+    assert secrets.access(secretref.parse(f"sm://{PROJECT}/k3s-token")) == TOKEN
+    assert secrets.access(secretref.parse(f"sm://{PROJECT}/k3s-token#1")) == b"old"
+    assert sm.calls == [f"projects/{PROJECT}/secrets/k3s-token/versions/latest",
+                        f"projects/{PROJECT}/secrets/k3s-token/versions/1"]
 
 
 def test_unavailable_for_a_while_then_back(sm, caplog):
-    sm.add("rackboot-test", "k3s-token", TOKEN)
+    sm.add(PROJECT, "k3s-token", TOKEN)
     sm.fail_next(3)
     waits = []
     with caplog.at_level(logging.WARNING):
-        assert secrets.access(secretref.parse("sm://rackboot-test/k3s-token"), sleep=waits.append) == TOKEN
+        assert secrets.access(secretref.parse(f"sm://{PROJECT}/k3s-token"), sleep=waits.append) == TOKEN
     assert waits == [1, 2, 4] and len(sm.calls) == 4
     assert "ServiceUnavailable; retrying in 1 s" in caplog.text
     assert TOKEN.decode() not in caplog.text
 
 
 def test_gives_up_naming_the_reference(sm):
-    sm.add("rackboot-test", "k3s-token", TOKEN)
+    sm.add(PROJECT, "k3s-token", TOKEN)
     sm.fail_next(10)
-    with pytest.raises(secrets.SecretError, match=r"sm://rackboot-test/k3s-token: ServiceUnavailable "
+    with pytest.raises(secrets.SecretError, match=rf"sm://{PROJECT}/k3s-token: ServiceUnavailable "
                                                   r"\(gave up after 3 attempts\)"):
-        secrets.access(secretref.parse("sm://rackboot-test/k3s-token"), delays=(0, 0), sleep=no_sleep)
+        secrets.access(secretref.parse(f"sm://{PROJECT}/k3s-token"), delays=(0, 0), sleep=no_sleep)
 
 
 @pytest.mark.parametrize("setup, expected", [
-    (lambda sm: None, "sm://rackboot-test/missing: NotFound"),
-    (lambda sm: sm.denied.add("projects/rackboot-test/secrets/missing"), "sm://rackboot-test/missing: PermissionDenied"),
+    (lambda sm: None, f"sm://{PROJECT}/missing: NotFound"),
+    (lambda sm: sm.denied.add(f"projects/{PROJECT}/secrets/missing"), f"sm://{PROJECT}/missing: PermissionDenied"),
 ])
 def test_not_found_and_denied_fail_at_once(sm, setup, expected):
     setup(sm)
     with pytest.raises(secrets.SecretError, match=expected) as caught:
-        secrets.access(secretref.parse("sm://rackboot-test/missing"), sleep=pytest.fail)
+        secrets.access(secretref.parse(f"sm://{PROJECT}/missing"), sleep=pytest.fail)
     assert len(sm.calls) == 1
     assert "secretAccessor" in caught.value.hint
 
@@ -73,7 +80,7 @@ def test_not_found_and_denied_fail_at_once(sm, setup, expected):
 def test_unreachable_store_is_transient(monkeypatch):
     monkeypatch.setenv("SECRET_MANAGER_EMULATOR_HOST", "127.0.0.1:9")   # nothing listens
     with pytest.raises(secrets.SecretError, match="gave up after 2 attempts"):
-        secrets.access(secretref.parse("sm://rackboot-test/k3s-token"), delays=(0,), sleep=no_sleep)
+        secrets.access(secretref.parse(f"sm://{PROJECT}/k3s-token"), delays=(0,), sleep=no_sleep)
 
 
 def test_file_secret(tmp_path):
@@ -94,10 +101,10 @@ def test_kubernetes_secret_yaml_is_unwrapped(tmp_path):
 
 
 def test_access_command_prints_the_value_only(sm):
-    sm.add("rackboot-test", "k3s-token", TOKEN)
-    result = subprocess.run([sys.executable, "-m", "firstboot", "access", "sm://rackboot-test/k3s-token"],
+    sm.add(PROJECT, "k3s-token", TOKEN)
+    result = subprocess.run([sys.executable, "-m", "firstboot", "access", f"sm://{PROJECT}/k3s-token"],
                             cwd=REPO, capture_output=True, timeout=60,
-                            env={"SECRET_MANAGER_EMULATOR_HOST": sm.address, "PATH": "/usr/bin:/bin"})
+                            env={**sm.client_env(), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
     assert result.stdout == TOKEN and TOKEN not in result.stderr
 
@@ -157,19 +164,19 @@ def test_payload_checksum_is_sent_and_matches(sm):
     from google.cloud import secretmanager_v1
     from google.cloud.secretmanager_v1.services.secret_manager_service.transports import (
         SecretManagerServiceGrpcTransport)
-    sm.add("rackboot-test", "k3s-token", TOKEN)
+    sm.add(PROJECT, "k3s-token", TOKEN)
     client = secrets._google_client(secretmanager_v1.SecretManagerServiceClient, SecretManagerServiceGrpcTransport,
                                     "SECRET_MANAGER_EMULATOR_HOST", "RACKBOOT_SECRET_MANAGER_ENDPOINT")
-    payload = client.access_secret_version(name="projects/rackboot-test/secrets/k3s-token/versions/latest").payload
+    payload = client.access_secret_version(name=f"projects/{PROJECT}/secrets/k3s-token/versions/latest").payload
     assert "data_crc32c" in payload and payload.data_crc32c == google_crc32c.value(TOKEN)
-    assert secrets.access(secretref.parse("sm://rackboot-test/k3s-token")) == TOKEN
+    assert secrets.access(secretref.parse(f"sm://{PROJECT}/k3s-token")) == TOKEN
 
 
 def test_payload_that_does_not_match_its_checksum_is_refused(sm, caplog):
-    sm.add("rackboot-test", "k3s-token", TOKEN)
-    sm.corrupt_checksum("rackboot-test", "k3s-token")
+    sm.add(PROJECT, "k3s-token", TOKEN)
+    sm.corrupt_checksum(PROJECT, "k3s-token")
     with caplog.at_level(logging.DEBUG), pytest.raises(
-            secrets.SecretError, match=r"^sm://rackboot-test/k3s-token: the value read does not match "
+            secrets.SecretError, match=rf"^sm://{PROJECT}/k3s-token: the value read does not match "
                                        r"its checksum \(data_crc32c\)") as caught:
-        secrets.access(secretref.parse("sm://rackboot-test/k3s-token"), sleep=pytest.fail)
+        secrets.access(secretref.parse(f"sm://{PROJECT}/k3s-token"), sleep=pytest.fail)
     assert TOKEN.decode() not in str(caught.value) + caught.value.hint + caplog.text

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Stand-in for the real k3s binary (k3s-io/k3s); to run the tests against real k3s, set RACKBOOT_K3S_BUNDLE=DIR (a bundle from `./build.py fetch-k3s`).
+"""Stands in for the real k3s binary (k3s-io/k3s); against real k3s (untested here: no real bundle on this machine): RACKBOOT_K3S_BUNDLE=DIR, a bundle from `./build.py fetch-k3s`, for the pretend-machine and VM tests.
 
 It is what a test bundle carries as `k3s` / `k3s-arm64`, so the agent installs
 and runs it exactly as it would the real binary. It implements the part of

@@ -1,4 +1,4 @@
-"""Stands in for Google Cloud KMS (cloudkms.googleapis.com, gRPC); to test against the real service, create a key ring and key in a project you own, unset RACKBOOT_KMS_EMULATOR_HOST and STORAGE_EMULATOR_HOST, and provide Application Default Credentials.
+"""Stands in for Google Cloud KMS (cloudkms.googleapis.com, gRPC); against the real service (untested here): RACKBOOT_REAL_GOOGLE=1 RACKBOOT_TEST_KMS_KEY=projects/P/locations/L/keyRings/R/cryptoKeys/K with Application Default Credentials (tests/doubles/__init__.py).
 
 A gRPC server speaking google.cloud.kms.v1.KeyManagementService's Encrypt and
 Decrypt with the client library's own message types. Each key is a real

@@ -1,4 +1,4 @@
-"""Stands in for Google Secret Manager (secretmanager.googleapis.com, gRPC); to test against the real service, create the secrets these tests name in a project you own, unset SECRET_MANAGER_EMULATOR_HOST and provide Application Default Credentials.
+"""Stands in for Google Secret Manager (secretmanager.googleapis.com, gRPC); against the real service (untested here): RACKBOOT_REAL_GOOGLE=1 RACKBOOT_TEST_PROJECT=P with Application Default Credentials (tests/doubles/__init__.py).
 
 A gRPC server speaking google.cloud.secretmanager.v1.SecretManagerService's
 AccessSecretVersion with the client library's own message types, so the
@@ -9,11 +9,13 @@ PERMISSION_DENIED, ...), and a secret's checksum can be corrupted (what a
 payload damaged on the way looks like to the client).
 """
 
+import os
 import threading
 from concurrent import futures
 
 import google_crc32c
 import grpc
+import pytest
 from google.cloud.secretmanager_v1 import types
 
 SERVICE = "google.cloud.secretmanager.v1.SecretManagerService"
@@ -83,3 +85,40 @@ class SecretManagerDouble:
     def stop(self) -> None:
         if self._server:
             self._server.stop(grace=None)
+
+    def client_env(self) -> dict[str, str]:
+        """What a client in another process needs to reach this double."""
+        return {"SECRET_MANAGER_EMULATOR_HOST": self.address}
+
+
+class RealSecretManager:
+    """The double's interface over the real service (RACKBOOT_REAL_GOOGLE=1;
+    untested here): add() adds a version to a real secret, creating it; what
+    only the double can do skips the test."""
+
+    def __init__(self):
+        from firstboot import secrets
+        self._client = secrets._secret_manager_client()
+        self.address = None
+
+    def add(self, project: str, name: str, value: bytes) -> None:
+        from google.api_core import exceptions
+        try:
+            self._client.create_secret(request={"parent": f"projects/{project}", "secret_id": name,
+                                                "secret": {"replication": {"automatic": {}}}})
+        except exceptions.AlreadyExists:
+            pass
+        self._client.add_secret_version(request={"parent": f"projects/{project}/secrets/{name}",
+                                                 "payload": {"data": value}})
+
+    def client_env(self) -> dict[str, str]:
+        return {name: os.environ[name] for name in ("GOOGLE_APPLICATION_CREDENTIALS", "HOME") if name in os.environ}
+
+    def _double_only(self, *args, **kwargs):
+        pytest.skip("needs the Secret Manager double (faults, call records, checksums)")
+
+    fail_next = recover = corrupt_checksum = _double_only
+    calls = denied = property(_double_only)
+
+    def stop(self) -> None:
+        pass
