@@ -1,4 +1,4 @@
-"""Stands in for the k3s release downloads on GitHub (github.com/k3s-io/k3s/releases); to test fetch-k3s against the real thing, run ./build.py fetch-k3s v1.31.4+k3s1 -o DIR on a machine that reaches GitHub.
+"""Stands in for the k3s release downloads on GitHub (github.com/k3s-io/k3s/releases); to test fetch-k3s against the real thing, run ./build.py fetch-k3s v1.31.4+k3s1 -o DIR on a machine that reaches GitHub (by hand: the tests have no switch for it; untested here).
 
 An HTTP server serving a directory shaped like one k3s release: binaries
 (the k3s stand-in, which says the release's version as `k3s --version`),

@@ -1,4 +1,4 @@
-"""Stands in for a k3s air-gap bundle (./build.py fetch-k3s) by carrying tests/doubles/k3s_standin.py as its `k3s` binaries; to run the tests against real k3s, set RACKBOOT_K3S_BUNDLE=DIR to a bundle fetched with ./build.py fetch-k3s.
+"""Stands in for a k3s air-gap bundle (./build.py fetch-k3s) by carrying tests/doubles/k3s_standin.py as its `k3s` binaries; to run the tests against real k3s, set RACKBOOT_K3S_BUNDLE=DIR to a bundle fetched with ./build.py fetch-k3s (untested here: no real bundle on this machine).
 
 The layout and checksum files are a real bundle's, so the image build
 (image.k3s_bundle.verify) and the agent's k3s step take it as one.
