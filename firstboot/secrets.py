@@ -26,12 +26,12 @@ import base64
 import binascii
 import logging
 import os
-import stat
 import time
 from collections.abc import Callable
 
 import yaml
 
+from firstboot import files
 from firstboot.errors import RackbootError
 from firstboot.secretref import SecretRef
 
@@ -53,41 +53,22 @@ FILE_MAX_BYTES = 64 * 1024      # a token, a key file or a Secret YAML; more is 
 
 def _file(ref: SecretRef) -> bytes:
     """A regular file's bytes. Anything else is refused without being read or
-    waited on: a FIFO would block the agent, a device has no end (/dev/zero)
-    or side effects, a directory is no value."""
-    path = ref.name
+    waited on (firstboot/files.py): a FIFO would block the agent, a device has
+    no end (/dev/zero) or side effects, a directory is no value."""
     try:
-        # stat first, so a FIFO or device is never opened; the descriptor is
-        # checked again (O_NONBLOCK: even a FIFO swapped in since cannot block).
-        mode = os.stat(path).st_mode
-        if not stat.S_ISREG(mode):
-            raise SecretError(f"{ref}: not a regular file ({_kind(mode)})",
-                              hint="a file:// reference names a file holding the value")
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        return files.read_regular(ref.name, FILE_MAX_BYTES)
+    except files.NotRegularFile as err:
+        raise SecretError(f"{ref}: not a regular file ({err.kind})",
+                          hint="a file:// reference names a file holding the value") from None
+    except files.TooLarge:
+        raise SecretError(f"{ref}: larger than {FILE_MAX_BYTES // 1024} KiB, which no secret value is",
+                          hint="check the reference: it should name the file holding the value") from None
     except FileNotFoundError:
         raise SecretError(f"{ref}: no such file") from None
     except PermissionError:
         raise SecretError(f"{ref}: permission denied", hint="the agent runs as root; check the file's mode") from None
     except OSError as err:
         raise SecretError(f"{ref}: {err.strerror}") from None
-    with os.fdopen(fd, "rb") as secret:
-        mode = os.fstat(secret.fileno()).st_mode
-        if not stat.S_ISREG(mode):
-            raise SecretError(f"{ref}: not a regular file ({_kind(mode)})",
-                              hint="a file:// reference names a file holding the value")
-        value = secret.read(FILE_MAX_BYTES + 1)
-    if len(value) > FILE_MAX_BYTES:
-        raise SecretError(f"{ref}: larger than {FILE_MAX_BYTES // 1024} KiB, which no secret value is",
-                          hint="check the reference: it should name the file holding the value")
-    return value
-
-
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "not a file"
 
 
 def _google_client(client_class, transport_class, emulator_env: str, endpoint_env: str):
