@@ -92,11 +92,15 @@ def install_units(rendered: dict[str, render.RenderedTree], tree: Path, role: st
 # Debian's sshd refuses to start without host keys, and strip_machine_state
 # removes the image's. cloud-init makes them on a jumphost; this makes sure of
 # them where it does not run (a Pi). The keys come before Debian's own check
-# (sshd -t), which a drop-in's ExecStartPre= would otherwise follow.
+# (sshd -t), which a drop-in's ExecStartPre= would otherwise follow. They are
+# synced to disk at once: on a card-booted Pi, a power cut within the page
+# cache's writeback delay (30 s) would otherwise leave empty key files, which
+# ssh-keygen -A does not replace, and new keys or none on the next boot.
 SSH_KEYGEN_DROPIN = """\
 [Service]
 ExecStartPre=
 ExecStartPre=/usr/bin/ssh-keygen -A
+ExecStartPre=/usr/bin/sync --file-system /etc/ssh
 ExecStartPre=/usr/sbin/sshd -t
 """
 

@@ -62,7 +62,8 @@ def test_card_layout_and_contents(replacement_sdcard, tmp_path):
     profile, out, stdout = replacement_sdcard
     card = out / "pi-sdcard.img"
     assert stdout.split() == [str(card), str(card) + ".sha256", str(card) + ".bmap"]
-    assert sorted(p.name for p in out.iterdir()) == ["pi-sdcard.img", "pi-sdcard.img.bmap", "pi-sdcard.img.sha256"]
+    assert sorted(p.name for p in out.iterdir()) == [".rackboot-output",     # image/output.py's marker
+                                                     "pi-sdcard.img", "pi-sdcard.img.bmap", "pi-sdcard.img.sha256"]
     subprocess.run(["sha256sum", "--check", "--quiet", "pi-sdcard.img.sha256"], cwd=out, check=True)
 
     # What the Pi 4's boot ROM reads: MBR, the FAT32 (LBA) boot partition first and active.
