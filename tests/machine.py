@@ -5,12 +5,15 @@ The agent keeps its real paths (/etc/rancher, /var/lib/rancher,
 (`unshare --mount`) binds a per-test directory over each of them and a file
 over /proc/cmdline, so the agent, the k3s it installs and the services it
 starts see a machine of their own, and the host is untouched apart from
-empty mount points. systemctl is the stand-in in tests/doubles/bin; the
+empty mount points. systemctl is the stand-in in tests/doubles/bin (as
+strict as systemd: units as loaded until daemon-reload, services with only
+their unit's environment; set_service_environment for a double's knobs); the
 network is the host's, so the test reaches the k3s API on 127.0.0.1 (and a
 pretend jumphost's dnsmasq serves TFTP there: its profile's uplink is lo).
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -101,6 +104,27 @@ class Machine:
                 return self.root / source / machine_path[len(target):].lstrip("/")
         raise ValueError(f"{machine_path} is not one of the pretend machine's own directories")
 
+    def set_service_environment(self, **values) -> None:
+        """Variables for the services the machine's systemd starts from now on
+        (systemctl set-environment, as systemd.setenv= on the kernel command
+        line; a power cut forgets them). A service sees nothing of the
+        environment of the agent or test that started it: this is how a test
+        tunes a double that runs as a service (K3S_STANDIN_API_DELAY)."""
+        if not values:
+            return
+        result = self.run(["systemctl", "set-environment", *(f"{k}={v}" for k, v in values.items())])
+        assert result.returncode == 0, result.stderr
+
+    def unset_service_environment(self, *names: str) -> None:
+        result = self.run(["systemctl", "unset-environment", *names])
+        assert result.returncode == 0, result.stderr
+
+    def need_daemon_reload(self, unit: str) -> bool:
+        """Whether the unit's files changed on disk since systemd loaded it."""
+        result = self.run(["systemctl", "show", "-P", "NeedDaemonReload", unit])
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip() == "yes"
+
     def journal(self, unit: str) -> str:
         log = self.systemctl_state / f"{unit}.log"
         return log.read_text(errors="replace") if log.exists() else ""
@@ -110,9 +134,19 @@ class Machine:
 
     def power_off(self) -> None:
         """Every process of the machine dies at once, as in a power cut."""
-        _kill(pid for pid in self.processes() if pid != self.holder.pid)
-        for unit in self.systemctl_state.glob("*.pid"):
-            unit.unlink()
+        for _ in range(50):      # until none is left: a service's supervisor may have restarted it
+            pids = [pid for pid in self.processes() if pid != self.holder.pid]
+            if not pids:
+                break
+            _kill(pids)
+            time.sleep(0.01)
+        # systemd's memory goes with it: loaded units, reloads, failed units,
+        # restart counts, set-environment. The journal (UNIT.log) stays.
+        for entry in self.systemctl_state.iterdir():
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            elif not (entry.name.endswith(".log") or entry.name == "calls"):
+                entry.unlink()
 
     def destroy(self) -> None:
         self.power_off()

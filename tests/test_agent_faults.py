@@ -67,16 +67,16 @@ def test_power_cut_during_each_step_then_next_boot_finishes(new_rack, secret_man
         rack = new_rack(f"attempt{attempt}")
         if "fail_next" in slow:
             secret_manager.fail_next(slow["fail_next"])
-        env = {k: v for k, v in slow.items() if k != "fail_next"}
-        agent = rack.machine.popen([sys.executable, "-m", "firstboot", "run", "--role=jumphost"],
-                                   **{**rack.env, **env})
+        # k3s runs as a service: it gets the delay from systemd, not from the agent.
+        rack.machine.set_service_environment(**{k: v for k, v in slow.items() if k != "fail_next"})
+        agent = rack.machine.popen([sys.executable, "-m", "firstboot", "run", "--role=jumphost"], **rack.env)
         seen = None
         while agent.poll() is None and seen != step:
             seen = running_step(rack)
             if seen in STEPS[STEPS.index(step) + 1:]:
                 break                       # too late for this attempt
             time.sleep(0.001)
-        rack.machine.power_off()            # the agent and k3s die at once
+        rack.machine.power_off()            # the agent and k3s die at once (and the delay with them)
         agent.communicate()
         # What `status` shows after a cut inside the step: the step it was on. A quick
         # step (identify) may finish between being seen and the cut: then try again.
@@ -102,13 +102,15 @@ def test_secret_store_away_for_a_while(new_rack, secret_manager):
 
 def test_slow_api_server_still_reaches_ready(new_rack):
     rack = new_rack()
-    done = rack.agent(K3S_STANDIN_API_DELAY="0.3")
+    rack.machine.set_service_environment(K3S_STANDIN_API_DELAY="0.3")
+    done = rack.agent()
     assert_rack_ready(rack, done)
 
 
 def test_api_that_never_answers_in_time_fails_ready_and_status_explains(new_rack):
     rack = new_rack()
-    done = rack.agent(K3S_STANDIN_API_DELAY="15", RACKBOOT_READY_TIMEOUT="3")
+    rack.machine.set_service_environment(K3S_STANDIN_API_DELAY="15")
+    done = rack.agent(RACKBOOT_READY_TIMEOUT="3")
     assert done.returncode == 1
     text = rack.status_text()
     assert "ready      failed" in text and "apply      not reached" in text
@@ -116,4 +118,5 @@ def test_api_that_never_answers_in_time_fails_ready_and_status_explains(new_rack
     assert "hint: journalctl -u k3s says why" in text
     # The API comes back to normal speed: the next run finishes.
     rack.machine.run(["systemctl", "stop", "k3s.service"])
+    rack.machine.unset_service_environment("K3S_STANDIN_API_DELAY")
     assert_rack_ready(rack, rack.agent())

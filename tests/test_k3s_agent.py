@@ -113,6 +113,33 @@ def test_second_run_changes_nothing(rack):
     assert rack.status()["steps"]["apply"]["result"]["placement"]["changed"] is False
 
 
+def environ_of(pid: int) -> dict[str, str]:
+    entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(e.decode().partition("=")[::2] for e in entries if e)
+
+
+def test_a_rewritten_k3s_unit_is_the_one_k3s_runs_under(rack):
+    """systemd runs a unit as it loaded it, until it is reloaded. A k3s unit
+    that differs from the agent's (an earlier image's: here one more
+    variable) is rewritten and k3s restarted under the new one, loaded; k3s
+    gets its unit's environment, none of the agent's."""
+    assert rack.agent().returncode == 0
+    m = rack.machine
+    unit = m.path("/etc/systemd/system/k3s.service")
+    unit.write_text(unit.read_text().replace("KillMode=process\n", "KillMode=process\nEnvironment=OLD_UNIT=1\n"))
+    assert m.run(["systemctl", "daemon-reload"]).returncode == 0
+    assert m.run(["systemctl", "restart", "k3s.service"]).returncode == 0     # waits for READY=1
+    assert environ_of(rack.k3s_pid())["OLD_UNIT"] == "1"
+    done = rack.agent()
+    assert done.returncode == 0, done.stderr + rack.status_text()
+    result = rack.status()["steps"]["k3s"]["result"]
+    assert result["changed"] == ["unit"] and result["started"] == "restarted"
+    assert not m.need_daemon_reload("k3s.service")
+    env = environ_of(rack.k3s_pid())
+    assert "OLD_UNIT" not in env
+    assert not {"SECRET_MANAGER_EMULATOR_HOST", "RACKBOOT_PROFILES", "PYTHONPATH"} & set(env)
+
+
 def test_newer_bundle_upgrades_and_restarts(rack):
     assert rack.agent().returncode == 0
     pid = rack.k3s_pid()
