@@ -172,18 +172,22 @@ def serve(profile) -> dict:
         raise
     if _link(Path(profile.netboot.tftp_root), tree):
         changed.append("tftp-root")
-    for target, name in ((EXPORTS, "exports"), (DNSMASQ_CONF, "dnsmasq-config"),
-                         (UNIT_DIR / DNSMASQ_UNIT, "dnsmasq-unit"), (UNIT_DIR / JOIN_UNIT, "join-unit")):
-        if system.place_file(rendered / "jumphost/rootfs" / target.relative_to("/"), target):
-            changed.append(name)
-    if {"dnsmasq-unit", "join-unit"} & set(changed):
-        system.systemctl("daemon-reload")
+    if system.place_file(rendered / "jumphost/rootfs" / EXPORTS.relative_to("/"), EXPORTS):
+        changed.append("exports")
     # Load the export table at every run (cheap; nfs-server, enabled by its
-    # package, loads it too when it starts).
+    # package, loads it too when it starts). Before dnsmasq's and the join
+    # service's files are placed: a failure here leaves them as they were, so
+    # the next run still finds them changed and restarts the services.
     result = subprocess.run(["exportfs", "-ra"], stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if result.returncode != 0:
         raise RackbootError(f"exportfs -ra failed: {(result.stderr or result.stdout).strip()}",
                             hint=f"check {EXPORTS} and that {nfs_root} exists")
+    for target, name in ((DNSMASQ_CONF, "dnsmasq-config"), (UNIT_DIR / DNSMASQ_UNIT, "dnsmasq-unit"),
+                         (UNIT_DIR / JOIN_UNIT, "join-unit")):
+        if system.place_file(rendered / "jumphost/rootfs" / target.relative_to("/"), target):
+            changed.append(name)
+    if {"dnsmasq-unit", "join-unit"} & set(changed):
+        system.systemctl("daemon-reload")
     _run_unit(DNSMASQ_UNIT, restart={"dnsmasq-config", "dnsmasq-unit"} & set(changed))
     _run_unit(JOIN_UNIT, restart="join-unit" in changed)
     return {"pis": len(profile.pis), "tftp_root": profile.netboot.tftp_root, "nfs_root": str(nfs_root),
