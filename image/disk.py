@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from image import log as progress
-from image.run import run
+from firstboot.commands import run
 
 ROOT_LABEL = "rackboot-root"   # partition label and filesystem label: root=PARTLABEL=...
 ESP_SIZE_MB = 256

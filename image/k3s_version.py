@@ -7,7 +7,7 @@ tampered mirror, and the build runs as root; so it runs from a private copy
 of exactly the verified bytes (image/k3s_bundle.py makes it), as nobody
 when the build is root, with an empty environment and no input, in a process
 group of its own that is killed after TIMEOUT seconds. Only the start of its
-output is read. Not image/run.py's run(): that one runs trusted tools.
+output is read. Not firstboot/commands.py's run(): that one runs trusted tools.
 """
 
 import os

@@ -43,7 +43,7 @@ from firstboot.profile import BootDirBy, RackProfile
 from image import payload, render, rootfs
 from image import log as progress
 from image.atomic import replace_directory
-from image.run import run
+from firstboot.commands import run
 
 log = logging.getLogger("rackboot")
 

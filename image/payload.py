@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 from firstboot.errors import BadInput, RackbootError
 from firstboot.profile import DEFAULTS_NAME, SCHEMA_PATH, RackProfile
 from image import k3s_bundle, render
-from image.run import run
+from firstboot.commands import run
 
 REPO = Path(__file__).resolve().parent.parent
 AGENT_DIR = Path("usr/lib/rackboot")          # the agent, its profiles: PYTHONPATH of the unit

@@ -18,7 +18,7 @@ from pathlib import Path
 from firstboot.errors import RackbootError
 from image import log as progress
 from image.atomic import replace_directory
-from image.run import run
+from firstboot.commands import run
 
 log = logging.getLogger("rackboot")
 

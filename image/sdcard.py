@@ -28,7 +28,7 @@ from firstboot.errors import BadInput
 from firstboot.profile import RackProfile
 from image import disk, netboot, render, rootfs
 from image import log as progress
-from image.run import run
+from firstboot.commands import run
 
 IMAGE_NAME = "pi-sdcard.img"
 ROOT_LABEL = "rackboot-pi"      # templates/pi/sdcard/cmdline.txt.j2 and image/pi-sdcard/etc/fstab name it

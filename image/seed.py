@@ -22,7 +22,7 @@ from firstboot.errors import BadInput
 from firstboot.profile import RackProfile
 from image import agent_env as agent_env_file
 from image.render import render_rack
-from image.run import run
+from firstboot.commands import run
 
 SEED_FILES = ("user-data", "meta-data", "network-config")
 SEED_KIB = 1024
