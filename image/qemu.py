@@ -3,16 +3,8 @@
 The guest's network is QEMU's user networking shaped like the rack's: the
 rack subnet, with the host standing in for the rack router at the router's
 address. So the seed's static address works unchanged, and the guest reaches
-services on the host's loopback at the router address.
-
-A virtual rack adds Raspberry Pis: arm64 `virt` machines (QEMU's raspi4b
-has no network) booted with the kernel, initramfs and command line of the
-rack's TFTP tree. Then every machine's NIC is a port of a learning switch
-(its cable: UDP on the host's loopback; tests/rack_switch.py), and the rack
-router is a QEMU of its own (`-machine none`) whose user network sits on
-another port. The router must not be on a hub with the others: QEMU's user
-network takes every frame it sees as its own to route, and would answer the
-Pis' traffic to the jumphost with resets.
+services on the host's loopback at the router address. (The tests' virtual
+rack puts the NIC on a switch instead: tests/lib/virtual_rack.py.)
 
 TCG is the default: on these build machines /dev/kvm exists but guests hang
 under it (FIELD-NOTES.md). KVM only when asked, and only if /dev/kvm opens.
@@ -32,6 +24,7 @@ from firstboot.profile import RackProfile
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 STATUS_PORT_NAME = "org.rackboot.status"
+NIC_NETDEV = "rack"     # the -netdev id of the jumphost's NIC
 
 
 @dataclass(frozen=True)
@@ -64,17 +57,9 @@ def accelerator(kvm: bool) -> str:
     return "kvm"
 
 
-@dataclass(frozen=True)
-class SwitchPort:
-    """A machine's cable to the rack switch: UDP from 127.0.0.1:port to 127.0.0.1:switch."""
-    switch: int
-    port: int
-
-    def netdev(self, name: str) -> str:
-        return f"socket,id={name},udp=127.0.0.1:{self.switch},localaddr=127.0.0.1:{self.port}"
-
-
-def _user_netdev(profile: RackProfile, name: str, ssh_port: int | None, api_port: int | None) -> str:
+def user_netdev(profile: RackProfile, name: str, ssh_port: int | None, api_port: int | None) -> str:
+    """QEMU's user network as the rack's router: DHCP, the host at the router's
+    address, ssh and the k3s API forwarded from the host's loopback."""
     net = profile.network
     first_dynamic = net.subnet.network_address + max(16, net.subnet.num_addresses // 2)
     # QEMU answers DNS at its own address (subnet .3), which must differ from the router.
@@ -86,34 +71,23 @@ def _user_netdev(profile: RackProfile, name: str, ssh_port: int | None, api_port
     return netdev
 
 
-def router_argv(profile: RackProfile, uplink: SwitchPort, ssh_port: int | None = None,
-                api_port: int | None = None) -> list[str]:
-    """The rack router of a virtual rack: QEMU's user network (DHCP, the host
-    at the router's address, the forwarded ports) alone on a switch port."""
-    return ["qemu-system-x86_64", "-machine", "none", "-nodefaults", "-display", "none", "-monitor", "none",
-            "-netdev", _user_netdev(profile, "router", ssh_port, api_port),
-            "-netdev", uplink.netdev("uplink"),
-            "-netdev", "hubport,id=hub-router,hubid=0,netdev=router",
-            "-netdev", "hubport,id=hub-uplink,hubid=0,netdev=uplink"]
-
-
 def qemu_argv(profile: RackProfile, disk: Path, seed: Path | None, files: BootFiles,
               kvm: bool = False, memory_mb: int = 2048, ssh_port: int | None = None,
-              api_port: int | None = None, switch: SwitchPort | None = None,
+              api_port: int | None = None, netdev: str | None = None,
               interactive: bool = False) -> list[str]:
-    """switch: the NIC's cable goes to a virtual rack's switch (the ports are
-    then forwarded by its router) instead of QEMU's user network."""
+    """netdev: the NIC's -netdev, with id NIC_NETDEV, instead of QEMU's user
+    network (which forwards ssh_port and api_port)."""
     for firmware in (OVMF_CODE, OVMF_VARS):
         if not firmware.exists():
             raise RackbootError(f"UEFI firmware {firmware} is missing", hint="apt-get install ovmf")
-    netdev = switch.netdev("rack") if switch else _user_netdev(profile, "rack", ssh_port, api_port)
+    nic = netdev or user_netdev(profile, NIC_NETDEV, ssh_port, api_port)
     argv = [
         "qemu-system-x86_64", "-machine", "q35", "-accel", accelerator(kvm),
         "-cpu", "host" if kvm else "max", "-smp", "2", "-m", str(memory_mb),
         "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
         "-drive", f"if=pflash,format=raw,file={files.vars}",
         "-drive", f"file={disk},format=raw,if=virtio",
-        "-netdev", netdev, "-device", "virtio-net-pci,netdev=rack",
+        "-netdev", nic, "-device", f"virtio-net-pci,netdev={NIC_NETDEV}",
         "-device", "virtio-serial-pci",
         "-chardev", f"file,id=status,path={files.status_log}",
         "-device", f"virtserialport,chardev=status,name={STATUS_PORT_NAME}",
@@ -126,34 +100,6 @@ def qemu_argv(profile: RackProfile, disk: Path, seed: Path | None, files: BootFi
     else:
         argv += ["-serial", f"file:{files.serial_log}", "-monitor", "none"]
     return argv
-
-
-@dataclass(frozen=True)
-class PiBoot:
-    """What a Pi takes from its TFTP directory."""
-    kernel: Path
-    initrd: Path
-    cmdline: str
-
-
-def pi_argv(boot: PiBoot, mac: str, switch: SwitchPort, files: BootFiles, memory_mb: int = 1024,
-            card: Path | None = None) -> list[str]:
-    """An arm64 virt machine standing in for a Pi 4: the Pi's kernel, initramfs
-    and command line (its console on the virt board's PL011), its MAC, and its
-    SD card (a raw image, as virtio-blk: virt has no SD controller) if any."""
-    disk = ["-drive", f"file={card},format=raw,if=none,id=card", "-device", "virtio-blk-pci,drive=card"]
-    return [
-        "qemu-system-aarch64", "-machine", "virt", "-accel", "tcg", "-cpu", "cortex-a72",
-        "-smp", "2", "-m", str(memory_mb),
-        "-kernel", str(boot.kernel), "-initrd", str(boot.initrd), "-append", f"{boot.cmdline} console=ttyAMA0",
-        "-netdev", switch.netdev("rack"),
-        "-device", f"virtio-net-pci,netdev=rack,mac={mac}",
-        "-device", "virtio-serial-pci",
-        "-chardev", f"file,id=status,path={files.status_log}",
-        "-device", f"virtserialport,chardev=status,name={STATUS_PORT_NAME}",
-        *(disk if card else []),
-        "-display", "none", "-no-reboot", "-serial", f"file:{files.serial_log}", "-monitor", "none",
-    ]
 
 
 def prepare(files: BootFiles) -> None:

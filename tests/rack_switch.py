@@ -6,13 +6,13 @@ the switch's; the switch learns which port each source MAC is behind, sends
 a frame to that port only when it knows its destination, and floods
 broadcasts, multicasts and unknown destinations to every other port, as a
 rack's switch does. (QEMU's own hub floods everything, which breaks its user
-network: see image/qemu.py.)
+network: see tests/lib/virtual_rack.py.)
 """
 
 import socket
 import threading
 
-from image.qemu import SwitchPort
+from tests.lib.virtual_rack import SwitchPort
 
 
 class RackSwitch:

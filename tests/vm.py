@@ -16,6 +16,7 @@ import yaml
 
 from image import qemu, seed
 from tests.doubles.secret_manager import SecretManagerDouble
+from tests.lib import virtual_rack
 from tests.rack_switch import RackSwitch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,14 +78,14 @@ def fat_files(filesystem: Path, names: list[str], workdir: Path) -> dict[str, Pa
     return {name: workdir / name for name in names}
 
 
-def sdcard_boot_files(card: Path, workdir: Path) -> qemu.PiBoot:
+def sdcard_boot_files(card: Path, workdir: Path) -> virtual_rack.PiBoot:
     """What a Pi's firmware takes from its card's boot partition: the kernel,
     initramfs and command line."""
     workdir.mkdir(parents=True, exist_ok=True)
     files = fat_files(extract_partition(card, 1, workdir / "boot.vfat"),
                       ["vmlinuz", "initrd.img", "cmdline.txt"], workdir / "boot")
     (workdir / "boot.vfat").unlink()
-    return qemu.PiBoot(files["vmlinuz"], files["initrd.img"], files["cmdline.txt"].read_text().strip())
+    return virtual_rack.PiBoot(files["vmlinuz"], files["initrd.img"], files["cmdline.txt"].read_text().strip())
 
 
 def debugfs(filesystem: Path, command: str) -> str:
@@ -132,7 +133,7 @@ def squashfs_entries(squashfs: Path) -> dict[str, dict]:
     return entries
 
 
-def pi_boot_files(image: Path, rack: str, workdir: Path) -> qemu.PiBoot:
+def pi_boot_files(image: Path, rack: str, workdir: Path) -> virtual_rack.PiBoot:
     """What a Pi's bootloader gets from the jumphost's TFTP tree, read from
     the image: the rack's cmdline.txt and the boot files its links point to."""
     root = root_filesystem(image, workdir)
@@ -149,17 +150,17 @@ def pi_boot_files(image: Path, rack: str, workdir: Path) -> qemu.PiBoot:
     if "Type: symlink" not in link or "/usr/lib/rackboot/pi-boot/vmlinuz" not in link:
         raise AssertionError(f"the rack's TFTP vmlinuz does not link to the shared one: {link}")
     root.unlink()
-    return qemu.PiBoot(files["vmlinuz"], files["initrd.img"], files["cmdline.txt"].read_text().strip())
+    return virtual_rack.PiBoot(files["vmlinuz"], files["initrd.img"], files["cmdline.txt"].read_text().strip())
 
 
 class PiVM:
     """A Pi of the virtual rack: an arm64 virt machine on a switch port."""
 
-    def __init__(self, name: str, boot_files: qemu.PiBoot, mac: str, cable: qemu.SwitchPort,
+    def __init__(self, name: str, boot_files: virtual_rack.PiBoot, mac: str, cable: virtual_rack.SwitchPort,
                  card: Path | None = None):
         self.name = name
         self.files = qemu.BootFiles(ARTIFACTS / name)
-        self.argv = qemu.pi_argv(boot_files, mac, cable, self.files, card=card)
+        self.argv = virtual_rack.pi_argv(boot_files, mac, cable, self.files, card=card)
         self.process = None
 
     def power_on(self) -> None:
@@ -217,11 +218,11 @@ class VirtualRack:
         admin = dataclasses.replace(self.profile, jumphost=dataclasses.replace(
             self.profile.jumphost, ssh_authorized_keys=(self.key.with_suffix(".pub").read_text().strip(),)))
         self.router = subprocess.Popen(
-            qemu.router_argv(self.profile, self.switch.plug(), self.ssh_port, self.api_port),
+            virtual_rack.router_argv(self.profile, self.switch.plug(), self.ssh_port, self.api_port),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             return boot(admin, self.image, f"{self.prefix}-jumphost", env, while_running=while_ready,
-                        switch=self.switch.plug())
+                        netdev=self.switch.plug().netdev(qemu.NIC_NETDEV))
         finally:
             for pi in self.pis:
                 pi.power_off()

@@ -1,0 +1,1 @@
+"""Helpers the tests share (the virtual rack's QEMU machines, the test tiers)."""
