@@ -29,8 +29,8 @@ from pathlib import Path  # noqa: E402
 
 from firstboot.errors import BadInput, RackbootError  # noqa: E402
 from firstboot.profile import load_profiles  # noqa: E402
-from image import agent_env, jumphost, k3s_bundle, k3s_pins, netboot, output, qemu, render, rootfs, sdcard, seed  # noqa: E402
-from image import log as progress  # noqa: E402
+from image import agent_env, jumphost, k3s_bundle, k3s_fetch, k3s_pins, netboot, output, qemu, render, rootfs, sdcard, seed  # noqa: E402
+from image import progress  # noqa: E402
 from image.output import Kind  # noqa: E402
 
 log = logging.getLogger("rackboot")
@@ -97,14 +97,14 @@ def cmd_fetch_k3s(args) -> int:
     if args.pins and not args.pins.is_dir():    # not a silent "nothing pinned"
         raise BadInput(f"{args.pins}: no such directory (--pins)")
     pins = args.pins or k3s_pins.PINS
-    mirror = k3s_bundle.mirror_url(args.mirror)
+    mirror = k3s_fetch.mirror_url(args.mirror)
     out = output.check(args.output, {v: Kind.DIRECTORY for v in versions})
     out.claim()
     for version in versions:
-        bundle = k3s_bundle.fetch(version, args.output, mirror=mirror, pins=pins)
+        bundle = k3s_fetch.fetch(version, args.output, mirror=mirror, pins=pins)
         print(bundle)
         if args.pin:
-            for pin in k3s_bundle.pin(bundle, pins):
+            for pin in k3s_fetch.pin(bundle, pins):
                 log.info("pinned %s (commit it)", pin)
     return 0
 
@@ -257,7 +257,7 @@ def _verb_options(name: str, sub: argparse.ArgumentParser) -> None:
                               "the Pis' root gets its arm64 files); verified again first")
     if name == "fetch-k3s":
         sub.add_argument("--mirror", metavar="URL",
-                         help=f"where releases are (default: ${k3s_bundle.MIRROR_ENV} or {k3s_bundle.DEFAULT_MIRROR})")
+                         help=f"where releases are (default: ${k3s_fetch.MIRROR_ENV} or {k3s_fetch.DEFAULT_MIRROR})")
         sub.add_argument("--pin", action="store_true",
                          help="pin the fetched releases' checksum files (PINS/VERSION/sha256sum-ARCH.txt), to "
                               "commit; a pinned release is fetched only if the mirror serves exactly those")

@@ -1,7 +1,12 @@
 """Outputs appear whole or not at all: work happens in a staging directory
-beside the destination, which then takes the destination's place."""
+(or file) beside the destination, which then takes the destination's place.
+The one way image/ stages: staged_directory, write_file."""
 
+import contextlib
+import os
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from firstboot.errors import RackbootError
@@ -24,3 +29,31 @@ def replace_directory(staging: Path, destination: Path) -> None:
     destination.rename(old)
     staging.rename(destination)
     shutil.rmtree(old)
+
+
+@contextlib.contextmanager
+def staged_directory(destination: Path) -> Iterator[Path]:
+    """A new, empty directory (mode 0700) beside destination to fill; when the
+    block ends without an exception it replaces destination (replace_directory),
+    otherwise it is removed and destination left as it was."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    try:
+        yield staging
+        replace_directory(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def write_file(destination: Path, data: bytes, mode: int) -> None:
+    """destination holds data with mode, or (on any failure) what it held before."""
+    fd, staging = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(staging, mode)
+        os.replace(staging, destination)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise

@@ -5,7 +5,7 @@ image/sdcard.py assembles the Pi's SD card from the same parts."""
 import shutil
 from pathlib import Path
 
-from image import log as progress
+from image import progress
 from firstboot.commands import run
 
 ROOT_LABEL = "rackboot-root"   # partition label and filesystem label: root=PARTLABEL=...

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from firstboot.profile import RackProfile
 from image import disk, netboot, payload, render, rootfs
-from image import log as progress
+from image import progress
 from firstboot.commands import run
 
 IMAGE_NAME = "jumphost.img"

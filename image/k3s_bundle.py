@@ -6,12 +6,11 @@ network at first boot (a rack's jumphost may have none to the internet).
     DIR/VERSION/sha256sum-ARCH.txt                 k3s's own checksum files
     DIR/VERSION/bundle.json                        what was fetched, written last
 
-`fetch` downloads the official release assets and verifies each against the
-release's checksum files while it streams (and the checksum files against
-the ones pinned in this repository, image/k3s_pins.py); `verify` checks a
-bundle again before it goes into an image; `copy_verified` copies one of its
-files into an image, checking the bytes it copies. Either fails naming the
-file, and leaves nothing half-written.
+image/k3s_fetch.py downloads one (fetch-k3s); `verify` checks a bundle again
+before it goes into an image, each file as firstboot/k3s_bundle_files.py
+checks it (the machines check the image's copy the same way);
+`copy_verified` copies one of its files into an image, checking the bytes it
+copies. Either fails naming the file, and leaves nothing half-written.
 
 A bundle is refused, not followed, when it holds anything but regular files
 (a symbolic link could pull any file of the build host into the image), and
@@ -22,53 +21,23 @@ build host's architecture must say the same version (image/k3s_version.py).
 
 import hashlib
 import json
-import logging
 import os
 import re
-import shutil
 import stat
 import tempfile
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from firstboot import checksums, files
+from firstboot import checksums
 from firstboot.errors import BadInput, RackbootError
+from firstboot.k3s_bundle_files import (ARCHES, CHUNK, VERSION_RE, BundleFileError, arch_files, binary_name,
+                                        check_file, checksums_name, images_name, parse_checksums, read_regular,
+                                        sha256_file)
 from image import k3s_pins, k3s_version
-from image import log as progress
-from image.atomic import replace_directory
 
-log = logging.getLogger("rackboot")
-
-DEFAULT_MIRROR = "https://github.com/k3s-io/k3s/releases/download"
-MIRROR_ENV = "RACKBOOT_K3S_MIRROR"
-VERSION_RE = re.compile(r"v\d+\.\d+\.\d+(-rc\d+)?\+k3s\d+")
-ARCHES = ("amd64", "arm64")
 MANIFEST = "bundle.json"
 MANIFEST_MAX_BYTES = 1 << 16
-RETRY_DELAYS = (2, 5, 10)     # for transient network errors and HTTP 5xx
-TIMEOUT = 60
-CHUNK = 1 << 20
 REFETCH_HINT = "fetch it again: ./build.py fetch-k3s VERSION -o DIR"
-
-
-def binary_name(arch: str) -> str:
-    return "k3s" if arch == "amd64" else f"k3s-{arch}"
-
-
-def images_name(arch: str) -> str:
-    return f"k3s-airgap-images-{arch}.tar.zst"
-
-
-def checksums_name(arch: str) -> str:
-    return f"sha256sum-{arch}.txt"
-
-
-def arch_files(arch: str) -> tuple[str, str, str]:
-    return binary_name(arch), images_name(arch), checksums_name(arch)
 
 
 def check_version(version: str) -> str:
@@ -86,112 +55,9 @@ class Bundle:
     def binary(self, arch: str) -> Path:
         return self.path / binary_name(arch)
 
-    def images(self, arch: str) -> Path:
-        return self.path / images_name(arch)
-
     def names(self, arch: str | None = None) -> list[str]:
         """The files an image gets: all, or those of one architecture."""
         return sorted(self.files) if arch is None else list(arch_files(arch))
-
-
-# ------------------------------------------------------------------ fetch
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as data:
-        for chunk in iter(lambda: data.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _download(url: str, target: Path, expected: str | None = None) -> str:
-    """Stream url into target with progress; return its sha256. Retries transient errors."""
-    name = target.name
-    for attempt, delay in enumerate((*RETRY_DELAYS, None), start=1):
-        try:
-            with urllib.request.urlopen(url, timeout=TIMEOUT) as response, open(target, "wb") as out:
-                total = int(response.headers.get("Content-Length") or 0)
-                digest, done, shown = hashlib.sha256(), 0, 0
-                for chunk in iter(lambda: response.read(CHUNK), b""):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    done += len(chunk)
-                    if total and done * 10 // total > shown:
-                        shown = done * 10 // total
-                        log.info("    %s: %d%% of %.1f MiB", name, shown * 10, total / 2**20)
-            break
-        except urllib.error.HTTPError as err:
-            if err.code < 500 or delay is None:
-                raise RackbootError(f"{name}: HTTP {err.code} from {url}",
-                                    hint="is that a k3s release with this asset? check the version "
-                                         f"and the mirror (--mirror, {MIRROR_ENV})") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-            if delay is None:
-                reason = getattr(err, "reason", err)
-                raise RackbootError(f"{name}: cannot download {url}: {reason}",
-                                    hint=f"check the network, or point --mirror / {MIRROR_ENV} "
-                                         "at a reachable copy of the release") from None
-        log.info("    %s: attempt %d failed; retrying in %s s", name, attempt, delay)
-        time.sleep(delay)
-    got = digest.hexdigest()
-    if expected is not None and got != expected:
-        raise RackbootError(f"{name}: checksum mismatch (expected {expected}, got {got}) from {url}",
-                            hint="the download is corrupt or the mirror serves other files; try again "
-                                 "or use another mirror")
-    return got
-
-
-def mirror_url(mirror: str | None) -> str:
-    """The mirror to fetch from (--mirror, else $RACKBOOT_K3S_MIRROR, else
-    GitHub): an http(s) URL with a host, or a file: URL of a local copy."""
-    given = mirror or os.environ.get(MIRROR_ENV)
-    url = (given or DEFAULT_MIRROR).rstrip("/")
-    where = "--mirror" if mirror else f"${MIRROR_ENV}"
-    parts = urllib.parse.urlsplit(url)
-    if (any(c.isspace() or not c.isprintable() for c in url) or parts.query or parts.fragment
-            or not (parts.scheme in ("http", "https") and parts.hostname or parts.scheme == "file" and parts.path)):
-        raise BadInput(f"{where} {given!r}: not a mirror URL (http://HOST/PATH, https://HOST/PATH or file:///PATH)",
-                       hint=f"the default is {DEFAULT_MIRROR}")
-    return url
-
-
-def fetch(version: str, destination: Path, mirror: str | None = None, arches=ARCHES,
-          pins: Path = k3s_pins.PINS) -> Path:
-    """Download and verify VERSION's assets into destination/VERSION; return it."""
-    check_version(version)
-    mirror = mirror_url(mirror)
-    base = f"{mirror}/{urllib.parse.quote(version, safe='')}"
-    final = destination / version
-    destination.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=destination))
-    try:
-        with progress.step(f"fetch k3s {version} ({', '.join(arches)}) from {mirror}"):
-            files = {}
-            for arch in arches:
-                sums_file = staging / checksums_name(arch)
-                url = f"{base}/{sums_file.name}"
-                files[sums_file.name] = _download(url, sums_file)
-                k3s_pins.check_download(pins, version, sums_file.name, sums_file.read_bytes(), url)
-                try:
-                    sums = checksums.parse(sums_file.read_bytes(), url)
-                except checksums.ChecksumFileError as err:
-                    raise RackbootError(str(err), hint="the mirror serves a damaged checksum file; "
-                                                       "try another mirror") from None
-                for name in (binary_name(arch), images_name(arch)):
-                    if name not in sums:
-                        raise RackbootError(f"{name}: not listed in {sums_file.name} of {version}",
-                                            hint="this release may not publish it; check the version")
-                    files[name] = _download(f"{base}/{name}", staging / name, sums[name])
-            for arch in arches:
-                os.chmod(staging / binary_name(arch), 0o755)
-            (staging / MANIFEST).write_text(json.dumps(
-                {"version": version, "arches": list(arches), "files": files}, indent=2, sort_keys=True) + "\n")
-        replace_directory(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return final
 
 
 # ------------------------------------------------------------------ verify
@@ -200,13 +66,9 @@ def fetch(version: str, destination: Path, mirror: str | None = None, arches=ARC
 def _read_regular(path: Path, limit: int) -> bytes:
     """The bytes of the regular file at path (not through a link), at most limit."""
     try:
-        return files.read_regular(path, limit, follow_symlinks=False)
-    except files.NotRegularFile as err:
-        raise BadInput(f"{path}: {err.kind}, not a regular file", hint=REFETCH_HINT) from None
-    except files.TooLarge:
-        raise BadInput(f"{path}: larger than {limit} bytes", hint=REFETCH_HINT) from None
-    except OSError as err:
-        raise BadInput(f"{path}: cannot read it ({err.strerror})", hint=REFETCH_HINT) from None
+        return read_regular(path, limit)
+    except BundleFileError as err:
+        raise BadInput(str(err), hint=REFETCH_HINT) from None
 
 
 def _only_regular_files(bundle_dir: Path) -> list[str]:
@@ -291,6 +153,32 @@ def _bundle_version(bundle_dir: Path, manifest: Manifest | None) -> str:
     return manifest.version
 
 
+def _verify_arch(bundle_dir: Path, arch: str, version: str, pins: Path) -> dict[str, str]:
+    """arch's checksum file (against the pins), binary and images; name -> sha256."""
+    sums_path = bundle_dir / checksums_name(arch)
+    try:
+        data = read_regular(sums_path, checksums.MAX_BYTES)
+        k3s_pins.check_bundle(pins, version, sums_path.name, data, sums_path)
+        listed = parse_checksums(sums_path, data)
+        files = {sums_path.name: hashlib.sha256(data).hexdigest()}
+        for name in (binary_name(arch), images_name(arch)):
+            files[name] = check_file(bundle_dir / name, listed)
+    except BundleFileError as err:
+        raise BadInput(str(err), hint=REFETCH_HINT) from None
+    return files
+
+
+def _check_manifest_files(bundle_dir: Path, manifest: Manifest, present: list[str], files: dict) -> None:
+    """bundle.json's checksums must be the files' own."""
+    for name, listed in sorted(manifest.files.items()):
+        if name not in present:
+            raise BadInput(f"{bundle_dir / MANIFEST}: lists {name}, which is missing", hint=REFETCH_HINT)
+        got = files.get(name) or sha256_file(bundle_dir / name)
+        if listed != got:
+            raise BadInput(f"{bundle_dir / MANIFEST}: lists {name} with sha256 {listed}, but the file's is "
+                           f"{got}", hint=REFETCH_HINT)
+
+
 def verify(bundle_dir: Path, arches=ARCHES, pins: Path = k3s_pins.PINS) -> Bundle:
     """Check every file the image needs against the release's checksums, the
     checksum files against the pins, bundle.json against all of them, and the
@@ -303,35 +191,10 @@ def verify(bundle_dir: Path, arches=ARCHES, pins: Path = k3s_pins.PINS) -> Bundl
     version = _bundle_version(bundle_dir, manifest)
     files = {}
     for arch in arches:
-        sums_path = bundle_dir / checksums_name(arch)
-        if sums_path.name not in present:
-            raise BadInput(f"{sums_path}: missing", hint=REFETCH_HINT)
-        sums_bytes = _read_regular(sums_path, checksums.MAX_BYTES)
-        k3s_pins.check_bundle(pins, version, sums_path.name, sums_bytes, sums_path)
-        try:
-            sums = checksums.parse(sums_bytes, str(sums_path))
-        except checksums.ChecksumFileError as err:
-            raise BadInput(str(err), hint=REFETCH_HINT) from None
-        files[sums_path.name] = hashlib.sha256(sums_bytes).hexdigest()
-        for name in (binary_name(arch), images_name(arch)):
-            path = bundle_dir / name
-            if name not in present:
-                raise BadInput(f"{path}: missing", hint=REFETCH_HINT)
-            if name not in sums:
-                raise BadInput(f"{path}: not listed in {sums_path.name}", hint=REFETCH_HINT)
-            got = _sha256(path)
-            if got != sums[name]:
-                raise BadInput(f"{path}: checksum mismatch (expected {sums[name]}, got {got})", hint=REFETCH_HINT)
-            files[name] = got
+        files.update(_verify_arch(bundle_dir, arch, version, pins))
     if manifest is not None:
-        for name, listed in sorted(manifest.files.items()):
-            if name not in present:
-                raise BadInput(f"{bundle_dir / MANIFEST}: lists {name}, which is missing", hint=REFETCH_HINT)
-            got = files.get(name) or _sha256(bundle_dir / name)
-            if listed != got:
-                raise BadInput(f"{bundle_dir / MANIFEST}: lists {name} with sha256 {listed}, but the file's is "
-                               f"{got}", hint=REFETCH_HINT)
-        files[MANIFEST] = _sha256(bundle_dir / MANIFEST)
+        _check_manifest_files(bundle_dir, manifest, present, files)
+        files[MANIFEST] = sha256_file(bundle_dir / MANIFEST)
     bundle = Bundle(version, bundle_dir, files)
     host_arch = k3s_version.host_arch()
     if host_arch in arches:
@@ -386,9 +249,3 @@ def install(bundle: Bundle, target: Path, arch: str | None = None) -> None:
     for name in bundle.names(arch):
         binary = name in {binary_name(a) for a in ARCHES}
         copy_verified(bundle.path / name, target / name, bundle.files[name], 0o755 if binary else 0o644)
-
-
-def pin(bundle_dir: Path, pins: Path = k3s_pins.PINS, arches=ARCHES) -> list[Path]:
-    """Pin a fetched bundle's checksum files (fetch-k3s --pin); return the pins."""
-    return [k3s_pins.write(pins, bundle_dir.name, checksums_name(arch), (bundle_dir / checksums_name(arch)).read_bytes())
-            for arch in arches]

@@ -18,11 +18,10 @@ it wrote:
     git add image/k3s-pins/v1.31.4+k3s1
 """
 
-import os
-import tempfile
 from pathlib import Path
 
 from firstboot.errors import BadInput, RackbootError
+from image import atomic
 
 PINS = Path(__file__).resolve().parent / "k3s-pins"
 MAX_BYTES = 1 << 20
@@ -71,13 +70,5 @@ def write(pins: Path, version: str, name: str, data: bytes) -> Path:
     pin = directory / name
     if pin.is_file() and not pin.is_symlink() and pin.read_bytes() == data:
         return pin
-    fd, staging = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(staging, 0o644)
-        os.replace(staging, pin)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
+    atomic.write_file(pin, data, 0o644)
     return pin

@@ -41,7 +41,7 @@ from firstboot import serve
 from firstboot.errors import RackbootError
 from firstboot.profile import BootDirBy, RackProfile
 from image import payload, render, rootfs
-from image import log as progress
+from image import progress
 from image.atomic import replace_directory
 from firstboot.commands import run
 

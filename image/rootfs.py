@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from firstboot.errors import RackbootError
-from image import log as progress
+from image import progress
 from image.atomic import replace_directory
 from firstboot.commands import run
 

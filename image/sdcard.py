@@ -27,7 +27,7 @@ from pathlib import Path
 from firstboot.errors import BadInput
 from firstboot.profile import RackProfile
 from image import disk, netboot, render, rootfs
-from image import log as progress
+from image import progress
 from firstboot.commands import run
 
 IMAGE_NAME = "pi-sdcard.img"

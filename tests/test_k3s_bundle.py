@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from firstboot.errors import BadInput, RackbootError
-from image import k3s_bundle
+from image import k3s_bundle, k3s_fetch, k3s_pins
 from tests.doubles import k3s_standin_bundle
 from tests.doubles.k3s_release_mirror import Release
 
@@ -20,7 +20,7 @@ VERSION = "v1.31.4+k3s1"
 
 @pytest.fixture
 def release(tmp_path, monkeypatch):
-    monkeypatch.setattr(k3s_bundle, "RETRY_DELAYS", (0, 0, 0))
+    monkeypatch.setattr(k3s_fetch, "RETRY_DELAYS", (0, 0, 0))
     served = Release(tmp_path / "mirror-root", VERSION)
     served.serve()
     yield served
@@ -33,7 +33,7 @@ def leftovers(destination: Path) -> list[str]:
 
 def test_fetch_verifies_and_writes_manifest(release, tmp_path):
     out = tmp_path / "k3s"
-    path = k3s_bundle.fetch(VERSION, out, mirror=release.url)
+    path = k3s_fetch.fetch(VERSION, out, mirror=release.url)
     assert path == out / VERSION and leftovers(out) == [VERSION]
     assert f"/{VERSION.replace('+', '%2B')}/k3s" in release.requests
     manifest = json.loads((path / "bundle.json").read_text())
@@ -47,7 +47,7 @@ def test_fetch_verifies_and_writes_manifest(release, tmp_path):
 
 def test_mirror_from_environment(release, tmp_path, monkeypatch):
     monkeypatch.setenv("RACKBOOT_K3S_MIRROR", release.url)
-    k3s_bundle.fetch(VERSION, tmp_path / "k3s", arches=("amd64",))
+    k3s_fetch.fetch(VERSION, tmp_path / "k3s", arches=("amd64",))
     assert release.requests
 
 
@@ -55,14 +55,14 @@ def test_corrupt_asset_is_refused_and_nothing_left(release, tmp_path):
     (release.dir / "k3s-arm64").write_bytes(b"tampered")
     out = tmp_path / "k3s"
     with pytest.raises(RackbootError, match=r"k3s-arm64: checksum mismatch \(expected [0-9a-f]{64}, got"):
-        k3s_bundle.fetch(VERSION, out, mirror=release.url)
+        k3s_fetch.fetch(VERSION, out, mirror=release.url)
     assert leftovers(out) == []
 
 
 def test_missing_asset(release, tmp_path):
     (release.dir / "k3s-airgap-images-amd64.tar.zst").unlink()
     with pytest.raises(RackbootError, match=r"k3s-airgap-images-amd64.tar.zst: HTTP 404 from http://"):
-        k3s_bundle.fetch(VERSION, tmp_path / "k3s", mirror=release.url)
+        k3s_fetch.fetch(VERSION, tmp_path / "k3s", mirror=release.url)
     assert leftovers(tmp_path / "k3s") == []
 
 
@@ -70,34 +70,34 @@ def test_asset_not_in_checksum_file(release, tmp_path):
     sums = release.dir / "sha256sum-amd64.txt"
     sums.write_text("".join(line + "\n" for line in sums.read_text().splitlines() if not line.endswith("  k3s")))
     with pytest.raises(RackbootError, match=r"^k3s: not listed in sha256sum-amd64.txt of v1.31.4\+k3s1"):
-        k3s_bundle.fetch(VERSION, tmp_path / "k3s", mirror=release.url)
+        k3s_fetch.fetch(VERSION, tmp_path / "k3s", mirror=release.url)
 
 
 def test_server_error_once_then_success(release, tmp_path):
     release.fail_next = [503]
-    k3s_bundle.fetch(VERSION, tmp_path / "k3s", mirror=release.url, arches=("amd64",))
+    k3s_fetch.fetch(VERSION, tmp_path / "k3s", mirror=release.url, arches=("amd64",))
     assert release.requests[0] == release.requests[1]
 
 
 def test_unreachable_mirror(tmp_path, monkeypatch):
-    monkeypatch.setattr(k3s_bundle, "RETRY_DELAYS", (0,))
+    monkeypatch.setattr(k3s_fetch, "RETRY_DELAYS", (0,))
     with pytest.raises(RackbootError, match=r"sha256sum-amd64.txt: cannot download http://127.0.0.1:9/"):
-        k3s_bundle.fetch(VERSION, tmp_path / "k3s", mirror="http://127.0.0.1:9")
+        k3s_fetch.fetch(VERSION, tmp_path / "k3s", mirror="http://127.0.0.1:9")
     assert leftovers(tmp_path / "k3s") == []
 
 
 def test_failed_refetch_keeps_the_good_bundle(release, tmp_path):
     out = tmp_path / "k3s"
-    k3s_bundle.fetch(VERSION, out, mirror=release.url)
+    k3s_fetch.fetch(VERSION, out, mirror=release.url)
     (release.dir / "k3s").write_bytes(b"tampered upstream")
     with pytest.raises(RackbootError):
-        k3s_bundle.fetch(VERSION, out, mirror=release.url)
+        k3s_fetch.fetch(VERSION, out, mirror=release.url)
     assert leftovers(out) == [VERSION]
     k3s_bundle.verify(out / VERSION)
 
 
 def test_verify_refuses_tampered_and_missing(release, tmp_path):
-    path = k3s_bundle.fetch(VERSION, tmp_path / "k3s", mirror=release.url)
+    path = k3s_fetch.fetch(VERSION, tmp_path / "k3s", mirror=release.url)
     (path / "k3s-airgap-images-arm64.tar.zst").write_bytes(b"tampered")
     with pytest.raises(BadInput, match=r"k3s-airgap-images-arm64.tar.zst: checksum mismatch") as caught:
         k3s_bundle.verify(path)
@@ -109,7 +109,7 @@ def test_verify_refuses_tampered_and_missing(release, tmp_path):
 
 def test_bad_version():
     with pytest.raises(BadInput, match=r"'1.31' is not a k3s release tag"):
-        k3s_bundle.fetch("1.31", Path("/nonexistent"))
+        k3s_fetch.fetch("1.31", Path("/nonexistent"))
 
 
 def test_command_line_fetch_and_image_version_check(release, build, tmp_path):
@@ -322,14 +322,14 @@ def test_fetch_checks_the_pins(release, tmp_path):
     (pins / VERSION).mkdir(parents=True)
     for arch in ("amd64", "arm64"):
         (pins / VERSION / f"sha256sum-{arch}.txt").write_bytes((release.dir / f"sha256sum-{arch}.txt").read_bytes())
-    path = k3s_bundle.fetch(VERSION, tmp_path / "k3s", mirror=release.url, pins=pins)
+    path = k3s_fetch.fetch(VERSION, tmp_path / "k3s", mirror=release.url, pins=pins)
     k3s_bundle.verify(path, pins=pins)
     # A tampered mirror serves a binary with a checksum file to match: only the pin catches it.
     rewrite_release(release, "k3s-arm64", b"#!/bin/sh\necho pwned\n")
     out = tmp_path / "again"
     release.requests.clear()
     with pytest.raises(RackbootError) as caught:
-        k3s_bundle.fetch(VERSION, out, mirror=release.url, pins=pins)
+        k3s_fetch.fetch(VERSION, out, mirror=release.url, pins=pins)
     message = str(caught.value)
     assert f"{release.url}/v1.31.4%2Bk3s1/sha256sum-arm64.txt: differs from the pinned {pins}/{VERSION}/sha256sum-arm64.txt" \
         in message
@@ -337,13 +337,13 @@ def test_fetch_checks_the_pins(release, tmp_path):
     assert leftovers(out) == []
     assert release.requests[-1].endswith("/sha256sum-arm64.txt")     # nothing fetched past the checksum file
     # Without the pin the same mirror is believed: that is what pins are for.
-    k3s_bundle.fetch(VERSION, tmp_path / "unpinned", mirror=release.url, pins=tmp_path / "no-pins")
+    k3s_fetch.fetch(VERSION, tmp_path / "unpinned", mirror=release.url, pins=tmp_path / "no-pins")
 
 
 def test_verify_checks_the_pins(tmp_path):
     bundle = k3s_standin_bundle.make(tmp_path / "k3s", VERSION)
     pins = tmp_path / "pins"
-    k3s_bundle.pin(bundle, pins)
+    k3s_fetch.pin(bundle, pins)
     k3s_bundle.verify(bundle, pins=pins)
     rewrite(bundle, "k3s-airgap-images-amd64.tar.zst", b"other images")
     with pytest.raises(BadInput, match=re.escape(f"{bundle}/sha256sum-amd64.txt: differs from the pinned "
@@ -356,7 +356,7 @@ def test_a_pin_for_one_architecture_only(release, tmp_path):
     (pins / VERSION).mkdir(parents=True)
     (pins / VERSION / "sha256sum-amd64.txt").write_bytes((release.dir / "sha256sum-amd64.txt").read_bytes())
     with pytest.raises(RackbootError, match=re.escape(f"{pins}/{VERSION}/sha256sum-arm64.txt: missing; ")):
-        k3s_bundle.fetch(VERSION, tmp_path / "k3s", mirror=release.url, pins=pins)
+        k3s_fetch.fetch(VERSION, tmp_path / "k3s", mirror=release.url, pins=pins)
 
 
 def test_mirror_serving_a_malformed_checksum_file(release, tmp_path):
@@ -364,7 +364,7 @@ def test_mirror_serving_a_malformed_checksum_file(release, tmp_path):
     sums.write_bytes(sums.read_bytes() + sums.read_bytes().splitlines(keepends=True)[0])
     with pytest.raises(RackbootError, match=re.escape(f"{release.url}/v1.31.4%2Bk3s1/sha256sum-amd64.txt:4: "
                                                       "k3s is listed twice")):
-        k3s_bundle.fetch(VERSION, tmp_path / "k3s", mirror=release.url)
+        k3s_fetch.fetch(VERSION, tmp_path / "k3s", mirror=release.url)
     assert leftovers(tmp_path / "k3s") == []
 
 
@@ -393,7 +393,7 @@ def test_no_release_is_pinned_without_its_real_checksums():
     """Pins come from real releases only (image/k3s-pins/README.md); each is a
     well-formed checksum file listing the assets rackboot fetches."""
     from firstboot import checksums
-    for directory in sorted(p for p in k3s_bundle.k3s_pins.PINS.iterdir() if p.is_dir()):
+    for directory in sorted(p for p in k3s_pins.PINS.iterdir() if p.is_dir()):
         k3s_bundle.check_version(directory.name)
         for arch in k3s_bundle.ARCHES:
             sums = checksums.read(directory / f"sha256sum-{arch}.txt")

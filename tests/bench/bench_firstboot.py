@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from firstboot.profile import load_profiles  # noqa: E402
 from image import disk, jumphost, k3s_bundle, qemu, seed  # noqa: E402
-from image import log as progress  # noqa: E402
+from image import progress  # noqa: E402
 from tests.doubles import k3s_standin_bundle  # noqa: E402
 from tests.doubles.secret_manager import SecretManagerDouble  # noqa: E402
 

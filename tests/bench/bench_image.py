@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 
 from firstboot.profile import load_profiles  # noqa: E402
 from image import jumphost, rootfs  # noqa: E402
-from image import log as progress  # noqa: E402
+from image import progress  # noqa: E402
 
 
 def pi_root_sizes(image: Path, work: Path) -> tuple[int, int]:
