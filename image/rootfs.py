@@ -10,14 +10,13 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
+import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from firstboot.errors import RackbootError
-from image import progress
-from image.atomic import replace_directory
+from image import atomic, progress
 from firstboot.commands import run
 
 log = logging.getLogger("rackboot")
@@ -25,6 +24,10 @@ log = logging.getLogger("rackboot")
 # Bump when the way a rootfs is made changes without the inputs changing.
 # 2: the initramfs is generated once, at the end (see _initramfs_once).
 CACHE_VERSION = 2
+TOOL_DIVERTED = "/usr/sbin/update-initramfs"
+# What RootfsSpec.copy_out may hold: absolute paths, with * for globs, and
+# nothing else the shell would read (they go unquoted into a hook, to glob).
+COPY_OUT_GLOB = re.compile(r"(/[A-Za-z0-9._*+-]+)+")
 
 # The agent runs on Debian's python3. Debian provides its compiled and
 # self-contained dependencies; the Google and Kubernetes client stack comes
@@ -114,14 +117,38 @@ def _initramfs_once() -> list[str]:
     it again (initramfs-tools' trigger, after every package that ships hooks):
     about 6 minutes each for arm64 under qemu-user. update-initramfs is
     diverted to a no-op while packages install, then put back and run once."""
-    tool = "/usr/sbin/update-initramfs"
-    divert = f"dpkg-divert --quiet --local --rename --divert {tool}.rackboot"
+    tool = shlex.quote(TOOL_DIVERTED)
+    divert = f"dpkg-divert --quiet --local --rename --divert {shlex.quote(TOOL_DIVERTED + '.rackboot')}"
     return [
         f'--essential-hook=chroot "$1" {divert} --add {tool} && '
-        f'printf "#!/bin/sh\\nexit 0\\n" > "$1{tool}" && chmod 755 "$1{tool}"',
-        f'--customize-hook=rm -f "$1{tool}" && chroot "$1" {divert} --remove {tool} && '
-        f'if [ -x "$1{tool}" ]; then chroot "$1" update-initramfs -c -k all; fi',
+        f'printf "#!/bin/sh\\nexit 0\\n" > "$1"{tool} && chmod 755 "$1"{tool}',
+        f'--customize-hook=rm -f "$1"{tool} && chroot "$1" {divert} --remove {tool} && '
+        f'if [ -x "$1"{tool} ]; then chroot "$1" update-initramfs -c -k all; fi',
     ]
+
+
+def mmdebstrap_hooks(spec: RootfsSpec, staging: Path) -> list[str]:
+    """The hooks of spec's mmdebstrap run, which writes into staging. They are
+    shell text (mmdebstrap runs them under sh, the chroot as $1; its special
+    hooks, copy-out, split words as sh does): every path in them is quoted."""
+    hooks = []
+    if spec.preseed_dir:
+        hooks.append(f'--setup-hook=cp -a {shlex.quote(f"{spec.preseed_dir}/.")} "$1/"')
+    if spec.initramfs_modules:
+        hooks.append('--setup-hook=mkdir -p "$1/etc/initramfs-tools/conf.d" && '
+                     f'echo {shlex.quote(f"MODULES={spec.initramfs_modules}")} '
+                     '> "$1/etc/initramfs-tools/conf.d/rackboot"')
+    hooks += _initramfs_once()
+    if spec.copy_out:
+        copied = shlex.quote(str(staging / "copied"))
+        # The chroot quoted, the paths not: they are this module's globs (COPY_OUT_GLOB).
+        for path in spec.copy_out:
+            if not COPY_OUT_GLOB.fullmatch(path):
+                raise ValueError(f"copy_out: {path!r} is not a plain absolute path or glob")
+        sources = " ".join(f'"$1"{path}' for path in spec.copy_out)
+        hooks.append(f'--customize-hook=mkdir -p {copied} && cp -a {sources} {copied}/')
+    hooks.append(f"--customize-hook=copy-out /boot {shlex.quote(str(staging))}")
+    return hooks
 
 
 def build(spec: RootfsSpec, cache_dir: Path, use_cache: bool = True) -> Rootfs:
@@ -131,34 +158,17 @@ def build(spec: RootfsSpec, cache_dir: Path, use_cache: bool = True) -> Rootfs:
         log.info("  reusing cached root filesystem %s", entry)
         return Rootfs(tarball, boot, cached=True)
     _ensure_foreign_arch(spec.arch)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=cache_dir))
-    hooks = []
-    if spec.preseed_dir:
-        hooks.append(f'--setup-hook=cp -a {spec.preseed_dir}/. "$1/"')
-    if spec.initramfs_modules:
-        hooks.append('--setup-hook=mkdir -p "$1/etc/initramfs-tools/conf.d" && '
-                     f'echo MODULES={spec.initramfs_modules} > "$1/etc/initramfs-tools/conf.d/rackboot"')
-    hooks += _initramfs_once()
-    if spec.copy_out:
-        sources = " ".join(f'"$1"{path}' for path in spec.copy_out)    # the chroot quoted, globs not
-        hooks.append(f'--customize-hook=mkdir -p {staging}/copied && cp -a {sources} {staging}/copied/')
-    try:
+    with atomic.staged_directory(entry) as staging:
         with progress.step(f"mmdebstrap {spec.release} {spec.arch} ({len(spec.packages)} packages)"):
             run(["mmdebstrap", "--variant=minbase", "--mode=root", f"--architectures={spec.arch}",
-                 f"--components={','.join(spec.components)}", *hooks,
+                 f"--components={','.join(spec.components)}", *mmdebstrap_hooks(spec, staging),
                  "--include=" + ",".join(spec.packages),
                  # No man pages or docs (copyrights stay): smaller image, same function.
                  "--dpkgopt=path-exclude=/usr/share/man/*",
                  "--dpkgopt=path-exclude=/usr/share/doc/*",
                  "--dpkgopt=path-include=/usr/share/doc/*/copyright",
-                 f"--customize-hook=copy-out /boot {staging}",
                  spec.release, str(staging / "rootfs.tar")], stream=True)
         (staging / "complete").write_text(spec.key() + "\n")
-        replace_directory(staging, entry)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return Rootfs(tarball, boot, cached=False)
 
 
