@@ -18,8 +18,10 @@ from typing import Callable
 import pytest
 
 from firstboot.errors import ProfileError
-from firstboot.profile import (KUBELET_LABELS, MAX_DEPTH, MAX_FILE_BYTES, _anchored_at_end, _validator,
-                               load_profiles)
+from firstboot.profile import SCHEMA_PATH, load_profiles
+from firstboot.profile.labels import KUBELET_LABELS
+from firstboot.profile.schema import anchored_at_end, validator
+from firstboot.profile.yaml_input import MAX_DEPTH, MAX_FILE_BYTES
 
 BASE_DEFAULTS = Path(__file__).parent / "profiles" / "broken" / "defaults.yaml"
 PI = 'name: pi-1, model: pi4, serial: "00000001", mac: "dc:a6:32:00:00:01"'
@@ -552,14 +554,13 @@ def test_pattern_end_is_end_of_string(pattern, value):
     """Each `$` anchor of the schema is the end of the string, as in ECMA-262."""
     import re
     assert re.search(pattern, value)                      # Python's own reading: the bug
-    assert not re.search(_anchored_at_end(pattern), value)
-    assert re.search(_anchored_at_end(pattern), value[:-1])
+    assert not re.search(anchored_at_end(pattern), value)
+    assert re.search(anchored_at_end(pattern), value[:-1])
 
 
 def test_every_schema_pattern_refuses_a_trailing_newline():
     """For each pattern in the schema, a value it accepts is refused with a newline after it."""
     import json
-    from firstboot.profile import SCHEMA_PATH
     samples = {"uplink": "eth0", "ssh_authorized_keys": KEY + " me", "version": "v1.31.4+k3s1",
                "serial": "00000001", "tftp_root": "/srv/a", "nfs_root": "/srv/b", "manifests": "kube",
                "type": "Opaque", "data": "k", "description": "d", "key": "k", "dnsLabel": "a", "dnsName": "a.b",
@@ -578,11 +579,11 @@ def test_every_schema_pattern_refuses_a_trailing_newline():
                 walk(item, name)
     walk(json.loads(SCHEMA_PATH.read_text()), "")
     assert len(found) >= 15
-    validator = _validator()
+    strict = validator()
     for name, pattern in found:
         sample = samples[name]
-        assert validator.evolve(schema={"pattern": pattern}).is_valid(sample), (name, pattern)
-        assert not validator.evolve(schema={"pattern": pattern}).is_valid(sample + "\n"), (name, pattern)
+        assert strict.evolve(schema={"pattern": pattern}).is_valid(sample), (name, pattern)
+        assert not strict.evolve(schema={"pattern": pattern}).is_valid(sample + "\n"), (name, pattern)
 
 
 def test_allowed_kubelet_labels_pass(tmp_path):
