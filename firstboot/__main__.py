@@ -22,6 +22,7 @@ if VENDORED.is_dir():
 
 from firstboot import agent, join, secretref, secrets  # noqa: E402
 from firstboot.errors import RackbootError  # noqa: E402
+from firstboot.layout import Layout, Role  # noqa: E402
 
 
 def access(reference: str, key: str | None) -> int:
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m firstboot", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
     run = verbs.add_parser("run", help="run the first-boot steps")
-    run.add_argument("--role", choices=("jumphost", "pi"), required=True,
+    run.add_argument("--role", choices=[str(role) for role in Role], required=True,
                      help="what this image is; the rack is found at boot")
     verbs.add_parser("status", help="show the steps' progress and any failure")
     get = verbs.add_parser("access", help="print a secret's value (berglas://, sm://, file://)")
@@ -50,14 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
+        layout = Layout.from_environment()
         if args.verb == "run":
-            return agent.run(args.role)
+            return agent.run(Role(args.role), layout)
         if args.verb == "access":
             return access(args.reference, args.key)
         if args.verb == "join-server":
-            join.serve_forever(agent.rack_profile(args.rack))
+            join.serve_forever(agent.rack_profile(layout, args.rack), layout.agent_token_file)
             return 0
-        print(agent.describe_status())
+        print(agent.describe_status(layout))
         return 0
     except RackbootError as err:
         print(f"error: {err}", file=sys.stderr)

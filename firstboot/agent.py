@@ -11,32 +11,51 @@ in any step means the next boot's run does it again and goes on, and a run on
 a finished machine changes nothing unless an input changed (a new bundle, a
 rotated token, a new profile). When a step fails the rest are skipped, but
 report always runs, so the failure reaches the operator.
+
+The steps are one table (STEPS): each names the roles it is for, and on a
+machine of another role the runner records it as done with the reason it
+does not apply, without calling it. Steps hand results to later ones on the
+Context, typed; the status file is only their record.
 """
 
 import logging
-import os
 import time
 import traceback
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from firstboot import apply, identify, k3s, ready, report, serve, state, token
-from firstboot.errors import BadInput, RackbootError
-from firstboot.profile import load_profiles
+from firstboot.errors import RackbootError
+from firstboot.layout import Layout, Role
+from firstboot.profile import RackProfile, load_profiles
 
 log = logging.getLogger("rackboot.agent")
-PROFILES = Path(os.environ.get("RACKBOOT_PROFILES", Path(__file__).resolve().parent.parent / "rack-profiles"))
-STEPS = ("identify", "serve", "token", "k3s", "ready", "apply", "report")
+CMDLINE = Path("/proc/cmdline")     # the kernel's, read by the jumphost and the Pi alike
 
 
 @dataclass
 class Context:
-    role: str
-    status: dict
+    layout: Layout
+    role: Role
+    status: dict                                  # what the status file records (JSON)
+    journal: object = None                        # systemd.journal, when the machine has it
     identity: identify.Identity | None = None
-    profile: object = None          # the rack's RackProfile, once identified
-    journal: object = None
-    notes: dict = field(default_factory=dict)
+    token_changed: bool = False                   # the token step's: k3s restarts when it changed
+    inventory: tuple = ()                         # apply's kinds applied, pruned through next time
+
+    @property
+    def profile(self) -> RackProfile | None:
+        """The rack's profile, once identified."""
+        return self.identity.profile if self.identity else None
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    function: Callable[[Context], dict]
+    roles: frozenset[Role] = frozenset(Role)
+    not_for_others: str = ""          # the recorded reason on a machine of another role
 
 
 def _journal(ctx: Context, message: str, **fields) -> None:
@@ -44,7 +63,7 @@ def _journal(ctx: Context, message: str, **fields) -> None:
     if ctx.journal is not None:
         extra = {f"RACKBOOT_{k.upper()}": str(v) for k, v in fields.items() if v is not None}
         if ctx.identity:
-            extra.update(RACKBOOT_RACK=ctx.identity.rack, RACKBOOT_ROLE=ctx.identity.role)
+            extra.update(RACKBOOT_RACK=ctx.identity.rack, RACKBOOT_ROLE=str(ctx.identity.role))
         ctx.journal.send(message, SYSLOG_IDENTIFIER="rackboot-firstboot", **extra)
 
 
@@ -57,49 +76,49 @@ def _notify(text: str) -> None:
 
 
 def step_identify(ctx: Context) -> dict:
-    profiles = load_profiles([PROFILES])
-    if ctx.role == "jumphost":
-        cmdline = Path("/proc/cmdline").read_text()
+    profiles = load_profiles([ctx.layout.profiles])
+    cmdline = CMDLINE.read_text()
+    if ctx.role is Role.JUMPHOST:
         ctx.identity = identify.identify_jumphost(profiles, cmdline, identify.rack_from_seed())
     else:
-        ctx.identity = identify.identify_pi(profiles, identify.pi_serial(), identify.NetworkView.read().macs)
-    ctx.profile = next(p for p in profiles if p.rack == ctx.identity.rack)
+        ctx.identity = identify.identify_pi(profiles, identify.pi_serial(), identify.NetworkView.read().macs,
+                                            identify.rack_from_cmdline(cmdline))
     return ctx.identity.to_json()
 
 
-def rack_profile(rack: str):
-    for profile in load_profiles([PROFILES]):
-        if profile.rack == rack:
-            return profile
-    raise BadInput(f"no rack {rack!r} among the profiles in {PROFILES}")
+def rack_profile(layout: Layout, rack: str) -> RackProfile:
+    """The profile of a rack named on the command line (the join service's --rack)."""
+    return identify.profile_named(load_profiles([layout.profiles]), rack, "--rack option")
 
 
 def step_serve(ctx: Context) -> dict:
-    if ctx.role != "jumphost":
-        return {"skipped": "the jumphost serves the Pis' network boot"}
-    return serve.serve(ctx.profile)
+    return serve.serve(ctx.layout, ctx.profile)
 
 
 def step_token(ctx: Context) -> dict:
-    if ctx.role == "pi":
-        return token.install_pi_token(ctx.profile)
-    # A k3s server that already has a datastore cannot simply take a new token.
-    return token.install_token(ctx.profile.k3s.token, ctx.profile.rack, datastore=k3s.DATASTORE)
+    if ctx.role is Role.PI:
+        result = token.install_pi_token(ctx.profile, ctx.layout.token_file)
+    else:
+        # A k3s server that already has a datastore cannot simply take a new token.
+        result = token.install_token(ctx.profile.k3s.token, ctx.profile.rack, ctx.layout.token_file,
+                                     datastore=ctx.layout.datastore,
+                                     agent_token_file=ctx.layout.agent_token_file)
+    ctx.token_changed = result["changed"]
+    return result
 
 
 def step_k3s(ctx: Context) -> dict:
-    return k3s.install(ctx.identity.rack, ctx.role, ctx.identity.node, ctx.profile.k3s.version,
-                       token_changed=ctx.status["steps"]["token"]["result"]["changed"])
+    return k3s.install(ctx.layout, ctx.identity.rack, ctx.role, ctx.identity.node, ctx.profile.k3s.version,
+                       token_changed=ctx.token_changed)
 
 
 def step_ready(ctx: Context) -> dict:
-    return ready.wait(ctx.role, ctx.identity.node)
+    return ready.wait(ctx.layout, ctx.role, ctx.identity.node)
 
 
 def step_apply(ctx: Context) -> dict:
-    if ctx.role != "jumphost":
-        return {"skipped": "the jumphost applies the rack's YAML"}
-    result = apply.apply(ctx.profile, ctx.status.get("inventory", ()))
+    result = apply.apply(ctx.layout.kubeconfig, ctx.profile, ctx.inventory)
+    ctx.inventory = tuple(map(tuple, result["inventory"]))
     ctx.status["inventory"] = result["inventory"]   # what to look through when pruning next time
     return result
 
@@ -113,7 +132,8 @@ def step_report(ctx: Context) -> dict:
         "uptime": {"cloud_init_finished": report.cloud_init_finished_uptime(), "report": report.uptime()},
         "failed_units": [u for u in report.failed_units() if u != "rackboot-firstboot.service"],
         "ssh_host_keys": report.ssh_host_keys(),
-        "steps": {name: ctx.status["steps"].get(name, {}).get("outcome", "skipped") for name in STEPS[:-1]},
+        "steps": {step.name: ctx.status["steps"].get(step.name, {}).get("outcome", "skipped")
+                  for step in STEPS[:-1]},
         "errors": {name: record["error"] for name, record in ctx.status["steps"].items()
                    if name != "report" and record.get("error")},
     }
@@ -121,49 +141,64 @@ def step_report(ctx: Context) -> dict:
     return summary
 
 
-STEP_FUNCTIONS = {"identify": step_identify, "serve": step_serve, "token": step_token, "k3s": step_k3s, "ready": step_ready,
-                  "apply": step_apply, "report": step_report}
+STEPS = (
+    Step("identify", step_identify),
+    Step("serve", step_serve, frozenset({Role.JUMPHOST}), "the jumphost serves the Pis' network boot"),
+    Step("token", step_token),
+    Step("k3s", step_k3s),
+    Step("ready", step_ready),
+    Step("apply", step_apply, frozenset({Role.JUMPHOST}), "the jumphost applies the rack's YAML"),
+    Step("report", step_report),
+)
 
 
-def run(role: str) -> int:
+def _run_step(ctx: Context, step: Step, record: dict) -> int:
+    """Run one step into its record; its exit status (0: done)."""
+    if ctx.role not in step.roles:
+        record.update(outcome="done", result={"skipped": step.not_for_others})
+        return 0
+    try:
+        record["result"] = step.function(ctx)
+        record["outcome"] = "done"
+        return 0
+    except RackbootError as err:
+        record.update(outcome="failed", error=str(err), hint=err.hint)
+        return err.exit_status
+    except Exception as err:  # an agent bug: keep the traceback where status can show it
+        record.update(outcome="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        return 1
+
+
+def run(role: Role | str, layout: Layout | None = None) -> int:
     try:
         from systemd import journal
     except ImportError:
         journal = None
-    ctx = Context(role=role, status=state.load(), journal=journal)
-    ctx.status.update(role=role, started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), failed=None)
+    layout = layout or Layout.from_environment()
+    ctx = Context(layout, Role(role), state.load(layout), journal)
+    ctx.inventory = tuple(map(tuple, ctx.status.get("inventory", ())))
+    ctx.status.update(role=str(ctx.role), started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), failed=None)
     ctx.status["steps"] = {}
     failure = 0
-    for name in STEPS:
-        if failure and name != "report":
+    for step in STEPS:
+        if failure and step.name != "report":
             continue
-        _notify(f"STATUS={name}...")
-        record = {"outcome": "running"}
-        ctx.status["steps"][name] = record
-        state.save(ctx.status)
+        _notify(f"STATUS={step.name}...")
+        record = ctx.status["steps"][step.name] = {"outcome": "running"}
+        state.save(layout, ctx.status)
         start = time.monotonic()
-        exit_status = 0
-        try:
-            record["result"] = STEP_FUNCTIONS[name](ctx)
-            record["outcome"] = "done"
-        except RackbootError as err:
-            record.update(outcome="failed", error=str(err), hint=err.hint)
-            exit_status = err.exit_status
-        except Exception as err:  # an agent bug: keep the traceback where status can show it
-            record.update(outcome="failed", error=f"{type(err).__name__}: {err}",
-                          traceback=traceback.format_exc())
-            exit_status = 1
+        exit_status = _run_step(ctx, step, record)
         if exit_status:
-            ctx.status["failed"] = ctx.status["failed"] or name   # the first failure is the cause
+            ctx.status["failed"] = ctx.status["failed"] or step.name   # the first failure is the cause
         record["seconds"] = round(time.monotonic() - start, 1)
-        state.save(ctx.status)
-        _journal(ctx, f"step {name}: {record['outcome']} in {record['seconds']} s"
+        state.save(layout, ctx.status)
+        _journal(ctx, f"step {step.name}: {record['outcome']} in {record['seconds']} s"
                  + (f": {record['error']}" if record.get("error") else ""),
-                 step=name, outcome=record["outcome"], duration=record["seconds"])
-        if name == "identify" and ctx.identity:
+                 step=step.name, outcome=record["outcome"], duration=record["seconds"])
+        if step.name == "identify" and ctx.identity:
             _notify("READY=1")  # boot goes on; the remaining steps run in the background
-        if record["outcome"] == "failed" and not failure:
-            _notify(f"STATUS=failed at {name}: {record['error'].splitlines()[0]}")
+        if exit_status and not failure:
+            _notify(f"STATUS=failed at {step.name}: {record['error'].splitlines()[0]}")
             failure = exit_status
     if failure:
         return failure
@@ -171,17 +206,19 @@ def run(role: str) -> int:
     return 0
 
 
-def describe_status() -> str:
-    status = state.load()
+def describe_status(layout: Layout | None = None) -> str:
+    layout = layout or Layout.from_environment()
+    status = state.load(layout)
     if not status.get("steps"):
-        return f"no first-boot run recorded yet ({state.status_path()})"
+        return f"no first-boot run recorded yet ({state.status_path(layout)})"
     lines = [f"role {status.get('role')}, last run started {status.get('started')}"]
-    for name in STEPS:
-        record = status["steps"].get(name)
+    for step in STEPS:
+        record = status["steps"].get(step.name)
         if not record:
-            lines.append(f"  {name:10} not reached")
+            lines.append(f"  {step.name:10} not reached")
             continue
-        lines.append(f"  {name:10} {record['outcome']}" + (f" ({record['seconds']} s)" if "seconds" in record else ""))
+        lines.append(f"  {step.name:10} {record['outcome']}"
+                     + (f" ({record['seconds']} s)" if "seconds" in record else ""))
         if record.get("error"):
             lines.append(f"             error: {record['error']}")
         if record.get("hint"):

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from firstboot import k3s, secrets
+from firstboot import secrets
 from firstboot.errors import BadInput, RackbootError
 
 FIELD_MANAGER = "rackboot"
@@ -103,14 +103,14 @@ def _labelled(body: dict, rack: str) -> dict:
     return {**body, "metadata": meta}
 
 
-def _client():
+def _client(kubeconfig: Path):
     from kubernetes import config
     from kubernetes.dynamic import DynamicClient
 
     try:
-        api = config.new_client_from_config(config_file=str(k3s.KUBECONFIG))
+        api = config.new_client_from_config(config_file=str(kubeconfig))
     except (config.ConfigException, OSError) as err:
-        raise RackbootError(f"{k3s.KUBECONFIG}: cannot use k3s's kubeconfig: {err}",
+        raise RackbootError(f"{kubeconfig}: cannot use k3s's kubeconfig: {err}",
                             hint="is k3s running? journalctl -u k3s") from None
     return DynamicClient(api)
 
@@ -139,13 +139,14 @@ def _resource(dyn, document: Document):
                        hint="check apiVersion and kind; custom resources need their CRD first") from None
 
 
-def apply(profile, previous_inventory=(), timeout: float = TIMEOUT) -> dict:
+def apply(kubeconfig: Path, profile, previous_inventory=(), timeout: float = TIMEOUT) -> dict:
+    """kubeconfig: k3s's admin kubeconfig (Layout.kubeconfig)."""
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
     documents = load_documents(profile.manifests)
     documents += secret_documents(profile)
-    dyn = _client()
+    dyn = _client(kubeconfig)
     applied = []
     try:
         placement = label_jumphost(dyn, profile.jumphost.hostname)

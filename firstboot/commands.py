@@ -46,7 +46,7 @@ class CommandFailed(RackbootError):
     def __init__(self, argv: Sequence[str], status: int | None, output: str, hint: str | None = None):
         tail = "\n".join(output.strip().splitlines()[-TAIL_LINES:])
         how = "timed out" if status is None else f"exit status {status}"
-        super().__init__(f"command failed ({how}): {shlex.join(argv)}" + (f"\n{tail}" if tail else ""), hint)
+        super().__init__(f"{shlex.join(argv)} failed ({how})" + (f":\n{tail}" if tail else ""), hint)
         self.argv, self.status, self.output = list(argv), status, output
 
 

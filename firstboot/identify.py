@@ -10,16 +10,23 @@ boot, from the first of these that says anything:
    only if no rack matched that way, an address in the subnet of a rack that
    gives no signals, with that rack's router as default gateway.
 
-A Pi is found by its own serial or MAC among the profiles' Pis. No match, or
-more than one, is an error that says what was seen: never a guess.
+A Pi is found by its own serial or MAC among the profiles' Pis. The
+rackboot.rack=NAME its boot files put on its kernel command line (the rack
+whose TFTP tree or SD card it booted from) narrows the search to that rack,
+and a Pi of another rack booted from them is an error. No match, or more
+than one, is an error that says what was seen: never a guess.
+
+What identify finds is an Identity, which carries the rack's profile: no
+other step looks the rack up again.
 """
 
 import ipaddress
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from firstboot.errors import BadInput, RackbootError
+from firstboot.layout import Role
 from firstboot.profile import RackProfile
 
 CMDLINE_KEY = "rackboot.rack"
@@ -29,12 +36,13 @@ INSTANCE_DATA = Path("/run/cloud-init/instance-data.json")
 @dataclass(frozen=True)
 class Identity:
     rack: str
-    role: str            # "jumphost" or "pi"
+    role: Role
     node: str            # node name: the jumphost's hostname or the Pi's name
     source: str          # what told us: "kernel command line", "seed", "network", "serial", "MAC"
+    profile: RackProfile = field(repr=False, compare=False)   # the rack's
 
     def to_json(self) -> dict:
-        return {"rack": self.rack, "role": self.role, "node": self.node, "source": self.source}
+        return {"rack": self.rack, "role": str(self.role), "node": self.node, "source": self.source}
 
 
 @dataclass(frozen=True)
@@ -119,7 +127,8 @@ def _subnet_match(profile: RackProfile, view: NetworkView) -> bool:
     return in_subnet and view.gateway == profile.network.router
 
 
-def _by_name(profiles: list[RackProfile], rack: str, source: str) -> RackProfile:
+def profile_named(profiles: list[RackProfile], rack: str, source: str) -> RackProfile:
+    """The profile of rack, which source (what named it, for the error) named."""
     for profile in profiles:
         if profile.rack == rack:
             return profile
@@ -132,14 +141,14 @@ def identify_jumphost(profiles: list[RackProfile], cmdline: str, seed_rack: str 
                       view_reader=None) -> Identity:
     for source, rack in (("kernel command line", rack_from_cmdline(cmdline)), ("seed", seed_rack)):
         if rack:
-            profile = _by_name(profiles, rack, source)
-            return Identity(profile.rack, "jumphost", profile.jumphost.hostname, source)
+            profile = profile_named(profiles, rack, source)
+            return Identity(profile.rack, Role.JUMPHOST, profile.jumphost.hostname, source, profile)
     view = (view_reader or NetworkView.read)()
     # Explicit signals outrank the subnet rule: many racks share 192.168.1.0/24.
     matches = [p for p in profiles if _explicit_match(p, view)] or \
         [p for p in profiles if _subnet_match(p, view)]
     if len(matches) == 1:
-        return Identity(matches[0].rack, "jumphost", matches[0].jumphost.hostname, "network")
+        return Identity(matches[0].rack, Role.JUMPHOST, matches[0].jumphost.hostname, "network", matches[0])
     hint = (f"boot with {CMDLINE_KEY}=NAME on the kernel command line, attach the rack's seed "
             "(./build.py seed PROFILE), or add jumphost.identify (macs, router_mac) to the profile")
     if not matches:
@@ -164,15 +173,34 @@ def pi_serial(cpuinfo: Path = Path("/proc/cpuinfo"),
     return None
 
 
-def identify_pi(profiles: list[RackProfile], serial: str | None, macs: frozenset[str]) -> Identity:
-    found = [(profile, pi, "serial") for profile in profiles for pi in profile.pis if serial and pi.serial == serial]
+def _pis_matching(profiles: list[RackProfile], serial: str | None, macs: frozenset[str]) -> list:
+    """(profile, pi, source) for each Pi with this serial, or else this MAC."""
+    found = [(profile, pi, "serial") for profile in profiles for pi in profile.pis
+             if serial and pi.serial == serial]
     found += [(profile, pi, "MAC") for profile in profiles for pi in profile.pis
               if pi.mac in macs and not (serial and pi.serial == serial)]
+    return found
+
+
+def identify_pi(profiles: list[RackProfile], serial: str | None, macs: frozenset[str],
+                cmdline_rack: str | None = None) -> Identity:
+    """cmdline_rack: the rack the Pi's boot files name (rackboot.rack=), if any."""
+    candidates = profiles
+    if cmdline_rack:
+        candidates = [profile_named(profiles, cmdline_rack, "kernel command line")]
+    found = _pis_matching(candidates, serial, macs)
     names = {(profile.rack, pi.name) for profile, pi, _ in found}
     if len(names) == 1:
         profile, pi, source = found[0]
-        return Identity(profile.rack, "pi", pi.name, source)
+        return Identity(profile.rack, Role.PI, pi.name, source, profile)
     seen = f"serial {serial or 'unknown'}, MACs {', '.join(sorted(macs)) or 'none'}"
+    if not names and cmdline_rack:
+        elsewhere = sorted({f"{profile.rack}/{pi.name}" for profile, pi, _ in _pis_matching(profiles, serial, macs)})
+        raise RackbootError(f"this Pi ({seen}) booted rack {cmdline_rack}'s boot files (rackboot.rack= on its "
+                            f"kernel command line) but is not one of its Pis"
+                            + (f"; it is {', '.join(elsewhere)}" if elsewhere else ""),
+                            hint="boot it from its own rack's jumphost or SD card, or move it in the profiles "
+                                 "and rebuild")
     if not names:
         raise RackbootError(f"this Pi ({seen}) is in no rack profile of this image",
                             hint="add it to its rack's profile (pis: name, model, serial, mac) and rebuild")

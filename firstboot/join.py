@@ -42,7 +42,6 @@ from pathlib import Path
 
 from firstboot.errors import RackbootError
 
-AGENT_TOKEN_FILE = Path("/etc/rancher/k3s/agent-token")
 PATH = "/v1/agent-token"
 FETCH_TIMEOUT = float(os.environ.get("RACKBOOT_JOIN_TIMEOUT", "1800"))   # a jumphost may take a while
 RETRY_SECONDS = 5
@@ -239,7 +238,7 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
                          + (f": {printable(str(error))}" if str(error) else "") + "\n")
 
 
-def serve_forever(profile, token_file: Path = AGENT_TOKEN_FILE,
+def serve_forever(profile, token_file: Path,
                   connection_seconds: float = CONNECTION_SECONDS) -> None:
     handler = type("Handler", (_Handler,), {"token_file": token_file})
     server = _Server((str(profile.jumphost.address), profile.netboot.join_port), handler,

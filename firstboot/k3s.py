@@ -42,27 +42,18 @@ a name that is not its own and taking that node's kubelet identity.
 
 import hashlib
 import hmac
-import os
 import platform
 import shutil
 from pathlib import Path
 
-from firstboot import checksums
+from firstboot import k3s_bundle_files as bundle_files
 from firstboot.errors import RackbootError
-from firstboot.system import place, sha256_file, systemctl
+from firstboot.layout import MACHINE, Layout, Role
+from firstboot.system import ensure_running, place, systemctl
 
-BUNDLES = Path(os.environ.get("RACKBOOT_K3S_BUNDLES", "/usr/lib/rackboot/k3s"))
-RACKS = Path(os.environ.get("RACKBOOT_RACKS", "/usr/share/rackboot/racks"))
-BIN_DIR = Path("/usr/local/bin")
-CONFIG = Path("/etc/rancher/k3s/config.yaml")
-TOKEN_FILE = Path("/etc/rancher/k3s/token")
-NODE_PASSWORD = Path("/etc/rancher/node/password")
-IMAGES_DIR = Path("/var/lib/rancher/k3s/agent/images")
-DATASTORE = Path("/var/lib/rancher/k3s/server/db")
-UNIT_DIR = Path("/etc/systemd/system")
-KUBECONFIG = Path("/etc/rancher/k3s/k3s.yaml")
 LINKS = ("kubectl", "crictl", "ctr")
 ARCHES = {"x86_64": "amd64", "aarch64": "arm64"}
+SYSTEM_BIN_PATH = "/usr/bin:/bin"   # install.sh links kubectl etc. unless the distribution has its own there
 
 # As install.sh writes it, less NetworkManager's cloud-setup check (the images
 # have no NetworkManager).
@@ -80,7 +71,7 @@ WantedBy=multi-user.target
 [Service]
 Type=notify
 EnvironmentFile=-/etc/default/%N
-EnvironmentFile=-/etc/systemd/system/%N.service.env
+EnvironmentFile=-{units}/%N.service.env
 KillMode=process
 Delegate=yes
 LimitNOFILE=1048576
@@ -92,12 +83,17 @@ Restart=always
 RestartSec=5s
 ExecStartPre=-/sbin/modprobe br_netfilter
 ExecStartPre=-/sbin/modprobe overlay
-ExecStart=/usr/local/bin/k3s {command}
+ExecStart={bin_dir}/k3s {command}
 """
 
 
-def service_name(role: str) -> str:
-    return "k3s.service" if role == "jumphost" else "k3s-agent.service"
+def service_name(role: Role) -> str:
+    return "k3s.service" if role is Role.JUMPHOST else "k3s-agent.service"
+
+
+def unit_text(role: Role) -> bytes:
+    return UNIT.format(command="server" if role is Role.JUMPHOST else "agent",
+                       units=MACHINE.units, bin_dir=MACHINE.bin_dir).encode()
 
 
 def machine_arch() -> str:
@@ -107,39 +103,33 @@ def machine_arch() -> str:
     return ARCHES[machine]
 
 
-def find_bundle(version: str, arch: str) -> tuple[Path, Path]:
-    """The bundle's binary and images for arch, checked against its checksums."""
-    bundle = BUNDLES / version
+def find_bundle(bundles: Path, version: str, arch: str) -> tuple[Path, Path]:
+    """The binary and images for arch of the bundle of version under bundles
+    (Layout.k3s_bundles), checked against its checksums as the build host
+    checked them (firstboot/k3s_bundle_files.py)."""
+    bundle = bundles / version
     if not bundle.is_dir():
-        present = sorted(p.name for p in BUNDLES.iterdir()) if BUNDLES.is_dir() else []
+        present = sorted(p.name for p in bundles.iterdir()) if bundles.is_dir() else []
         raise RackbootError(
             f"k3s {version}: not in this image ({bundle} missing; the image has "
             f"{', '.join(present) or 'no k3s bundle'})",
             hint="build the image with --k3s-bundle DIR holding that version "
                  "(./build.py fetch-k3s VERSION -o DIR), or set k3s.version in the profile to one it has")
-    names = ("k3s" if arch == "amd64" else f"k3s-{arch}", f"k3s-airgap-images-{arch}.tar.zst")
-    sums_file = bundle / f"sha256sum-{arch}.txt"
     try:
-        sums = checksums.read(sums_file)     # as the build host read it (image/k3s_bundle.py)
-    except OSError as err:
-        raise RackbootError(f"{sums_file}: {err.strerror}", hint="the image's k3s bundle is incomplete; rebuild it")
-    except checksums.ChecksumFileError as err:
-        raise RackbootError(str(err), hint="the image's k3s bundle is damaged; reflash or rebuild the image")
-    for name in names:
-        path = bundle / name
-        if path.is_symlink() or not path.is_file():
-            raise RackbootError(f"{path}: missing from the image's k3s bundle (or not a regular file)",
-                                hint="rebuild the image")
-        if sums.get(name) != sha256_file(path):
-            raise RackbootError(f"{path}: does not match {sums_file.name} (corrupt image?)",
-                                hint="reflash the image, or rebuild it with a freshly fetched bundle")
-    return bundle / names[0], bundle / names[1]
+        bundle_files.check_arch(bundle, arch)
+    except bundle_files.BundleFileError as err:
+        raise _bundle_error(err, bundle_files.checksums_name(arch)) from None
+    return bundle / bundle_files.binary_name(arch), bundle / bundle_files.images_name(arch)
 
 
-def config_source(rack: str, role: str, node: str) -> Path:
-    if role == "jumphost":
-        return RACKS / rack / "jumphost/rootfs/etc/rancher/k3s/config.yaml"
-    return RACKS / rack / "pi/nodes" / node / "etc/rancher/k3s/config.yaml"
+def _bundle_error(err: bundle_files.BundleFileError, sums_name: str) -> RackbootError:
+    Problem = bundle_files.Problem
+    if err.problem is Problem.MISMATCH:
+        return RackbootError(f"{err.path}: does not match {sums_name} (corrupt image?)",
+                             hint="reflash the image, or rebuild it with a freshly fetched bundle")
+    if err.problem is Problem.DAMAGED:
+        return RackbootError(str(err), hint="the image's k3s bundle is damaged; reflash or rebuild the image")
+    return RackbootError(f"{err} (the image's k3s bundle)", hint="the image's k3s bundle is incomplete; rebuild it")
 
 
 def node_password(rack: str, node: str) -> bytes:
@@ -155,48 +145,49 @@ def server_node_password(rack_token: bytes, rack: str, node: str) -> bytes:
     return hmac.new(rack_token, message, hashlib.sha256).hexdigest().encode()
 
 
-def _install_node_password(rack: str, role: str, node: str) -> bool:
-    if role != "jumphost":
-        return place(node_password(rack, node) + b"\n", NODE_PASSWORD, 0o600)
-    if NODE_PASSWORD.exists():
+def _install_node_password(layout: Layout, rack: str, role: Role, node: str) -> bool:
+    if role is not Role.JUMPHOST:
+        return place(node_password(rack, node) + b"\n", layout.node_password, 0o600)
+    if layout.node_password.exists():
         return False      # kept across token rotations: the datastore holds its hash
-    return place(server_node_password(TOKEN_FILE.read_bytes().strip(), rack, node) + b"\n", NODE_PASSWORD, 0o600)
+    rack_token = layout.token_file.read_bytes().strip()
+    return place(server_node_password(rack_token, rack, node) + b"\n", layout.node_password, 0o600)
 
 
-def install(rack: str, role: str, node: str, version: str, token_changed: bool) -> dict:
-    """Install or upgrade k3s and (re)start it when anything changed."""
-    arch = machine_arch()
-    binary, images = find_bundle(version, arch)
-    config = config_source(rack, role, node)
+def _install_files(layout: Layout, rack: str, role: Role, node: str, binary: Path, images: Path) -> list[str]:
+    """The bundle's files, the config and the node password in place; what changed."""
+    config = layout.k3s_config_source(rack, role, node)
     if not config.exists():
         raise RackbootError(f"{config}: the rack's k3s config is not in this image",
                             hint=f"rebuild the image with the profile of rack {rack}")
-    if not TOKEN_FILE.exists():
-        raise RackbootError(f"{TOKEN_FILE}: missing; the token step writes it")
+    if not layout.token_file.exists():
+        raise RackbootError(f"{layout.token_file}: missing; the token step writes it")
     changed = []
-    if place(binary, BIN_DIR / "k3s", 0o755):
+    if place(binary, layout.bin_dir / "k3s", 0o755):
         changed.append("binary")
     for name in LINKS:   # install.sh links these unless the system has its own
-        link = BIN_DIR / name
-        if not link.exists() and not shutil.which(name, path="/usr/bin:/bin"):
+        link = layout.bin_dir / name
+        if not link.exists() and not shutil.which(name, path=SYSTEM_BIN_PATH):
             link.symlink_to("k3s")
-    if place(images, IMAGES_DIR / images.name, 0o644):
+    if place(images, layout.k3s_images / images.name, 0o644):
         changed.append("images")
-    if place(config.read_bytes(), CONFIG, 0o600):
+    if place(config.read_bytes(), layout.k3s_config, 0o600):
         changed.append("config")
-    if _install_node_password(rack, role, node):
+    if _install_node_password(layout, rack, role, node):
         changed.append("node-password")
+    return changed
+
+
+def install(layout: Layout, rack: str, role: Role, node: str, version: str, token_changed: bool) -> dict:
+    """Install or upgrade k3s and (re)start it when anything changed."""
+    arch = machine_arch()
+    binary, images = find_bundle(layout.k3s_bundles, version, arch)
+    changed = _install_files(layout, rack, role, node, binary, images)
     if token_changed:
         changed.append("token")
     unit = service_name(role)
-    if place(UNIT.format(command="server" if role == "jumphost" else "agent").encode(), UNIT_DIR / unit, 0o644):
+    if place(unit_text(role), layout.unit(unit), 0o644):
         changed.append("unit")
         systemctl("daemon-reload")
-    systemctl("enable", unit)
-    running = systemctl("is-active", "--quiet", unit, check=False).returncode == 0
-    # --no-block: k3s's unit has no start timeout; the ready step waits, with one.
-    if changed or not running:
-        systemctl("restart" if running else "start", "--no-block", unit)
-    return {"version": version, "arch": arch, "service": unit, "changed": changed,
-            "started": "restarted" if changed and running else ("started" if not running else "unchanged")}
-
+    started = ensure_running(unit, restart=bool(changed))
+    return {"version": version, "arch": arch, "service": unit, "changed": changed, "started": started}

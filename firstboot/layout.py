@@ -13,6 +13,7 @@ What the image carries:
         rack-profiles/                    the profiles it was built from
         k3s/VERSION/                      k3s bundles (binary, images, checksums)
         pi-root.squashfs                  the Pis' shared root (jumphost image)
+        pi-boot/                          the Pis' boot files the TFTP trees link to (jumphost image)
     usr/share/rackboot/racks/RACK/        each rack's rendered tree:
         profile.json                      its validated profile (the model)
         jumphost/rootfs/MACHINE-PATH      files the jumphost installs
@@ -34,7 +35,8 @@ What the machine keeps (k3s's own paths are k3s's install.sh's):
 """
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path, PurePosixPath
 
@@ -59,12 +61,20 @@ class Layout:
     moved: tuple[tuple[str, Path], ...] = ()   # (part, path): parts of OVERRIDES put elsewhere
 
     @classmethod
-    def from_environment(cls) -> "Layout":
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> "Layout":
         """The machine's layout, with the parts RACKBOOT_PROFILES, _RACKS,
         _K3S_BUNDLES and _STATE_DIR move (tests, and a look at an image's
-        files from outside it)."""
-        return cls(Path("/"), tuple((part, Path(os.environ[variable])) for part, variable in OVERRIDES.items()
-                                    if os.environ.get(variable)))
+        files from outside it). environ: os.environ unless given."""
+        environ = os.environ if environ is None else environ
+        return cls(Path("/"), tuple((part, Path(environ[variable])) for part, variable in OVERRIDES.items()
+                                    if environ.get(variable)))
+
+    def moving(self, **parts: Path) -> "Layout":
+        """This layout with parts of OVERRIDES (profiles=, racks=, ...) put elsewhere."""
+        unknown = set(parts) - set(OVERRIDES)
+        if unknown:
+            raise ValueError(f"Layout parts that cannot be moved: {', '.join(sorted(unknown))}")
+        return replace(self, moved=tuple({**dict(self.moved), **{k: Path(v) for k, v in parts.items()}}.items()))
 
     def _at(self, machine_path: str) -> Path:
         return self.root / machine_path.lstrip("/")
@@ -95,6 +105,11 @@ class Layout:
     @property
     def pi_root_image(self) -> Path:
         return self.agent_dir / "pi-root.squashfs"
+
+    @property
+    def pi_boot(self) -> Path:
+        """The Pis' firmware, kernel and initramfs, one copy for all racks' TFTP trees (jumphost image)."""
+        return self.agent_dir / "pi-boot"
 
     @property
     def racks(self) -> Path:
@@ -139,12 +154,17 @@ class Layout:
         return self._at("/etc/rancher/node/password")
 
     @property
+    def rancher_state(self) -> Path:
+        """k3s's state (a Pi mounts local storage here: var-lib-rancher.mount)."""
+        return self._at("/var/lib/rancher")
+
+    @property
     def k3s_images(self) -> Path:
-        return self._at("/var/lib/rancher/k3s/agent/images")
+        return self.rancher_state / "k3s/agent/images"
 
     @property
     def datastore(self) -> Path:
-        return self._at("/var/lib/rancher/k3s/server/db")
+        return self.rancher_state / "k3s/server/db"
 
     @property
     def bin_dir(self) -> Path:

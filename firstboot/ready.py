@@ -10,6 +10,7 @@ import time
 
 from firstboot import k3s, system
 from firstboot.errors import RackbootError
+from firstboot.layout import Layout, Role
 
 TIMEOUT = float(os.environ.get("RACKBOOT_READY_TIMEOUT", "300"))
 POLL = 1.0
@@ -19,7 +20,7 @@ def _unit_state(unit: str) -> str:
     return system.systemctl("is-active", unit, check=False).stdout.strip() or "unknown"
 
 
-def wait(role: str, node: str, timeout: float = TIMEOUT) -> dict:
+def wait(layout: Layout, role: Role, node: str, timeout: float = TIMEOUT) -> dict:
     start = time.monotonic()
     deadline = start + timeout
     unit = k3s.service_name(role)
@@ -29,7 +30,7 @@ def wait(role: str, node: str, timeout: float = TIMEOUT) -> dict:
             raise RackbootError(f"{unit} is not active after {timeout:.0f} s (it is {state})", hint=hint)
         time.sleep(POLL)
     result = {"service": unit, "service_seconds": round(time.monotonic() - start, 1)}
-    if role != "jumphost":
+    if role is not Role.JUMPHOST:
         return result
     from kubernetes import client, config
     from kubernetes.client.rest import ApiException
@@ -38,7 +39,7 @@ def wait(role: str, node: str, timeout: float = TIMEOUT) -> dict:
     last = "no answer yet"
     while True:
         try:
-            api = config.new_client_from_config(config_file=str(k3s.KUBECONFIG))
+            api = config.new_client_from_config(config_file=str(layout.kubeconfig))
             api.configuration.retries = 0   # ours are the retries, bounded by the deadline
             core = client.CoreV1Api(api)
             conditions = {c.type: c.status for c in core.read_node(node, _request_timeout=10).status.conditions or []}

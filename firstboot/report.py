@@ -7,8 +7,9 @@ produces rather than from scraping its console.
 """
 
 import json
-import subprocess
 from pathlib import Path
+
+from firstboot.commands import CommandFailed, run
 
 STATUS_PORT = Path("/dev/virtio-ports/org.rackboot.status")
 CLOUD_INIT_RESULT = Path("/run/cloud-init/result.json")
@@ -30,9 +31,12 @@ def cloud_init_finished_uptime() -> float | None:
 
 
 def _output(argv: list[str], timeout: float = 900) -> tuple[int, str]:
+    """Exit status and output of a command the report only describes: a
+    failure is part of the report (-1 and why, for one not run or timed
+    out), never the report's end."""
     try:
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired) as err:
+        done = run(argv, capture=True, check=False, timeout=timeout)
+    except CommandFailed as err:
         return -1, str(err)
     return done.returncode, done.stdout.strip()
 

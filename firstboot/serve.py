@@ -25,22 +25,16 @@ filesystem other than the jumphost's root.
 
 import os
 import re
-import subprocess
 from pathlib import Path
 
-from firstboot import k3s, system
+from firstboot import system
+from firstboot.commands import CommandFailed, run
 from firstboot.errors import RackbootError
+from firstboot.layout import MACHINE, PI_ROOT_UNIT, Layout, Role
 
-# Where the jumphost image mounts the Pis' shared root, and the image file
-# it mounts (image/netboot.py makes both).
-IMAGE_PI_ROOT = "/srv/rackboot/pi-root"
-PI_ROOT = Path(IMAGE_PI_ROOT)
-PI_ROOT_IMAGE = "/usr/lib/rackboot/pi-root.squashfs"
-DNSMASQ_CONF = Path("/etc/dnsmasq.d/rackboot-netboot.conf")
-EXPORTS = Path("/etc/exports.d/rackboot.exports")
 DNSMASQ_UNIT = "rackboot-dnsmasq.service"
 JOIN_UNIT = "rackboot-join.service"
-UNIT_DIR = Path("/etc/systemd/system")
+MOUNTINFO = Path("/proc/self/mountinfo")
 
 
 def _link(link: Path, target: Path) -> bool:
@@ -58,10 +52,6 @@ def _link(link: Path, target: Path) -> bool:
     return True
 
 
-# Its mount unit, named as systemd names it: systemd-escape --path --suffix=mount /srv/rackboot/pi-root
-PI_ROOT_UNIT = "srv-rackboot-pi\\x2droot.mount"
-
-
 def _unescape(field: str) -> str:
     """A mountinfo field: spaces, tabs, newlines and backslashes are octal escapes."""
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
@@ -71,7 +61,7 @@ def _mount_at(path: Path) -> str | None:
     """The root (within its filesystem) of what is mounted at path, the last
     mount there being the one seen; None when path is no mount point."""
     root = None
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+    for line in MOUNTINFO.read_text().splitlines():
         fields = line.split()
         if _unescape(fields[4]) == str(path):
             root = _unescape(fields[3])
@@ -83,7 +73,7 @@ def _is_mount_point(path: Path) -> bool:
 
 
 PI_ROOT_HINT = (f"the Pis' root must be a filesystem of its own: {PI_ROOT_UNIT} mounts the image's "
-                f"{PI_ROOT_IMAGE} at {PI_ROOT} (systemctl status '{PI_ROOT_UNIT}'); an image without "
+                f"{MACHINE.pi_root_image} at {MACHINE.pi_root} (systemctl status '{PI_ROOT_UNIT}'); an image without "
                 "that file predates it and must be rebuilt with ./build.py image")
 
 
@@ -106,89 +96,91 @@ def require_own_filesystem(path: Path, what: str, hint: str = PI_ROOT_HINT) -> N
         "that filesystem by file handle (the jumphost's tokens, keys and credentials)", hint=hint)
 
 
-def _withdraw_export() -> None:
+def _withdraw_export(layout: Layout) -> None:
     """No export of the Pis' root at all rather than one of the wrong
     filesystem: an earlier run's export is unloaded."""
-    if EXPORTS.exists():
-        EXPORTS.unlink()
-        subprocess.run(["exportfs", "-ra"], stdin=subprocess.DEVNULL, capture_output=True)
+    if layout.exports.exists():
+        layout.exports.unlink()
+        run(["exportfs", "-ra"], capture=True, check=False)   # best effort: the refusal is the error
 
 
 def _bind(source: Path, target: Path) -> bool:
     if _is_mount_point(target):
         return False
     target.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["mount", "--bind", "-o", "ro", str(source), str(target)],
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RackbootError(f"cannot bind the Pi root {source} to {target} (netboot.nfs_root): "
-                            f"{result.stderr.strip()}")
+    run(["mount", "--bind", "-o", "ro", source, target], capture=True,
+        hint=f"the agent binds the Pis' root {source} at netboot.nfs_root ({target}); check that path")
     return True
 
 
-def _run_unit(unit: str, restart: bool) -> None:
-    system.systemctl("enable", unit)
-    running = system.systemctl("is-active", "--quiet", unit, check=False).returncode == 0
-    if restart or not running:
-        system.systemctl("restart" if running else "start", "--no-block", unit)
-
-
-def _mount_pi_root() -> None:
-    """The image's squashfs at PI_ROOT, by its (enabled) mount unit: normally
-    mounted at boot already, and then this changes nothing."""
-    result = system.systemctl("start", PI_ROOT_UNIT, check=False)
-    if result.returncode != 0:
-        raise RackbootError(f"cannot mount the Pis' root at {PI_ROOT}: systemctl start {PI_ROOT_UNIT} failed: "
-                            f"{(result.stderr or result.stdout).strip()}",
+def _mount_pi_root(layout: Layout) -> None:
+    """The image's squashfs at the Pi root, by its (enabled) mount unit:
+    normally mounted at boot already, and then this changes nothing."""
+    try:
+        system.systemctl("start", PI_ROOT_UNIT)
+    except CommandFailed as err:
+        raise RackbootError(f"cannot mount the Pis' root at {layout.pi_root}: {err}",
                             hint=f"journalctl -u '{PI_ROOT_UNIT}' says more; an image without "
-                                 f"{PI_ROOT_IMAGE} must be rebuilt with ./build.py image")
+                                 f"{layout.pi_root_image} must be rebuilt with ./build.py image") from None
 
 
-def serve(profile) -> dict:
-    if not profile.pis:
-        return {"skipped": f"rack {profile.rack} has no Pis"}
-    rendered = k3s.RACKS / profile.rack
-    tree = rendered / "tftp"
-    missing = [str(path) for path in (tree / "config.txt", tree / "vmlinuz", Path(PI_ROOT_IMAGE))
+def _check_netboot_files(layout: Layout, rack: str) -> None:
+    tree = layout.tftp_tree(rack)
+    missing = [str(path) for path in (tree / "config.txt", tree / "vmlinuz", layout.pi_root_image)
                if not path.exists()]
     if not missing:
-        _mount_pi_root()
-        missing = [str(path) for path in (PI_ROOT / "usr/lib/rackboot",) if not path.exists()]
+        _mount_pi_root(layout)
+        missing = [str(path) for path in (layout.pi_root / MACHINE.agent_dir.relative_to("/"),)
+                   if not path.exists()]
     if missing:
-        raise RackbootError(f"this image has no Pi netboot files for rack {profile.rack} "
+        raise RackbootError(f"this image has no Pi netboot files for rack {rack} "
                             f"(missing {', '.join(missing)})",
                             hint="rebuild the jumphost image: ./build.py image builds the Pi root and TFTP tree")
+
+
+def _export_pi_root(layout: Layout, nfs_root: Path) -> list[str]:
+    """The Pis' root at nfs_root, each a filesystem of its own, or no export."""
     changed = []
-    nfs_root = Path(profile.netboot.nfs_root)
     try:
-        require_own_filesystem(PI_ROOT, "the Pis' root")
-        if nfs_root != PI_ROOT and _bind(PI_ROOT, nfs_root):
+        require_own_filesystem(layout.pi_root, "the Pis' root")
+        if nfs_root != layout.pi_root and _bind(layout.pi_root, nfs_root):
             changed.append("nfs-root")
         require_own_filesystem(nfs_root, "netboot.nfs_root",
-                               hint=f"the agent bind-mounts the Pis' root {PI_ROOT} at netboot.nfs_root; "
+                               hint=f"the agent bind-mounts the Pis' root {layout.pi_root} at netboot.nfs_root; "
                                     f"unmount what is mounted at {nfs_root} (findmnt {nfs_root})")
     except RackbootError:
-        _withdraw_export()
+        _withdraw_export(layout)
         raise
-    if _link(Path(profile.netboot.tftp_root), tree):
+    return changed
+
+
+def _place_rendered(layout: Layout, rack: str, target: Path) -> bool:
+    """The rack's rendered jumphost file for machine path target, placed there."""
+    return system.place_file(layout.rendered(rack, Role.JUMPHOST, target), layout.root / target.relative_to("/"))
+
+
+def serve(layout: Layout, profile) -> dict:
+    if not profile.pis:
+        return {"skipped": f"rack {profile.rack} has no Pis"}
+    _check_netboot_files(layout, profile.rack)
+    nfs_root = Path(profile.netboot.nfs_root)
+    changed = _export_pi_root(layout, nfs_root)
+    if _link(Path(profile.netboot.tftp_root), layout.tftp_tree(profile.rack)):
         changed.append("tftp-root")
-    if system.place_file(rendered / "jumphost/rootfs" / EXPORTS.relative_to("/"), EXPORTS):
+    if _place_rendered(layout, profile.rack, MACHINE.exports):
         changed.append("exports")
     # Load the export table at every run (cheap; nfs-server, enabled by its
     # package, loads it too when it starts). Before dnsmasq's and the join
     # service's files are placed: a failure here leaves them as they were, so
     # the next run still finds them changed and restarts the services.
-    result = subprocess.run(["exportfs", "-ra"], stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RackbootError(f"exportfs -ra failed: {(result.stderr or result.stdout).strip()}",
-                            hint=f"check {EXPORTS} and that {nfs_root} exists")
-    for target, name in ((DNSMASQ_CONF, "dnsmasq-config"), (UNIT_DIR / DNSMASQ_UNIT, "dnsmasq-unit"),
-                         (UNIT_DIR / JOIN_UNIT, "join-unit")):
-        if system.place_file(rendered / "jumphost/rootfs" / target.relative_to("/"), target):
+    run(["exportfs", "-ra"], capture=True, hint=f"check {layout.exports} and that {nfs_root} exists")
+    for target, name in ((MACHINE.dnsmasq_conf, "dnsmasq-config"), (MACHINE.unit(DNSMASQ_UNIT), "dnsmasq-unit"),
+                         (MACHINE.unit(JOIN_UNIT), "join-unit")):
+        if _place_rendered(layout, profile.rack, target):
             changed.append(name)
     if {"dnsmasq-unit", "join-unit"} & set(changed):
         system.systemctl("daemon-reload")
-    _run_unit(DNSMASQ_UNIT, restart={"dnsmasq-config", "dnsmasq-unit"} & set(changed))
-    _run_unit(JOIN_UNIT, restart="join-unit" in changed)
+    system.ensure_running(DNSMASQ_UNIT, restart=bool({"dnsmasq-config", "dnsmasq-unit"} & set(changed)))
+    system.ensure_running(JOIN_UNIT, restart="join-unit" in changed)
     return {"pis": len(profile.pis), "tftp_root": profile.netboot.tftp_root, "nfs_root": str(nfs_root),
             "dhcp": str(profile.netboot.dhcp), "changed": changed}

@@ -1,33 +1,27 @@
-"""Where the agent keeps what it has done: one status file, rewritten
-atomically after every step, so `python -m firstboot status` (and a person
-reading /var/lib/rackboot/status.json) always sees a whole picture."""
+"""Where the agent keeps what it has done: one status file (Layout.state_dir,
+/var/lib/rackboot/status.json), rewritten atomically after every step, so
+`python -m firstboot status` (and a person reading it) always sees a whole
+picture."""
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
-STATE_DIR = Path(os.environ.get("RACKBOOT_STATE_DIR", "/var/lib/rackboot"))
+from firstboot.layout import Layout
+from firstboot.system import place
 
 
-def status_path() -> Path:
-    return STATE_DIR / "status.json"
+def status_path(layout: Layout) -> Path:
+    return layout.state_dir / "status.json"
 
 
-def load() -> dict:
+def load(layout: Layout) -> dict:
     try:
-        return json.loads(status_path().read_text())
+        return json.loads(status_path(layout).read_text())
     except FileNotFoundError:
         return {"steps": {}}
 
 
-def save(status: dict) -> None:
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
+def save(layout: Layout, status: dict) -> None:
     status["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    fd, tmp = tempfile.mkstemp(dir=STATE_DIR, prefix=".status.")
-    with os.fdopen(fd, "w") as out:
-        json.dump(status, out, indent=2, sort_keys=True)
-        out.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, status_path())
+    place((json.dumps(status, indent=2, sort_keys=True) + "\n").encode(), status_path(layout), 0o644)

@@ -1,5 +1,6 @@
 """How the agent changes the machine: files placed atomically and only when
-their content or mode differs (so a re-run changes nothing), and systemctl."""
+their content or mode differs (so a re-run changes nothing), and systemd's
+units through systemctl (firstboot.commands.run, like every command)."""
 
 import hashlib
 import os
@@ -8,6 +9,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from firstboot.commands import run
 from firstboot.errors import RackbootError
 
 
@@ -19,16 +21,20 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _same(content: bytes | Path, target: Path, mode: int) -> bool:
+    if not target.exists() or (target.stat().st_mode & 0o7777) != mode:
+        return False
+    if isinstance(content, Path):
+        return target.stat().st_size == content.stat().st_size and sha256_file(target) == sha256_file(content)
+    return target.read_bytes() == content
+
+
 def place(content: bytes | Path, target: Path, mode: int) -> bool:
-    """Make target hold content with mode; True if anything changed. Atomic."""
-    same = False
-    if target.exists():
-        if isinstance(content, Path):
-            same = target.stat().st_size == content.stat().st_size and sha256_file(target) == sha256_file(content)
-        else:
-            same = target.read_bytes() == content
-        same = same and (target.stat().st_mode & 0o7777) == mode
-    if same:
+    """Make target hold content (bytes, or a file's) with mode; True if
+    anything changed. Stage-then-replace: a temporary file beside target,
+    written, synced and renamed over it, so target is always whole (the
+    agent's one way of writing a file)."""
+    if _same(content, target, mode):
         return False
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
@@ -56,9 +62,28 @@ def place_file(source: Path, target: Path, mode: int = 0o644) -> bool:
     return place(source.read_bytes(), target, mode)
 
 
-def systemctl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(["systemctl", *args], stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise RackbootError(f"systemctl {' '.join(args)} failed: {(result.stderr or result.stdout).strip()}",
-                            hint="journalctl -u k3s -u k3s-agent says more")
-    return result
+def systemctl(*args: str, check: bool = True, hint: str | None = None) -> subprocess.CompletedProcess:
+    """systemctl ARGS, its output captured; hint: what to look at when it fails."""
+    return run(["systemctl", *args], capture=True, check=check,
+               hint=hint or "systemctl status and journalctl -b say more")
+
+
+def is_active(unit: str) -> bool:
+    return systemctl("is-active", "--quiet", unit, check=False).returncode == 0
+
+
+def ensure_running(unit: str, restart: bool) -> str:
+    """Enable unit and have it running: started when it is not, restarted
+    when restart (its files or inputs changed) and it is. --no-block: a unit
+    may take long to start (k3s's has no start timeout); the callers wait for
+    it with deadlines of their own. Returns "started", "restarted" or
+    "unchanged"."""
+    hint = f"journalctl -u {unit} says more"
+    systemctl("enable", unit, hint=hint)
+    if not is_active(unit):
+        systemctl("start", "--no-block", unit, hint=hint)
+        return "started"
+    if restart:
+        systemctl("restart", "--no-block", unit, hint=hint)
+        return "restarted"
+    return "unchanged"

@@ -14,22 +14,23 @@ from pathlib import Path
 
 from firstboot import join, secrets, system
 from firstboot.errors import RackbootError
+from firstboot.layout import MACHINE
 from firstboot.secretref import SecretRef
 
-TOKEN_FILE = Path("/etc/rancher/k3s/token")
 K3S_TOKEN_PREFIX = b"K10"
 K3S_CA_HASH_LENGTH = 64                                                   # hex SHA-256
 BOOTSTRAP_TOKEN = re.compile(rb"[a-z0-9]{6}\.[a-z0-9]{16}")                # kubeadm's ID.SECRET
 
 
-def install_token(ref: SecretRef, rack: str, path: Path | None = None, access=None,
+def install_token(ref: SecretRef, rack: str, path: Path, access=None,
                   datastore: Path | None = None, agent_token_file: Path | None = None) -> dict:
-    """rack: the rack's name, bound into its agent token (join.agent_token).
+    """path: the token file (Layout.token_file); the agent token goes beside
+    it unless agent_token_file says where (Layout.agent_token_file).
+    rack: the rack's name, bound into its agent token (join.agent_token).
     datastore: a k3s server's datastore directory. When it exists, k3s
     refuses to start with a token other than the one it was set up (or
     rotated, with `k3s token rotate`) to; any other changed token fails here
     and the old file stays."""
-    path = path or TOKEN_FILE
     value = (access or secrets.access)(ref).strip()
     if not value:
         raise RackbootError(f"{ref}: the secret is empty", hint="store the k3s token there")
@@ -55,14 +56,14 @@ def install_token(ref: SecretRef, rack: str, path: Path | None = None, access=No
             hint="rotate it in k3s first (on the jumphost: k3s token rotate --token OLD --new-token NEW), "
                  "or reflash the jumphost; see the README, 'Rotating the token'")
     changed = system.place(value + b"\n", path, 0o600)
-    agent_file = agent_token_file or path.with_name(join.AGENT_TOKEN_FILE.name)
+    agent_file = agent_token_file or path.with_name(MACHINE.agent_token_file.name)
     changed |= system.place(join.agent_token(value, rack) + b"\n", agent_file, 0o600)
     return {"reference": str(ref), "file": str(path), "changed": changed}
 
 
-def install_pi_token(profile, path: Path | None = None) -> dict:
-    """A Pi's token: the agent token its jumphost's join service hands out."""
-    path = path or TOKEN_FILE
+def install_pi_token(profile, path: Path) -> dict:
+    """A Pi's token: the agent token its jumphost's join service hands out,
+    into path (Layout.token_file)."""
     value = join.fetch(profile)
     if b"\n" in value:
         raise RackbootError(f"{join.url(profile)}: the answer has more than one line; a k3s token has one")

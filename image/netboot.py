@@ -37,7 +37,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from firstboot import serve
+from firstboot.layout import MACHINE, PI_ROOT_UNIT, Layout
 from firstboot.errors import RackbootError
 from firstboot.profile import BootDirBy, RackProfile
 from image import payload, render, rootfs
@@ -113,9 +113,9 @@ def pi_directory(pi, by: BootDirBy) -> str | None:
 
 
 # Where the jumphost image keeps the Pis' files (firstboot/serve.py serves them).
-PI_ROOT_IN_IMAGE = serve.IMAGE_PI_ROOT.lstrip("/")       # the squashfs's mount point
-PI_ROOT_IMAGE_IN_IMAGE = serve.PI_ROOT_IMAGE.lstrip("/")  # the squashfs
-PI_BOOT_IN_IMAGE = "usr/lib/rackboot/pi-boot"   # firmware, kernel, initramfs: one copy for all racks
+PI_ROOT_IN_IMAGE = str(MACHINE.pi_root.relative_to("/"))               # the squashfs's mount point
+PI_ROOT_IMAGE_IN_IMAGE = str(MACHINE.pi_root_image.relative_to("/"))  # the squashfs
+PI_BOOT_IN_IMAGE = str(MACHINE.pi_boot.relative_to("/"))   # firmware, kernel, initramfs: one copy for all racks
 PI_UNITS = ("rackboot-firstboot.service", "var-lib-rancher.mount")
 
 # The jumphost's mount of the Pis' root. Ordered before the NFS server (which
@@ -126,12 +126,12 @@ PI_UNITS = ("rackboot-firstboot.service", "var-lib-rancher.mount")
 PI_ROOT_MOUNT_UNIT = f"""\
 [Unit]
 Description=The Raspberry Pis' shared root (read-only, exported over NFS)
-Documentation=file:/usr/lib/rackboot/firstboot/serve.py
+Documentation=file:{MACHINE.agent_dir}/firstboot/serve.py
 Before=nfs-server.service rackboot-firstboot.service
 
 [Mount]
-What={serve.PI_ROOT_IMAGE}
-Where={serve.IMAGE_PI_ROOT}
+What={MACHINE.pi_root_image}
+Where={MACHINE.pi_root}
 Type=squashfs
 Options=ro,loop,nodev,nosuid
 
@@ -221,10 +221,10 @@ def install_pi_root_mount(tree: Path) -> None:
     """The mount unit of the Pis' root, enabled, and its empty mount point."""
     (tree / PI_ROOT_IN_IMAGE).mkdir(parents=True, exist_ok=True)
     os.chmod(tree / PI_ROOT_IN_IMAGE, 0o755)
-    unit = tree / "etc/systemd/system" / serve.PI_ROOT_UNIT
+    unit = Layout(tree).unit(PI_ROOT_UNIT)
     unit.write_text(PI_ROOT_MOUNT_UNIT)
     os.chmod(unit, 0o644)
-    run(["systemctl", f"--root={tree}", "enable", serve.PI_ROOT_UNIT])
+    run(["systemctl", f"--root={tree}", "enable", PI_ROOT_UNIT])
 
 
 def install_into_image(profiles: list[RackProfile], rendered: dict[str, render.RenderedTree],

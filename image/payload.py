@@ -5,16 +5,17 @@ state that would make two machines booted from one image alike)."""
 
 import shutil
 import sys
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from firstboot.errors import BadInput, RackbootError
+from firstboot.layout import MACHINE, Layout, Role, rendered_key
 from firstboot.profile import DEFAULTS_NAME, SCHEMA_PATH, RackProfile
 from image import k3s_bundle, render
 from firstboot.commands import run
 
 REPO = Path(__file__).resolve().parent.parent
-AGENT_DIR = Path("usr/lib/rackboot")          # the agent, its profiles: PYTHONPATH of the unit
-RACKS_DIR = Path("usr/share/rackboot/racks")  # each rack's rendered files
+AGENT_DIR = MACHINE.agent_dir.relative_to("/")   # the agent, its profiles: PYTHONPATH of the unit
+RACKS_DIR = MACHINE.racks.relative_to("/")       # each rack's rendered files
 # pip's platform tag for each Debian architecture the agent runs on.
 WHEEL_PLATFORMS = {"amd64": "manylinux2014_x86_64", "arm64": "manylinux2014_aarch64"}
 
@@ -31,7 +32,7 @@ def profiles_directory(profiles: list[RackProfile]) -> Path:
 def install_profiles(profiles: list[RackProfile], tree: Path) -> None:
     """The profiles, their defaults, schema and manifests, at the same relative paths."""
     source_dir = profiles_directory(profiles)
-    target = tree / AGENT_DIR / "rack-profiles"
+    target = Layout(tree).profiles
     target.mkdir(parents=True)
     shutil.copyfile(SCHEMA_PATH, target / "schema.json")
     files = [p.source.resolve() for p in profiles] + [m for p in profiles for m in p.manifests]
@@ -66,7 +67,7 @@ def install_agent(tree: Path, arch: str) -> None:
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     python = sorted((tree / "usr/lib").glob("python3.[0-9]*"))[-1].name.removeprefix("python")
     run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--target", tree / AGENT_DIR / "site-packages", "--only-binary=:all:",
+         "--target", Layout(tree).site_packages, "--only-binary=:all:",
          "--python-version", python, "--implementation", "cp", "--platform", WHEEL_PLATFORMS[arch],
          *map(_pinned, PYPI_AGENT_PACKAGES)],
          hint="the image build needs PyPI for the agent's Secret Manager client")
@@ -81,12 +82,12 @@ def install_units(rendered: dict[str, render.RenderedTree], tree: Path, role: st
     """Units that the image carries for every rack (the agent's own, ...):
     each must render the same for all of the image's racks."""
     for name in names:
-        key = PurePosixPath(role, "rootfs/etc/systemd/system", name)
+        key = rendered_key(Role(role), MACHINE.unit(name))
         texts = {files[key] for files in rendered.values() if key in files}
         if len(texts) != 1:
             raise BadInput(f"the racks of this image ({', '.join(sorted(rendered))}) need different {name} "
                            f"({len(texts)} versions); build one image per kind of rack")
-        (tree / "etc/systemd/system" / name).write_text(texts.pop())
+        Layout(tree).unit(name).write_text(texts.pop())
 
 
 # Debian's sshd refuses to start without host keys, and strip_machine_state
@@ -126,4 +127,4 @@ def strip_machine_state(tree: Path) -> None:
 def install_k3s(bundle, tree: Path, arch: str | None = None) -> None:
     """The k3s bundle's verified files (image/k3s_bundle.py), or only those
     for arch: nothing else that lies in the bundle's directory."""
-    k3s_bundle.install(bundle, tree / AGENT_DIR / "k3s" / bundle.version, arch)
+    k3s_bundle.install(bundle, Layout(tree).k3s_bundle(bundle.version), arch)

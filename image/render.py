@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 import jinja2
 
 from firstboot.errors import RackbootError
+from firstboot.layout import MACHINE, Role, rendered_key
 from image.atomic import replace_directory
 from firstboot.profile import RackProfile
 
@@ -56,11 +57,12 @@ def render_rack(profile: RackProfile, env: jinja2.Environment | None = None) -> 
     files: RenderedTree = {}
     for top in ROLE_TREES:
         for name in _templates_under(top):
-            files[PurePosixPath(name).with_suffix("")] = _render(env, name, p=profile)
+            files[PurePosixPath(name).with_suffix("")] = _render(env, name, p=profile, paths=MACHINE)
     for pi in profile.pis:
         for name in _templates_under(PER_NODE):
             relative = PurePosixPath(name).relative_to(PER_NODE).with_suffix("")
-            files[PurePosixPath("pi", "nodes", pi.name, relative)] = _render(env, name, p=profile, pi=pi)
+            files[rendered_key(Role.PI, "/" / relative, pi.name)] = _render(env, name, p=profile, pi=pi,
+                                                                           paths=MACHINE)
     return files
 
 

@@ -19,6 +19,7 @@ import yaml
 
 from firstboot import files
 from firstboot.errors import BadInput
+from firstboot.layout import MACHINE
 from firstboot.profile import RackProfile
 from image import agent_env as agent_env_file
 from image.render import render_rack
@@ -26,8 +27,8 @@ from firstboot.commands import run
 
 SEED_FILES = ("user-data", "meta-data", "network-config")
 SEED_KIB = 1024
-AGENT_ENV = "/etc/rackboot/agent.env"
-CREDENTIALS = "/etc/rackboot/credentials.json"
+AGENT_ENV = str(MACHINE.agent_env)
+CREDENTIALS = str(MACHINE.credentials)
 CREDENTIALS_VARIABLE = "GOOGLE_APPLICATION_CREDENTIALS"
 KEY_MAX_BYTES = 64 * 1024      # a service account key is about 2.3 kB
 

@@ -45,6 +45,10 @@ BINDS = {
     "/etc/dnsmasq.d": "etc/dnsmasq.d",
     "/etc/exports.d": "etc/exports.d",
     "/var/lib/nfs": "var/lib/nfs",
+    # The systemctl stand-in's manager state, where it looks for it as real
+    # systemctl finds its manager (/run/systemd/private): at a fixed path of
+    # the machine, not through anyone's environment.
+    "/run/systemctl-standin": "run/systemctl",
 }
 
 
@@ -53,8 +57,8 @@ class Machine:
         """image_files: machine path -> host directory, bound as they are (the
         agent and profiles where the image has them, for units that run them)."""
         self.root = root
-        self.systemctl_state = root / "run/systemctl"
-        for path in [*BINDS.values(), "run/systemctl"]:
+        self.systemctl_state = root / BINDS["/run/systemctl-standin"]
+        for path in BINDS.values():
             (root / path).mkdir(parents=True, exist_ok=True)
         (root / "proc-cmdline").write_text(cmdline + "\n")
         self.holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sleep", "infinity"])
@@ -77,7 +81,7 @@ class Machine:
     def env(self, **extra) -> dict:
         env = dict(os.environ)
         env.update(PATH=f"{DOUBLES_BIN}:{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}",
-                   PYTHONPATH=str(REPO), SYSTEMCTL_STANDIN_STATE=str(self.systemctl_state),
+                   PYTHONPATH=str(REPO),
                    RACKBOOT_PROFILES=str(REPO / "rack-profiles"))
         env.update({k: str(v) for k, v in extra.items()})
         return env

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from firstboot import serve
+from firstboot.layout import MACHINE
 from firstboot.profile import load_profiles
 from image import netboot, render
 from tests.doubles import k3s_standin_bundle
@@ -89,7 +90,7 @@ class Rack:
         shared.mkdir(parents=True, exist_ok=True)
         for name, source in netboot.shared_boot_files(self.boot_files).items():
             shutil.copyfile(source, shared / name)
-        squashfs = machine.path(serve.PI_ROOT_IMAGE)
+        squashfs = machine.path(str(MACHINE.pi_root_image))
         if not squashfs.exists():     # never rewritten: it may be mounted
             pi_root = self.tmp / "pi-root"
             (pi_root / "usr/lib/rackboot").mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from firstboot import agent, identify, k3s, report, state, token
+from firstboot import agent, identify, report
+from firstboot.layout import Layout
 from tests.doubles.secret_manager import SecretManagerDouble
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,11 +24,9 @@ TOKEN = b"twin-rack-token-do-not-log-me"
 @pytest.fixture
 def machine(tmp_path, monkeypatch):
     """A pretend machine: its state directory, racks, network, no seed, and
-    a Secret Manager holding the twins' token."""
-    monkeypatch.setattr(state, "STATE_DIR", tmp_path / "state")
-    monkeypatch.setattr(token, "TOKEN_FILE", tmp_path / "etc/rancher/k3s/token")
-    monkeypatch.setattr(k3s, "BUNDLES", tmp_path / "usr/lib/rackboot/k3s")     # an image without k3s
-    monkeypatch.setattr(agent, "PROFILES", REPO / "tests/profiles/twins")
+    a Secret Manager holding the twins' token. Its root is tmp_path: an
+    image without k3s bundles (none under usr/lib/rackboot/k3s)."""
+    layout = Layout(tmp_path).moving(state_dir=tmp_path / "state", profiles=REPO / "tests/profiles/twins")
     monkeypatch.setattr(identify, "rack_from_seed", lambda: None)
     monkeypatch.setattr(identify.NetworkView, "read", staticmethod(lambda: identify.NetworkView(
         frozenset({"52:54:00:00:00:01"}), frozenset({ipaddress.IPv4Address("10.1.0.8")}),
@@ -40,7 +39,7 @@ def machine(tmp_path, monkeypatch):
     sm = SecretManagerDouble()
     sm.add("rackboot-test", "k3s-token", TOKEN)
     monkeypatch.setenv("SECRET_MANAGER_EMULATOR_HOST", sm.start())
-    yield tmp_path, sent, sm
+    yield tmp_path, sent, sm, layout
     sm.stop()
 
 
@@ -52,8 +51,8 @@ def status_text(tmp_path) -> str:
 
 
 def test_ambiguous_rack_fails_identify_and_status_explains(machine):
-    tmp_path, sent, sm = machine
-    assert agent.run("jumphost") == 1
+    tmp_path, sent, sm, layout = machine
+    assert agent.run("jumphost", layout) == 1
     saved = json.loads((tmp_path / "state/status.json").read_text())
     assert saved["failed"] == "identify" and saved["steps"]["identify"]["outcome"] == "failed"
     assert "token" not in saved["steps"] and sm.calls == []
@@ -69,10 +68,10 @@ def test_ambiguous_rack_fails_identify_and_status_explains(machine):
 
 
 def test_run_after_fix_fetches_token_and_reports(machine, monkeypatch, capsys):
-    tmp_path, sent, sm = machine
-    assert agent.run("jumphost") == 1
+    tmp_path, sent, sm, layout = machine
+    assert agent.run("jumphost", layout) == 1
     monkeypatch.setattr(identify, "rack_from_seed", lambda: "twin-b")   # the seed is attached
-    assert agent.run("jumphost") == 1
+    assert agent.run("jumphost", layout) == 1
     saved = json.loads((tmp_path / "state/status.json").read_text())
     assert saved["failed"] == "k3s"
     assert saved["steps"]["k3s"]["error"].startswith("k3s v1.31.4+k3s1: not in this image")
@@ -90,10 +89,10 @@ def test_run_after_fix_fetches_token_and_reports(machine, monkeypatch, capsys):
 
 
 def test_missing_secret_fails_token_step_naming_the_reference(machine, monkeypatch):
-    tmp_path, sent, sm = machine
+    tmp_path, sent, sm, layout = machine
     sm.secrets.clear()
     monkeypatch.setattr(identify, "rack_from_seed", lambda: "twin-a")
-    assert agent.run("jumphost") == 1
+    assert agent.run("jumphost", layout) == 1
     assert sent[-1]["steps"] == {"identify": "done", "serve": "done", "token": "failed", "k3s": "skipped",
                                  "ready": "skipped", "apply": "skipped"}
     assert sent[-1]["errors"]["token"].startswith("sm://rackboot-test/k3s-token: NotFound")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from firstboot.agent import STEPS
+from firstboot.agent import STEPS as AGENT_STEPS
 from tests.doubles.secret_manager import SecretManagerDouble
 from tests.machine import REPO
 from tests.rack import Rack
@@ -58,6 +58,9 @@ def running_step(rack):
 # UNAVAILABLE twice (token), the API answers slowly (ready, apply).
 SLOW = {"token": {"fail_next": 2}, "ready": {"K3S_STANDIN_API_DELAY": "0.5"},
         "apply": {"K3S_STANDIN_API_DELAY": "0.5"}}
+
+
+STEPS = [s.name for s in AGENT_STEPS]
 
 
 @pytest.mark.parametrize("step", [s for s in STEPS if s != "report"])

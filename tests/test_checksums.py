@@ -94,9 +94,8 @@ def test_build_host_and_machine_agree(bundle, tmp_path, monkeypatch, index):
             return err
 
     def machine():
-        monkeypatch.setattr(k3s, "BUNDLES", copy.parent)
         try:
-            return k3s.find_bundle(VERSION, "amd64")
+            return k3s.find_bundle(copy.parent, VERSION, "amd64")
         except RackbootError as err:
             return err
 

@@ -255,14 +255,15 @@ def test_pi_root_mount_unit_is_named_and_read_as_systemd_does(tmp_path):
     Where=, systemd-analyze accepts it, and enabling it in an image tree puts
     it under local-fs.target, before the NFS server and the agent."""
     from firstboot import serve
-    escaped = subprocess.run(["systemd-escape", "--path", "--suffix=mount", serve.IMAGE_PI_ROOT],
+    from firstboot.layout import MACHINE
+    escaped = subprocess.run(["systemd-escape", "--path", "--suffix=mount", str(MACHINE.pi_root)],
                              capture_output=True, text=True, check=True).stdout.strip()
     assert escaped == serve.PI_ROOT_UNIT
     unit = tmp_path / serve.PI_ROOT_UNIT
     unit.write_text(netboot.PI_ROOT_MOUNT_UNIT)
     result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True)
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
-    assert f"What={serve.PI_ROOT_IMAGE}\n" in netboot.PI_ROOT_MOUNT_UNIT
+    assert f"What={MACHINE.pi_root_image}\n" in netboot.PI_ROOT_MOUNT_UNIT
     assert "Type=squashfs\n" in netboot.PI_ROOT_MOUNT_UNIT
     assert "ro" in netboot.PI_ROOT_MOUNT_UNIT.split("Options=")[1].split("\n")[0].split(",")
     assert "Before=nfs-server.service rackboot-firstboot.service\n" in netboot.PI_ROOT_MOUNT_UNIT
