@@ -24,6 +24,7 @@ the reference, never the value.
 
 import base64
 import binascii
+import contextlib
 import logging
 import os
 import time
@@ -94,27 +95,36 @@ def _secret_manager_client():
                           "SECRET_MANAGER_EMULATOR_HOST", "RACKBOOT_SECRET_MANAGER_ENDPOINT")
 
 
-def _secret_manager(ref: SecretRef) -> bytes:
+@contextlib.contextmanager
+def _google_errors(ref: SecretRef, hint: str, transient: tuple[type[Exception], ...] = ()):
+    """Google's errors as ours, alike for every backend: refusals (not found,
+    no permission, a bad request) fail at once with hint; missing credentials
+    fail at once; outages, deadlines and the transport's errors (and the
+    caller's transient ones) are TransientSecretError, to be retried."""
     from google.api_core import exceptions
     from google.auth.exceptions import DefaultCredentialsError, TransportError
 
-    name = f"projects/{ref.location}/secrets/{ref.name}/versions/{ref.version or 'latest'}"
     try:
-        client = _secret_manager_client()
-        # retry=None: the retries are ours, so they are logged and bounded alike for every backend.
-        response = client.access_secret_version(name=name, retry=None, timeout=30)
-    except (exceptions.NotFound, exceptions.PermissionDenied, exceptions.Unauthenticated,
+        yield
+    except (exceptions.NotFound, exceptions.Forbidden, exceptions.Unauthorized,
             exceptions.InvalidArgument, exceptions.FailedPrecondition) as err:
-        raise SecretError(f"{ref}: {type(err).__name__} ({err.message})",
-                          hint="check the reference, and that the machine's service account "
-                               "may access it (roles/secretmanager.secretAccessor)") from None
+        raise SecretError(f"{ref}: {type(err).__name__} ({err.message})", hint=hint) from None
     except DefaultCredentialsError as err:
         raise SecretError(f"{ref}: no Google credentials ({err})",
                           hint="provision a service account key (GOOGLE_APPLICATION_CREDENTIALS) "
                                "or run where the GCE metadata server answers") from None
     except (exceptions.ServiceUnavailable, exceptions.DeadlineExceeded, exceptions.InternalServerError,
-            exceptions.TooManyRequests, exceptions.RetryError, TransportError) as err:
+            exceptions.TooManyRequests, exceptions.RetryError, TransportError, *transient) as err:
         raise TransientSecretError(f"{ref}: {type(err).__name__}") from None
+
+
+def _secret_manager(ref: SecretRef) -> bytes:
+    name = f"projects/{ref.location}/secrets/{ref.name}/versions/{ref.version or 'latest'}"
+    with _google_errors(ref, hint="check the reference, and that the machine's service account "
+                                  "may access it (roles/secretmanager.secretAccessor)"):
+        client = _secret_manager_client()
+        # retry=None: the retries are ours, so they are logged and bounded alike for every backend.
+        response = client.access_secret_version(name=name, retry=None, timeout=30)
     _check_crc32c(ref, response.payload)
     return bytes(response.payload.data)
 
@@ -152,12 +162,10 @@ def _berglas(ref: SecretRef) -> bytes:
     import requests
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-    from google.api_core import exceptions
-    from google.auth.exceptions import DefaultCredentialsError, TransportError
 
     hint = ("check the reference, and that the machine's service account may read the object "
             "(roles/storage.objectViewer) and use its key (roles/cloudkms.cryptoKeyDecrypter)")
-    try:
+    with _google_errors(ref, hint, transient=(requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
         blob = _storage_client().bucket(ref.location).blob(
             ref.name, generation=int(ref.version) if ref.version else None)
         blob.reload(retry=None, timeout=30)     # our retries, as for every backend
@@ -174,17 +182,6 @@ def _berglas(ref: SecretRef) -> bytes:
         dek = _kms_client().decrypt(request={"name": key, "ciphertext": encrypted_dek,
                                              "additional_authenticated_data": ref.name.encode()},
                                     retry=None, timeout=30).plaintext
-    except (exceptions.NotFound, exceptions.Forbidden, exceptions.PermissionDenied, exceptions.Unauthorized,
-            exceptions.Unauthenticated, exceptions.InvalidArgument, exceptions.FailedPrecondition) as err:
-        raise SecretError(f"{ref}: {type(err).__name__} ({err.message})", hint=hint) from None
-    except DefaultCredentialsError as err:
-        raise SecretError(f"{ref}: no Google credentials ({err})",
-                          hint="provision a service account key (GOOGLE_APPLICATION_CREDENTIALS) "
-                               "or run where the GCE metadata server answers") from None
-    except (exceptions.ServiceUnavailable, exceptions.DeadlineExceeded, exceptions.InternalServerError,
-            exceptions.TooManyRequests, exceptions.RetryError, TransportError,
-            requests.exceptions.ConnectionError, requests.exceptions.Timeout) as err:
-        raise TransientSecretError(f"{ref}: {type(err).__name__}") from None
     nonce, ciphertext = payload[:12], payload[12:]
     try:
         return AESGCM(dek).decrypt(nonce, ciphertext, None)
