@@ -38,10 +38,14 @@ k3s's command line, files and protocols that rackboot relies on:
                k3s-Node-Password) a node's kubelet identity, as k3s issues it:
                a client certificate for system:node:NAME.
 
-The Kubernetes API is a small in-memory server persisted as JSON: discovery,
-get/list (label selectors), create, replace, delete, JSON merge patch and
-server-side apply (one applier owns the whole object: the applied
-configuration replaces the previous one; managedFields records the manager).
+The Kubernetes API is a small in-memory server persisted as JSON
+(tests/doubles/k8s_api): discovery, get/list (label selectors), create,
+replace, delete, JSON merge patch and server-side apply, as strict as the
+real API server (v1.31) on what rackboot sends: bodies decoded against the
+version's OpenAPI schemas (kubernetes-validate's), validation's 422s (names,
+labels, required and immutable fields, Secret and ConfigMap data), apply's
+per-manager field ownership in managedFields (409 on conflicts unless
+forced), dryRun=All, and namespaces that go through Terminating.
 A node's identity (its kubelet certificate, or the bearer token the join
 returned) is held to what the real API server allows it: the Node authorizer
 and RBAC's system:node role (read nodes, pods, services; a Secret, ConfigMap
@@ -51,9 +55,13 @@ node-restriction.kubernetes.io/ or other kubelet-forbidden labels, nor
 taints), refused with the API server's 403 Status and messages.
 Workload controllers are simulated: Deployments, StatefulSets, DaemonSets and
 Jobs report themselves ready once applied, because no containers run here.
-K3S_STANDIN_API_DELAY=SECONDS slows every API request (fault tests).
+K3S_STANDIN_API_DELAY=SECONDS slows every API request (fault tests);
+K3S_STANDIN_NAMESPACE_DELAY=SECONDS (0.5) is how long a deleted namespace
+stays Terminating.
 Only the standard library and the openssl command are used, so the stand-in
-runs unchanged inside the images (Debian's python3, ca-certificates' openssl).
+runs unchanged inside the images (Debian's python3, ca-certificates' openssl):
+a bundle's `k3s` is a zip application of this file, k8s_api and the
+version's schemas (tests/doubles/k3s_standin_bundle.py).
 """
 
 import base64
@@ -70,13 +78,22 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from pathlib import Path
+
+if __package__:      # imported by the tests (tests.doubles.k3s_standin)
+    from .k8s_api import status, writes
+    from .k8s_api.schema import Schemas
+    from .k8s_api.status import ApiError, forbidden
+    from .k8s_api.store import SYSTEM_NAMESPACES, Store, write_private
+else:                # run: from the source tree, or as a bundle's `k3s` (a zip application)
+    from k8s_api import status, writes
+    from k8s_api.schema import Schemas
+    from k8s_api.status import ApiError, forbidden
+    from k8s_api.store import SYSTEM_NAMESPACES, Store, write_private
 
 VERSION = "v1.31.4+k3s1"
 NODE_PASSWORD_FILE = Path("/etc/rancher/node/password")
@@ -348,165 +365,7 @@ def sign(directory: Path, ca: str, name: str, subject: str, extensions: str) -> 
         leftover.unlink()
 
 
-def write_private(path: Path, text: str, mode: int = 0o600) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
-# --- the Kubernetes API ------------------------------------------------------
-
-class ApiError(Exception):
-    def __init__(self, code: int, reason: str, message: str, details: dict | None = None):
-        super().__init__(message)
-        self.code, self.reason, self.details = code, reason, details
-
-    def status(self) -> dict:
-        status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                  "message": str(self), "reason": self.reason, "code": self.code}
-        if self.details:
-            status["details"] = self.details
-        return status
-
-
-def forbidden(plural: str, name: str, why: str) -> ApiError:
-    """An admission plugin's refusal, as the API server words it (admission.NewForbidden)."""
-    return ApiError(403, "Forbidden", f'{plural} "{name}" is forbidden: {why}', {"name": name, "kind": plural})
-
-
-def matches(labels: dict, selector: str) -> bool:
-    for term in filter(None, (t.strip() for t in selector.split(","))):
-        if "!=" in term:
-            key, value = term.split("!=", 1)
-            if labels.get(key) == value:
-                return False
-        elif "=" in term:
-            key, value = term.split("==", 1) if "==" in term else term.split("=", 1)
-            if labels.get(key) != value:
-                return False
-        elif term.startswith("!"):
-            if term[1:] in labels:
-                return False
-        elif term not in labels:
-            return False
-    return True
-
-
-def merge_patch(target, patch):
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
-
-
-class Store:
-    """Objects by (plural, namespace, name), persisted as one JSON file (k3s keeps
-    its datastore in DATA/server/db too)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.lock = threading.RLock()
-        self.version = 1
-        self.objects: dict[str, dict] = {}
-        self.extra: dict = {}
-        if path.exists():
-            saved = json.loads(path.read_text())
-            self.version, self.objects, self.extra = saved["version"], saved["objects"], saved["extra"]
-
-    def save(self) -> None:
-        write_private(self.path, json.dumps({"version": self.version, "objects": self.objects,
-                                             "extra": self.extra}))
-
-    @staticmethod
-    def key(plural: str, namespace: str, name: str) -> str:
-        return f"{plural}/{namespace}/{name}"
-
-    def get(self, plural, namespace, name):
-        return self.objects.get(self.key(plural, namespace, name))
-
-    def put(self, plural, namespace, obj: dict, manager: str | None = None, operation: str = "Update"):
-        with self.lock:
-            meta = obj.setdefault("metadata", {})
-            old = self.get(plural, namespace, meta["name"])
-            if old and _content(old) == _content(obj) and manager in (None, *_managers(old)):
-                return old    # like the API server: a no-op write is not a new version
-            self.version += 1
-            if old:
-                meta["uid"] = old["metadata"]["uid"]
-                meta["creationTimestamp"] = old["metadata"]["creationTimestamp"]
-                spec_changed = {k: v for k, v in old.items() if k not in ("metadata", "status")} != \
-                    {k: v for k, v in obj.items() if k not in ("metadata", "status")}
-                meta["generation"] = old["metadata"].get("generation", 1) + (1 if spec_changed else 0)
-            else:
-                meta["uid"] = str(uuid.uuid4())
-                meta["creationTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-                meta["generation"] = 1
-            meta["resourceVersion"] = str(self.version)
-            if namespace:
-                meta["namespace"] = namespace
-            if manager:
-                meta["managedFields"] = [{"manager": manager, "operation": operation,
-                                          "apiVersion": obj.get("apiVersion"), "fieldsType": "FieldsV1",
-                                          "time": meta["creationTimestamp"]}]
-            simulate_controllers(plural, obj, self)
-            self.objects[self.key(plural, namespace, meta["name"])] = obj
-            self.save()
-            return obj
-
-    def delete(self, plural, namespace, name):
-        with self.lock:
-            obj = self.objects.pop(self.key(plural, namespace, name), None)
-            if obj and plural == "namespaces":
-                for key in [k for k in self.objects if k.split("/")[1] == name]:
-                    del self.objects[key]
-            self.version += 1
-            self.save()
-            return obj
-
-    def list(self, plural, namespace=None, selector=""):
-        with self.lock:
-            return [copy.deepcopy(obj) for key, obj in sorted(self.objects.items())
-                    if key.split("/")[0] == plural
-                    and (namespace is None or key.split("/")[1] == namespace)
-                    and matches(obj["metadata"].get("labels") or {}, selector)]
-
-
-SERVER_FIELDS = ("uid", "creationTimestamp", "generation", "resourceVersion", "managedFields")
-
-
-def _content(obj: dict) -> dict:
-    meta = {k: v for k, v in obj.get("metadata", {}).items() if k not in SERVER_FIELDS}
-    return {**obj, "metadata": meta}
-
-
-def _managers(obj: dict) -> list[str]:
-    return [f["manager"] for f in obj["metadata"].get("managedFields", [])]
-
-
-def simulate_controllers(plural: str, obj: dict, store: Store) -> None:
-    generation = obj["metadata"]["generation"]
-    spec = obj.get("spec") or {}
-    if plural in ("deployments", "statefulsets"):
-        replicas = spec.get("replicas", 1)
-        obj["status"] = {"observedGeneration": generation, "replicas": replicas, "readyReplicas": replicas,
-                         "updatedReplicas": replicas, "availableReplicas": replicas}
-    elif plural == "daemonsets":
-        nodes = len([k for k in store.objects if k.startswith("nodes/")])
-        obj["status"] = {"observedGeneration": generation, "desiredNumberScheduled": nodes,
-                         "currentNumberScheduled": nodes, "numberReady": nodes,
-                         "updatedNumberScheduled": nodes, "numberAvailable": nodes}
-    elif plural == "jobs":
-        obj["status"] = {"succeeded": spec.get("completions", 1)}
-    elif plural == "namespaces":
-        obj["status"] = {"phase": "Active"}
+# --- the Kubernetes API (tests/doubles/k8s_api) -------------------------------
 
 
 def pod_references(spec: dict, what: str) -> set[str]:
@@ -593,6 +452,7 @@ class Server:
             sign(self.tls, "client-ca", "client-admin", "/O=system:masters/CN=system:admin",
                  "extendedKeyUsage=clientAuth")
         self.store = Store(self.data / "server/db/standin-state.json")
+        self.api = writes.Api(self.store, Schemas.load(VERSION))
         ca_hash = hashlib.sha256((self.tls / "server-ca.crt").read_bytes()).hexdigest()
         saved_secret = self.store.extra.get("token_sha256")
         if not token:
@@ -610,10 +470,8 @@ class Server:
         self.agent_secret = token_secret(agent) if agent else None
         if agent:
             write_private(self.data / "server/agent-token", f"K10{ca_hash}::node:{self.agent_secret}\n")
-        for namespace in ("default", "kube-system", "kube-public", "kube-node-lease"):
-            if not self.store.get("namespaces", "", namespace):
-                self.store.put("namespaces", "", {"apiVersion": "v1", "kind": "Namespace",
-                                                  "metadata": {"name": namespace}})
+        for namespace in SYSTEM_NAMESPACES:
+            self.store.ensure_namespace(namespace)
         self.register(self.node_name, node_password(), labels_from(self.config), self.address, "server")
         self.write_kubeconfig()
         handler = type("Handler", (ApiHandler,), {"server_state": self})
@@ -681,7 +539,7 @@ class Server:
                 raise forbidden("nodes", name, why + ", ".join(claimed))
         if old:
             node["metadata"]["labels"] = {**old["metadata"].get("labels", {}), **node["metadata"]["labels"]}
-        self.store.put("nodes", "", node, manager="k3s")
+        self.store.put("nodes", "", node, status=True)
 
     def write_kubeconfig(self) -> None:
         def b64(name):
@@ -717,10 +575,14 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):   # the journal gets k3s-style lines only
         pass
 
+    warnings: list[str] = []     # the request's warnings (unknown fields), as Warning: 299 headers
+
     def send_json(self, code: int, body) -> None:
         data = json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
+        for warning in self.warnings:
+            self.send_header("Warning", "299 - " + json.dumps(warning))
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -760,6 +622,7 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
             time.sleep(state.delay)
         url = urllib.parse.urlsplit(self.path)
         query = dict(urllib.parse.parse_qsl(url.query))
+        self.warnings = []
         try:
             if url.path == "/cacerts":
                 return self.send_text(200, (state.tls / "server-ca.crt").read_text())
@@ -883,58 +746,41 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
                                query.get("labelSelector", ""))
             return 200, {"kind": f"{kind}List", "apiVersion": api_version,
                          "metadata": {"resourceVersion": str(store.version)}, "items": items}
-        if namespaced and namespace and method in ("POST", "PUT", "PATCH") \
-                and not store.get("namespaces", "", namespace):
-            raise ApiError(404, "NotFound", f'namespaces "{namespace}" not found')
+        group, _, version = api_version.rpartition("/")
+        request = writes.Request(writes.Resource(group, version, kind, plural, namespaced), namespace, name, query,
+                                 self.headers.get("User-Agent", ""),
+                                 lambda current, new: self.admit(plural, request.name, current, new))
+        self.warnings = request.warnings
         current = store.get(plural, namespace, name) if name else None
-        what = f'{plural} "{name}"'
+        if method in ("GET", "DELETE", "PUT") and not current:
+            raise status.not_found(plural, name, group)
         if method == "GET":
-            if not current:
-                raise ApiError(404, "NotFound", f"{what} not found")
             return 200, current
+        api = self.server_state.api
         if method == "DELETE":
-            self.admit(plural, name, current, None)
-            if not store.delete(plural, namespace, name):
-                raise ApiError(404, "NotFound", f"{what} not found")
-            return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success",
-                         "details": {"name": name, "kind": plural}}
-        body = self.body()
+            return api.delete(request, current)
         content_type = self.headers.get("Content-Type", "").split(";")[0]
         try:
-            doc = json.loads(body)
+            doc = json.loads(self.body())
         except ValueError:
             raise ApiError(415, "UnsupportedMediaType",
                            "the k3s stand-in reads JSON bodies only (YAML is JSON's superset; send JSON)") from None
+        if not isinstance(doc, dict):
+            raise status.bad_request(f"the body of a {method} must be an object")
         if method == "POST":
-            name = doc.get("metadata", {}).get("name")
-            if store.get(plural, namespace, name):
-                raise ApiError(409, "AlreadyExists", f'{plural} "{name}" already exists')
-            return 201, store.put(plural, namespace, self.admit(plural, name, None,
-                                                                self.checked(doc, kind, api_version, name)),
-                                  query.get("fieldManager", "unknown"))
+            request.name = (doc.get("metadata") or {}).get("name")
+            if store.get(plural, namespace, request.name):
+                raise ApiError(409, "AlreadyExists", f'{status.qualified(plural, group)} "{request.name}" already exists',
+                               status.details(request.name, group, plural))
+            return api.create(request, self.checked(doc, kind, api_version, None))
         if method == "PUT":
-            if not current:
-                raise ApiError(404, "NotFound", f"{what} not found")
-            return 200, store.put(plural, namespace, self.admit(plural, name, current,
-                                                                self.checked(doc, kind, api_version, name)),
-                                  query.get("fieldManager", "unknown"))
+            return api.replace(request, current, self.checked(doc, kind, api_version, name))
         if content_type == "application/apply-patch+yaml":
-            manager = query.get("fieldManager")
-            if not manager:
-                raise ApiError(400, "BadRequest", "PATCH, fieldManager: Required value: is required for apply patch")
-            owners = {f["manager"] for f in (current or {}).get("metadata", {}).get("managedFields", [])}
-            if current and owners - {manager} and query.get("force") != "true":
-                raise ApiError(409, "Conflict", f"Apply failed with conflicts: fields are managed by {sorted(owners)}")
-            applied = self.checked(doc, kind, api_version, name)
-            if current and "status" in current:
-                applied.setdefault("status", current["status"])
-            return (200 if current else 201), store.put(plural, namespace, self.admit(plural, name, current, applied),
-                                                        manager, "Apply")
+            return api.apply(request, current, self.checked(doc, kind, doc.get("apiVersion"), name))
         if content_type in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
             if not current:
-                raise ApiError(404, "NotFound", f"{what} not found")
-            return 200, store.put(plural, namespace, self.admit(plural, name, current, merge_patch(current, doc)),
-                                  query.get("fieldManager"))
+                raise status.not_found(plural, name, group)
+            return api.merge_patch(request, current, doc)
         raise ApiError(415, "UnsupportedMediaType", f"unsupported patch type {content_type!r}")
 
     # What a node's identity may read (RBAC's system:node role, less watch).

@@ -10,11 +10,14 @@ import json
 import os
 import subprocess
 import tarfile
+import zipfile
 from pathlib import Path
 
 from image import k3s_bundle
+from tests.doubles.k8s_api import schema
 
 STANDIN = Path(__file__).resolve().parent / "k3s_standin.py"
+API_PACKAGE = STANDIN.parent / "k8s_api"
 REAL_BUNDLE_ENV = "RACKBOOT_K3S_BUNDLE"
 
 
@@ -24,11 +27,22 @@ def real_bundle() -> Path | None:
 
 
 def standin_binary(version: str) -> bytes:
-    """The stand-in as a `k3s` binary that says it is version (k3s --version)."""
+    """The stand-in as a `k3s` binary that says it is version (k3s --version): a
+    zip application (#! line, then a zip) holding the stand-in as __main__.py,
+    its Kubernetes API package and that version's schemas, so that one
+    executable file is all, as with real k3s. Same bytes for the same version."""
     source = STANDIN.read_text()
     marker = 'VERSION = "v1.31.4+k3s1"'
     assert marker in source, "the stand-in's VERSION line moved; update k3s_standin_bundle"
-    return source.replace(marker, f'VERSION = "{version}"', 1).encode()
+    files = {"__main__.py": source.replace(marker, f'VERSION = "{version}"', 1).encode()}
+    for module in sorted(API_PACKAGE.glob("*.py")):
+        files[f"k8s_api/{module.name}"] = module.read_bytes()
+    files[f"k8s_api/{schema.DATA}"] = schema.packed(version)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as out:
+        for name, data in files.items():
+            out.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
+    return b"#!/usr/bin/env python3\n" + archive.getvalue()
 
 
 def make(destination: Path, version: str = "v1.31.4+k3s1", binary_version: str | None = None) -> Path:
