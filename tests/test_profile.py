@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from firstboot import secretref
-from firstboot.profile import SCHEMA_PATH, BootDirBy, DhcpMode, PiModel, load_profiles
+from firstboot.errors import ProfileError
+from firstboot.profile import SCHEMA_PATH, BootDirBy, DhcpMode, PiModel, checks, load_profiles
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -75,3 +76,30 @@ def test_secret_references_round_trip(text):
 def test_secret_references_rejected(text):
     with pytest.raises(secretref.SecretRefError):
         secretref.parse(text)
+
+
+def _rack(tmp_path, text: str) -> Path:
+    (tmp_path / "defaults.yaml").write_text((REPO / "tests/profiles/broken/defaults.yaml").read_text())
+    (tmp_path / "r.yaml").write_text(f"rack: r\n{text}\n")
+    return tmp_path / "r.yaml"
+
+
+def test_checks_of_meaning_wait_for_the_schema(tmp_path):
+    """A pi outside the subnet is a problem of meaning; a bad MAC is the
+    schema's. The checks of meaning see only what the schema accepted."""
+    pis = '[{name: a, model: pi4, serial: "00000001", address: 10.9.9.9}, {name: b, model: pi4, mac: zz}]'
+    with pytest.raises(ProfileError) as caught:
+        load_profiles([_rack(tmp_path, f"pis: {pis}")])
+    assert caught.value.problems == [f"{tmp_path}/r.yaml: pis[1].mac: 'zz' is not a MAC address"]
+    with pytest.raises(ProfileError) as caught:
+        load_profiles([_rack(tmp_path, f"pis: {pis.replace('mac: zz', 'mac: dc:a6:32:00:00:01')}")])
+    assert [line.split(": ", 2)[1] for line in caught.value.problems] == ["pis[0].address", "pis[1].serial"]
+
+
+def test_a_check_that_fails_is_a_bug_not_a_problem(tmp_path, monkeypatch):
+    """No check's exception is taken for "the schema already said so"."""
+    def broken(doc):
+        return iter([doc["no-such-key"]])
+    monkeypatch.setattr(checks, "SEMANTIC_CHECKS", checks.SEMANTIC_CHECKS + (broken,))
+    with pytest.raises(KeyError, match="no-such-key"):
+        load_profiles([_rack(tmp_path, "")])
