@@ -1,4 +1,3 @@
-import os
 import shutil
 import subprocess
 import sys
@@ -9,6 +8,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests import machine  # noqa: E402
+from tests.lib import tiers  # noqa: E402
+
 
 def run_build(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """Run build.py as a user would (inside the venv, so no re-bootstrap)."""
@@ -16,14 +18,45 @@ def run_build(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
 
 
+# ---------------------------------------------------------------- tiers (tests/lib/tiers.py)
+
+def pytest_configure(config):
+    config.pluginmanager.register(tiers.CiRule(), "rackboot-ci-rule")
+
+
+@pytest.hookimpl(tryfirst=True)     # before -m selects by the tier markers this adds
+def pytest_collection_modifyitems(items):
+    tiers.assign(items)
+
+
+def pytest_collection_finish(session):
+    tiers.skip_what_cannot_run(session.items)
+
+
+def pytest_report_collectionfinish(items):
+    return tiers.summary(items)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item):
+    # A pure test that builds a pretend machine out of the tier rules' sight
+    # (in a helper) fails here, naming the marker, rather than passing as
+    # root and failing only where the pure tier runs without root.
+    if item.stash.get(tiers.TIER, None) != "pure":
+        return (yield)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(machine.Machine, "__init__", tiers.refuse_pretend_machine)
+        return (yield)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _reap_orphaned_machines():
+def _reap_orphaned_machines(request):
     """Pretend machines left running by a killed test run would hold the ports
     this run needs (tests/machine.py)."""
-    from tests import machine
-    reaped = machine.reap_orphans()
-    if reaped:
-        print(f"reaped {len(reaped)} pretend machines of an earlier, killed test run", file=sys.stderr)
+    if "machine" in tiers.runnable(request.session.items):
+        reaped = machine.reap_orphans()
+        if reaped:
+            print(f"reaped {len(reaped)} pretend machines of an earlier, killed test run", file=sys.stderr)
     yield
 
 
@@ -35,18 +68,6 @@ def build():
 # ---------------------------------------------------------------- VM tier
 
 EXAMPLE_PROFILE = REPO / "rack-profiles" / "example.yaml"
-
-
-def _missing_capability() -> str | None:
-    from image import qemu
-    if os.geteuid() != 0:
-        return "building an image needs root (mmdebstrap, owner-preserving unpack)"
-    for tool in ("mmdebstrap", "genimage", "qemu-system-x86_64", "bmaptool"):
-        if not shutil.which(tool):
-            return f"{tool} is not installed (tests/run installs it)"
-    if not qemu.OVMF_CODE.exists():
-        return "OVMF firmware is not installed"
-    return None
 
 
 @pytest.fixture(scope="session")
@@ -66,9 +87,9 @@ def example_image(tmp_path_factory, example_k3s_bundle):
     root), built once for the VM tests: (profile, output dir, outputs)."""
     from firstboot.profile import load_profiles
     from image import jumphost, k3s_bundle
-    reason = _missing_capability()
+    reason = tiers.cannot_run("vm")
     if reason:
-        pytest.skip(reason)
+        pytest.skip(f"vm tier cannot run here: {reason}")
     out = tmp_path_factory.mktemp("image")
     [profile] = load_profiles([EXAMPLE_PROFILE])
     options = jumphost.ImageOptions(output=out, k3s_bundle=k3s_bundle.verify(example_k3s_bundle))
@@ -87,9 +108,9 @@ def replacement_sdcard(tmp_path_factory, example_k3s_bundle):
     built by `build.py sdcard`: (profile, output dir, build.py's stdout)."""
     import yaml
     from firstboot.profile import load_profiles
-    reason = _missing_capability()
+    reason = tiers.cannot_run("vm")
     if reason:
-        pytest.skip(reason)
+        pytest.skip(f"vm tier cannot run here: {reason}")
     profiles = tmp_path_factory.mktemp("profiles") / "rack-profiles"
     shutil.copytree(EXAMPLE_PROFILE.parent, profiles)
     document = yaml.safe_load((profiles / "example.yaml").read_text())
