@@ -10,7 +10,7 @@ from firstboot import identify
 from firstboot.errors import BadInput, RackbootError
 from firstboot.identify import NetworkView
 from firstboot.profile import load_profiles
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 REPO = Path(__file__).resolve().parent.parent
 RACKS = load_profiles([REPO / "rack-profiles"])
@@ -94,3 +94,34 @@ def test_seed_rack_read_from_cloud_init_instance_data(tmp_path):
     data.write_text(json.dumps({"ds": {"meta_data": {"rackboot-rack": "example", "instance-id": "x"}}}))
     assert identify.rack_from_seed(data) == "example"
     assert identify.rack_from_seed(tmp_path / "missing.json") is None
+
+
+def test_identity_carries_the_profile_it_found():
+    """identify's answer is the rack's profile too: no step looks it up again."""
+    got = identify.identify_jumphost(RACKS, "rackboot.rack=skolo-rack4", None, never_read)
+    assert got.profile is next(p for p in RACKS if p.rack == "skolo-rack4")
+    pi = identify.identify_pi(RACKS, "6a3f0003", frozenset())
+    assert pi.profile is next(p for p in RACKS if p.rack == "skolo-rack4")
+    assert "profile" not in pi.to_json() and pi.to_json()["role"] == "pi"
+
+
+def test_pi_command_line_rack_narrows_and_cross_checks():
+    """A Pi's boot files name their rack (rackboot.rack=): its own rack's files
+    identify it as before; another rack's files fail naming both racks."""
+    got = identify.identify_pi(RACKS, "6a3f0003", frozenset(), cmdline_rack="skolo-rack4")
+    assert (got.rack, got.node, got.source) == ("skolo-rack4", "skia-rpi-003", "serial")
+    with pytest.raises(RackbootError, match=r"booted rack example's boot files .* it is skolo-rack4/skia-rpi-003"):
+        identify.identify_pi(RACKS, "6a3f0003", frozenset(), cmdline_rack="example")
+    with pytest.raises(RackbootError, match=r"booted rack example's boot files .*not one of its Pis$"):
+        identify.identify_pi(RACKS, "0badf00d", frozenset(), cmdline_rack="example")
+    with pytest.raises(BadInput, match="rack 'rack9', which is not among this image's racks"):
+        identify.identify_pi(RACKS, "6a3f0003", frozenset(), cmdline_rack="rack9")
+
+
+def test_pi_rack_on_the_command_line_is_what_its_boot_files_render():
+    """The rack the agent reads is the one the TFTP and SD-card cmdline.txt name."""
+    from image import render
+    [example] = [p for p in RACKS if p.rack == "example"]
+    files = render.render_rack(example)
+    for name in ("pi/tftp/cmdline.txt", "pi/sdcard/cmdline.txt"):
+        assert identify.rack_from_cmdline(files[PurePosixPath(name)]) == "example"
