@@ -112,6 +112,7 @@ def test_bad_version():
         k3s_fetch.fetch("1.31", Path("/nonexistent"))
 
 
+@pytest.mark.machine     # root: build.py image checks it before the bundle
 def test_command_line_fetch_and_image_version_check(release, build, tmp_path):
     """fetch-k3s takes a profile and fetches the version it names; image
     refuses a bundle of another version before doing any work."""
@@ -288,6 +289,7 @@ BAD_BUNDLES = {
 }
 
 
+@pytest.mark.machine     # root: build.py image checks it before the bundle
 @pytest.mark.parametrize("case", BAD_BUNDLES)
 def test_bad_bundle_is_refused_before_any_work(build, tmp_path, case):
     spoil, message = BAD_BUNDLES[case]
@@ -300,6 +302,7 @@ def test_bad_bundle_is_refused_before_any_work(build, tmp_path, case):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.machine     # root: build.py netboot checks it before the bundle
 def test_renamed_bundle_is_refused(build, tmp_path):
     bundle = k3s_standin_bundle.make(tmp_path / "k3s", VERSION)
     renamed = bundle.rename(bundle.with_name("v1.31.9+k3s1"))

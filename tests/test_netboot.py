@@ -170,12 +170,14 @@ def test_tree_by_mac(profile, tmp_path):
     assert (tree / "dc-a6-32-00-00-01" / "start4.elf").exists()
 
 
+@pytest.mark.machine     # network namespaces
 def test_dnsmasq_serves_the_pi4_request_sequence(profile, tmp_path):
     tree = netboot.write_tftp_tree(profile, render.render_rack(profile), standin_boot_files(tmp_path / "boot"),
                                    tmp_path / "out")
     check_conformance(profile, tree, tmp_path)
 
 
+@pytest.mark.machine     # network namespaces
 @pytest.mark.parametrize("mode", ["proxy", "full"])
 def test_dnsmasq_answers_the_pi4_dhcp_discover(profile, mode, tmp_path):
     """The DHCP half of a Pi's network boot: a DISCOVER like the Pi 4
@@ -275,6 +277,7 @@ def test_pi_root_mount_unit_is_named_and_read_as_systemd_does(tmp_path):
     assert (tree / netboot.PI_ROOT_IN_IMAGE).is_dir() and not list((tree / netboot.PI_ROOT_IN_IMAGE).iterdir())
 
 
+@pytest.mark.machine     # root: owners, a mount namespace
 def test_squashfs_keeps_what_the_pis_root_needs(tmp_path):
     """mksquashfs as the image runs it: owners, modes (setuid too), hard and
     symbolic links, extended attributes and empty files come back as they

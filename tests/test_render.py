@@ -91,6 +91,7 @@ def test_cloud_init_accepts_user_data(rendered, rack):
     assert "Valid cloud-config" in result.stdout
 
 
+@pytest.mark.machine     # root: cloud-init net-convert chowns what it writes
 @pytest.mark.parametrize("rack", GOLDEN_RACKS)
 def test_cloud_init_renders_network_config(rendered, rack, tmp_path):
     """cloud-init's own converter turns network-config into systemd-networkd

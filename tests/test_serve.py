@@ -263,6 +263,7 @@ def test_nfs_root_on_the_jumphost_filesystem_is_never_exported(rack):
     nothing_served(rack)
 
 
+@pytest.mark.machine     # a mount namespace
 def test_own_filesystem_check_against_the_root_filesystem(tmp_path):
     """The check itself, in a mount namespace of this test's: a tmpfs is a
     filesystem of its own; a bind of a directory is not; and a bind of the
