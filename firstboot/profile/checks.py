@@ -14,21 +14,11 @@ from collections.abc import Callable, Iterable, Iterator
 import yaml
 
 from firstboot import secretref
+from firstboot.profile.construct import mac, parse_secret
 from firstboot.profile.labels import label_refusal
 from firstboot.profile.model import DhcpMode
 from firstboot.profile.problems import Keys, Problem, format_path
 from firstboot.profile.yaml_input import TAG_KIND
-
-
-def mac(text: str) -> str:
-    """A MAC as the model keeps it: lower case, ':'-separated."""
-    return text.lower().replace("-", ":")
-
-
-def parse_secret(raw: str | dict) -> secretref.SecretRef:
-    """A secret reference as the schema takes it: a string, or {ref, key}."""
-    text, key = (raw["ref"], raw["key"]) if isinstance(raw, dict) else (raw, None)
-    return secretref.parse(text, key)
 
 
 def _duplicates(what: str, items: Iterable[tuple[Keys, object]]) -> Iterator[Problem]:

@@ -8,7 +8,7 @@ import ipaddress
 import json
 from pathlib import Path
 
-from firstboot.profile.checks import mac, parse_secret
+from firstboot import secretref
 from firstboot.profile.model import (BootDirBy, DhcpMode, Identify, Jumphost, K3s, KubeSecret, Labels, Netboot,
                                      Network, Pi, PiModel, RackProfile, RancherStorage)
 
@@ -17,6 +17,17 @@ def digest(doc: dict) -> str:
     """sha256 of the merged profile as written (before defaults): changes iff the rack does."""
     canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def mac(text: str) -> str:
+    """A MAC as the model keeps it: lower case, ':'-separated."""
+    return text.lower().replace("-", ":")
+
+
+def parse_secret(raw: str | dict) -> secretref.SecretRef:
+    """A secret reference as the schema takes it: a string, or {ref, key}."""
+    text, key = (raw["ref"], raw["key"]) if isinstance(raw, dict) else (raw, None)
+    return secretref.parse(text, key)
 
 
 def _labels(raw: dict) -> Labels:

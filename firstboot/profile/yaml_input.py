@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from firstboot import files
-from firstboot.profile.problems import Keys, Problem, Unreadable, kind, shown
+from firstboot.profile.problems import Keys, Problem, Unreadable, kind
 
 # A profile is a few kilobytes (big-rack.yaml, 300 Pis, is 40 KB). The caps
 # keep a wrong file (a disk image, /dev/zero, a FIFO, an alias bomb) from
