@@ -9,6 +9,7 @@ join-server  the jumphost's service that gives its Pis their k3s agent token
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     run = verbs.add_parser("run", help="run the first-boot steps")
     run.add_argument("--role", choices=[str(role) for role in Role], required=True,
                      help="what this image is; the rack is found at boot")
+    run.add_argument("-v", "--verbose", action="store_true", default=bool(os.environ.get("RACKBOOT_VERBOSE")),
+                     help="log every command it runs (+ argv); RACKBOOT_VERBOSE=1 in agent.env does the same "
+                          "for the unit (off by default: the unit's output goes to the console too)")
     verbs.add_parser("status", help="show the steps' progress and any failure")
     get = verbs.add_parser("access", help="print a secret's value (berglas://, sm://, file://)")
     get.add_argument("reference", metavar="REF")
@@ -50,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     server.add_argument("--rack", required=True, help="the rack this jumphost serves")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if getattr(args, "verbose", False):
+        logging.getLogger("rackboot").setLevel(logging.DEBUG)
     try:
         layout = Layout.from_environment()
         if args.verb == "run":

@@ -11,7 +11,7 @@ hundreds of machines. Instead:
   - the jumphost's join service (rackboot-join.service, `python -m firstboot
     join-server`) hands it out on the rack network, to addresses in the
     rack's subnet only: GET http://JUMPHOST:JOIN_PORT/v1/agent-token;
-  - a Pi's token step fetches it from there into /etc/rancher/k3s/token,
+  - a Pi's token step fetches it from there into its token file,
     waiting for the jumphost for as long as it takes to come up.
 
 The service faces everything on the rack network, so an address outside the
@@ -240,6 +240,7 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 def serve_forever(profile, token_file: Path,
                   connection_seconds: float = CONNECTION_SECONDS) -> None:
+    """Serve token_file (the jumphost's Layout.agent_token_file) to profile's rack."""
     handler = type("Handler", (_Handler,), {"token_file": token_file})
     server = _Server((str(profile.jumphost.address), profile.netboot.join_port), handler,
                      profile.network.subnet, connection_seconds)

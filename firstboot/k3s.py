@@ -1,12 +1,14 @@
 """k3s: install the image's k3s as the server (jumphost) or an agent (Pi),
 the way k3s's install.sh does it air-gapped, and start it.
 
-    /usr/lib/rackboot/k3s/VERSION/            the bundle in the image (binary, images, checksums)
-    /usr/local/bin/k3s (+ kubectl, crictl, ctr links)
-    /var/lib/rancher/k3s/agent/images/        the air-gap images k3s imports at start
-    /etc/rancher/k3s/config.yaml              the rack's rendered config (token-file, labels, ...)
-    /etc/rancher/node/password                this node's password (see below)
-    /etc/systemd/system/k3s.service           or k3s-agent.service on a Pi
+    Layout.k3s_bundle(VERSION)     the bundle in the image (binary, images, checksums)
+    Layout.bin_dir / k3s           and the kubectl, crictl, ctr links
+    Layout.k3s_images              the air-gap images k3s imports at start
+    Layout.k3s_config              the rack's rendered config (token-file, labels, ...)
+    Layout.node_password           this node's password (see below)
+    Layout.unit("k3s.service")     or k3s-agent.service on a Pi
+
+(firstboot/layout.py says where each is.)
 
 Every file is compared first and replaced atomically only when it differs;
 the service restarts only when something changed, so running the agent again
@@ -22,7 +24,7 @@ a name that is not its own and taking that node's kubelet identity.
   - The jumphost's password is an HMAC keyed by the rack's (server) token,
     which no Pi and no holder of the agent token ever has, so nobody on the
     rack network can register as the jumphost and read the Secrets of the pods
-    placed there. It is written only when /etc/rancher/node/password is
+    placed there. It is written only when the password file is
     missing, never replaced: a token rotation (k3s token rotate, README
     "Rotating the token") changes the key, and a new password would no longer
     match the hash the datastore holds, so the jumphost's own node would be
@@ -30,7 +32,7 @@ a name that is not its own and taking that node's kubelet identity.
     fresh one. (To reset it on a live rack: delete the password file and
     kube-system/JUMPHOST.node-password.k3s, then re-run the agent.)
   - A Pi's password is derived from the rack and node names only, and
-    rewritten at every run: Pis boot one shared root, keep /etc/rancher in
+    rewritten at every run: Pis boot one shared root, keep k3s's configuration in
     RAM when netbooted and get one agent token for the whole rack, so there
     is no per-Pi secret to key it with, and a replaced or power-cycled Pi
     must present the same password under the same name. This gives up, on
@@ -56,7 +58,7 @@ ARCHES = {"x86_64": "amd64", "aarch64": "arm64"}
 SYSTEM_BIN_PATH = "/usr/bin:/bin"   # install.sh links kubectl etc. unless the distribution has its own there
 
 # As install.sh writes it, less NetworkManager's cloud-setup check (the images
-# have no NetworkManager).
+# have no NetworkManager). /etc/default/%N is install.sh's (and nothing of rackboot's).
 UNIT = """\
 # k3s {command}. Written by rackboot's first-boot agent (as k3s's install.sh would).
 [Unit]

@@ -1,15 +1,17 @@
 """Serve: the jumphost serves its rack's Pis their network boot.
 
-    /usr/share/rackboot/racks/RACK/tftp/      the rack's TFTP tree, made with the image
-    netboot.tftp_root -> that tree            a link: what dnsmasq serves
-    /usr/lib/rackboot/pi-root.squashfs        the Pis' shared root, made with the image,
-    /srv/rackboot/pi-root                     mounted here read-only by its mount unit
-    netboot.nfs_root                          exported read-only (a bind mount when it is
-                                              not the image's own path)
-    /etc/dnsmasq.d/rackboot-netboot.conf      the rack's rendered dnsmasq configuration,
-                                              run by rackboot-dnsmasq.service
-    /etc/exports.d/rackboot.exports           the rack's rendered export, loaded by exportfs
-    rackboot-join.service                     gives the Pis their k3s agent token (join.py)
+    Layout.tftp_tree(RACK)        the rack's TFTP tree, made with the image
+    netboot.tftp_root -> that     a link: what dnsmasq serves
+    Layout.pi_root_image          the Pis' shared root (a squashfs), made with the image,
+    Layout.pi_root                mounted there read-only by its mount unit (PI_ROOT_UNIT)
+    netboot.nfs_root              exported read-only (a bind mount when it is not
+                                  Layout.pi_root)
+    Layout.dnsmasq_conf           the rack's rendered dnsmasq configuration, run by
+                                  rackboot-dnsmasq.service
+    Layout.exports                the rack's rendered export, loaded by exportfs
+    rackboot-join.service         gives the Pis their k3s agent token (join.py)
+
+(firstboot/layout.py says where each is.)
 
 It runs on the jumphost before the token step: Pis can boot, and wait for the
 cluster, even while the secret store is out of reach.

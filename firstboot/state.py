@@ -1,5 +1,5 @@
-"""Where the agent keeps what it has done: one status file (Layout.state_dir,
-/var/lib/rackboot/status.json), rewritten atomically after every step, so
+"""Where the agent keeps what it has done: one status file (status.json in
+Layout.state_dir), rewritten atomically after every step, so
 `python -m firstboot status` (and a person reading it) always sees a whole
 picture."""
 

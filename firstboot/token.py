@@ -2,8 +2,8 @@
 
 The jumphost reads the rack's token from its secret reference; a Pi gets the
 agent token from its jumphost (firstboot/join.py). Tokens go only into
-root-only files written atomically: /etc/rancher/k3s/token, and on the
-jumphost /etc/rancher/k3s/agent-token; k3s's config.yaml names them
+root-only files written atomically: Layout.token_file, and on the
+jumphost Layout.agent_token_file; k3s's config.yaml names them
 (token-file, agent-token-file), so no value is in a config file, log,
 journal field or status record. The step reports whether the files changed
 (a rotated token), never a value or a hash of it.

@@ -298,3 +298,29 @@ for name in ("tmpfs", "bound", "rootbind", "plain"):
     assert "is a bind mount of " in verdicts["bound"] and "a directory of a larger filesystem" in verdicts["bound"]
     assert "is on the jumphost's root filesystem" in verdicts["rootbind"]
     assert "not a filesystem of its own" in verdicts["plain"]
+
+
+def test_a_verbose_run_shows_each_command(rack):
+    """`+ argv` for every command the agent runs (RACKBOOT_VERBOSE=1 in agent.env, or run -v)."""
+    done = rack.agent(RACKBOOT_VERBOSE="1")
+    assert done.returncode == 0, done.stderr + rack.status_text()
+    for line in ("+ systemctl start 'srv-rackboot-pi\\x2droot.mount'", "+ exportfs -ra",
+                 "+ systemctl enable rackboot-dnsmasq.service", "+ systemctl enable rackboot-join.service"):
+        assert line in done.stderr.splitlines(), line
+    assert "+ exportfs" not in rack.agent().stderr      # quiet by default: the unit's output is on the console
+
+
+def test_a_unit_that_fails_hints_its_own_journal(tmp_path, monkeypatch):
+    """ensure_running's failures name the unit's journal (dnsmasq's, not k3s's)."""
+    from firstboot import system
+    from firstboot.commands import CommandFailed
+    fake = tmp_path / "bin/systemctl"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho \"Failed to enable unit: $2 is masked.\" >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    with pytest.raises(CommandFailed) as caught:
+        system.ensure_running(serve.DNSMASQ_UNIT, restart=False)
+    assert str(caught.value).startswith("systemctl enable rackboot-dnsmasq.service failed (exit status 1)")
+    assert "is masked" in str(caught.value)
+    assert caught.value.hint == "journalctl -u rackboot-dnsmasq.service says more"
