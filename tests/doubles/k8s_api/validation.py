@@ -117,6 +117,9 @@ def object_errors(kind: str, obj: dict, namespaced: bool, decoded) -> list[Field
             errors.append(FieldError("Too long", "data", f"may not be more than {MAX_SECRET_BYTES} bytes"))
     if kind == "Service":
         errors += service_errors(spec)
+    if kind == "Pod":
+        errors += [required(f"spec.containers[{i}].image") for i, c in enumerate(spec.get("containers") or [])
+                   if not c.get("image")]
     return errors
 
 
