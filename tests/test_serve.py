@@ -324,3 +324,12 @@ def test_a_unit_that_fails_hints_its_own_journal(tmp_path, monkeypatch):
     assert str(caught.value).startswith("systemctl enable rackboot-dnsmasq.service failed (exit status 1)")
     assert "is masked" in str(caught.value)
     assert caught.value.hint == "journalctl -u rackboot-dnsmasq.service says more"
+
+
+def test_the_default_nfs_root_is_the_pi_root_itself():
+    """The schema's default nfs_root (data, which cannot import the Layout) is
+    where the image mounts the Pis' root: a rack that keeps the default
+    exports that mount as it is, with no bind mount."""
+    from firstboot.layout import MACHINE
+    schema = json.loads((REPO / "rack-profiles/schema.json").read_text())
+    assert schema["properties"]["netboot"]["properties"]["nfs_root"]["default"] == str(MACHINE.pi_root)
