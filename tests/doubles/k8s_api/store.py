@@ -2,6 +2,9 @@
 one JSON file (k3s keeps its datastore in DATA/server/db too); the
 controllers it simulates (workload status, the namespace controller).
 
+Workloads get ready READY_DELAY seconds after each new generation
+(K3S_STANDIN_READY_DELAY, 0 by default; "never"): see simulate_controllers.
+
 A deleted Namespace goes through Terminating, as with the real API server
 and its namespace controller: DELETE sets deletionTimestamp, spec.finalizers
 ["kubernetes"] and status.phase Terminating; NAMESPACE_DELAY seconds later
@@ -22,6 +25,7 @@ from pathlib import Path
 
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 IMMORTAL_NAMESPACES = ("default", "kube-system", "kube-public")
+WORKLOADS = ("deployments", "statefulsets", "daemonsets", "jobs")
 SERVER_FIELDS = ("uid", "creationTimestamp", "generation", "resourceVersion")
 
 
@@ -73,12 +77,18 @@ class Store:
         self.extra: dict = {}
         self.namespace_delay = float(os.environ.get("K3S_STANDIN_NAMESPACE_DELAY", "0.5")) \
             if namespace_delay is None else namespace_delay
+        delay = os.environ.get("K3S_STANDIN_READY_DELAY", "0")
+        self.ready_delay = float("inf") if delay == "never" else float(delay)
         if path.exists():
             saved = json.loads(path.read_text())
             self.version, self.objects, self.extra = saved["version"], saved["objects"], saved["extra"]
         for obj in self.list("namespaces"):        # a restart finds them terminating still
             if obj["metadata"].get("deletionTimestamp"):
                 self._finish_later(obj["metadata"]["name"])
+        for key, obj in list(self.objects.items()):     # and rollouts under way
+            plural = key.split("/")[0]
+            if plural in WORKLOADS and not _rolled_out(plural, obj.get("status") or {}):
+                self.ready_later(plural, key.split("/")[1], obj["metadata"]["name"], obj["metadata"]["generation"])
 
     def save(self) -> None:
         write_private(self.path, json.dumps({"version": self.version, "objects": self.objects,
@@ -115,7 +125,7 @@ class Store:
                 meta["generation"] = 1
             if not meta.get("managedFields"):
                 meta.pop("managedFields", None)
-            simulate_controllers(plural, obj, self)
+            simulate_controllers(plural, obj, self, schedule=not dry_run)
             if dry_run:
                 return obj
             self.version += 1
@@ -163,6 +173,24 @@ class Store:
             if name in SYSTEM_NAMESPACES:      # the system-namespaces controller
                 self.ensure_namespace(name)
 
+    def ready_later(self, plural: str, namespace: str, name: str, generation: int) -> None:
+        """The simulated controller's pods of this generation get ready after ready_delay."""
+        if self.ready_delay == float("inf"):
+            return
+        timer = threading.Timer(self.ready_delay, self._ready, (plural, namespace, name, generation))
+        timer.daemon = True
+        timer.start()
+
+    def _ready(self, plural: str, namespace: str, name: str, generation: int) -> None:
+        with self.lock:
+            obj = self.get(plural, namespace, name)
+            if not obj or obj["metadata"]["generation"] != generation:
+                return       # gone, or a newer generation has its own timer
+            obj["status"] = _ready_status(plural, obj)
+            self.version += 1
+            obj["metadata"]["resourceVersion"] = str(self.version)
+            self.save()
+
     def ensure_namespace(self, name: str) -> None:
         if not self.get("namespaces", "", name):
             self.put("namespaces", "", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
@@ -179,20 +207,51 @@ class Store:
                     and matches(obj["metadata"].get("labels") or {}, selector)]
 
 
-def simulate_controllers(plural: str, obj: dict, store: Store) -> None:
-    """Workload controllers, since no containers run here: ready once applied."""
+def simulate_controllers(plural: str, obj: dict, store: "Store", schedule: bool = True) -> None:
+    """Workload controllers, since no containers run here. A new generation is
+    seen at once (observedGeneration); its pods are ready READY_DELAY seconds
+    later (K3S_STANDIN_READY_DELAY: 0 by default, "never" for pods that never
+    get ready). Until then a Deployment's or StatefulSet's old pods stay ready
+    and none is updated, as in a rolling update that has not progressed."""
     generation = obj["metadata"]["generation"]
     spec = obj.get("spec") or {}
+    old = obj.get("status") or {}
+    done = store.ready_delay == 0 or old.get("observedGeneration") == generation and _rolled_out(plural, old)
     if plural in ("deployments", "statefulsets"):
         replicas = spec.get("replicas", 1)
-        obj["status"] = {"observedGeneration": generation, "replicas": replicas, "readyReplicas": replicas,
-                         "updatedReplicas": replicas, "availableReplicas": replicas}
+        ready = replicas if done else min(old.get("readyReplicas", 0), replicas)
+        obj["status"] = {"observedGeneration": generation, "replicas": replicas, "readyReplicas": ready,
+                         "updatedReplicas": replicas if done else 0, "availableReplicas": ready}
     elif plural == "daemonsets":
         nodes = len([k for k in store.objects if k.startswith("nodes/")])
+        ready = nodes if done else min(old.get("numberReady", 0), nodes)
         obj["status"] = {"observedGeneration": generation, "desiredNumberScheduled": nodes,
-                         "currentNumberScheduled": nodes, "numberReady": nodes,
-                         "updatedNumberScheduled": nodes, "numberAvailable": nodes}
+                         "currentNumberScheduled": nodes, "numberReady": ready,
+                         "updatedNumberScheduled": nodes if done else 0, "numberAvailable": ready}
     elif plural == "jobs":
-        obj["status"] = {"succeeded": spec.get("completions", 1)}
+        obj["status"] = {"succeeded": spec.get("completions", 1)} if done else {"active": 1}
     elif plural == "namespaces":
         obj["status"] = obj.get("status") or {"phase": "Active"}
+    if plural in WORKLOADS and not done and schedule:
+        store.ready_later(plural, obj["metadata"].get("namespace", ""), obj["metadata"]["name"], generation)
+
+
+def _rolled_out(plural: str, status: dict) -> bool:
+    if plural == "daemonsets":
+        return status.get("updatedNumberScheduled") == status.get("desiredNumberScheduled")
+    if plural == "jobs":
+        return "succeeded" in status
+    return status.get("updatedReplicas") == status.get("replicas")
+
+
+def _ready_status(plural: str, obj: dict) -> dict:
+    status = dict(obj.get("status") or {})
+    if plural in ("deployments", "statefulsets"):
+        status.update(readyReplicas=status["replicas"], updatedReplicas=status["replicas"],
+                      availableReplicas=status["replicas"])
+    elif plural == "daemonsets":
+        nodes = status["desiredNumberScheduled"]
+        status.update(numberReady=nodes, updatedNumberScheduled=nodes, numberAvailable=nodes)
+    elif plural == "jobs":
+        status = {"succeeded": (obj.get("spec") or {}).get("completions", 1)}
+    return status
