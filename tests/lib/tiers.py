@@ -136,7 +136,7 @@ def _pure() -> None:
 
 def _machine() -> str | None:
     if os.geteuid() != 0:
-        return "not root (pretend machines need mount and network namespaces and bind mounts)"
+        return "not root (machine-tier tests use namespaces and mounts and set owners)"
     missing = _missing_tool(MACHINE_TOOLS)
     if missing:
         return missing
