@@ -18,10 +18,15 @@ REQUIREMENTS = REPO / "requirements.txt"
 STAMP = VENV / "rackboot-requirements.sha256"
 
 # What the builder and the tests run. Kept in one list so that the README's
-# two commands and CI install exactly the same things.
-HOST_PACKAGES = (
+# two commands and CI install exactly the same things. PYTHON_PACKAGES make
+# the virtualenv (every verb needs its Python libraries); TOOL_PACKAGES are
+# the tools that build and boot images, installed only for a verb that runs
+# them (build.py's Verb.tools), after its input was checked.
+PYTHON_PACKAGES = (
     "python3", "python3-venv", "python3-dev", "gcc", "pkg-config",
     "libsystemd-dev",      # systemd-python builds against it
+)
+TOOL_PACKAGES = (
     "systemd",             # systemd-analyze verify checks rendered units
     "dnsmasq-base",        # dnsmasq --test checks rendered netboot config
     "cloud-init",          # cloud-init schema / net-convert check rendered seeds
@@ -40,21 +45,28 @@ HOST_PACKAGES = (
     "iproute2",            # network namespaces and veth links for dnsmasq's DHCP/TFTP tests
     "nfs-kernel-server",   # exportfs checks and loads a pretend jumphost's rendered exports
 )
+HOST_PACKAGES = PYTHON_PACKAGES + TOOL_PACKAGES
+# Set to 1 to skip the set-up (a machine provisioned otherwise).
+NO_BOOTSTRAP_ENV = "RACKBOOT_NO_BOOTSTRAP"
+# Set across the re-execution into the venv: the set-up is finished there
+# (the tools), and only there. A program started inside the venv (the tests)
+# was set up by whoever made the venv.
+STARTED_OUTSIDE_ENV = "RACKBOOT_STARTED_OUTSIDE_VENV"
 
 
 def _say(message: str) -> None:
     print(f"rackboot setup: {message}", file=sys.stderr, flush=True)
 
 
-def _missing_packages() -> list[str]:
+def _missing_packages(packages: tuple[str, ...] = HOST_PACKAGES) -> list[str]:
     if not shutil.which("dpkg-query"):
         return []  # not Debian: trust the user to have provided the tools
     out = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Package} ${db:Status-Abbrev}\n", *HOST_PACKAGES],
+        ["dpkg-query", "-W", "-f=${Package} ${db:Status-Abbrev}\n", *packages],
         stdin=subprocess.DEVNULL, capture_output=True, text=True,
     ).stdout
     installed = {line.split()[0] for line in out.splitlines() if " ii" in line}
-    return [p for p in HOST_PACKAGES if p not in installed]
+    return [p for p in packages if p not in installed]
 
 
 def _install_packages(packages: list[str]) -> None:
@@ -98,21 +110,36 @@ def in_venv() -> bool:
     return Path(sys.prefix).resolve() == VENV.resolve()
 
 
-def prepare() -> Path:
+def prepare(packages: tuple[str, ...] = HOST_PACKAGES) -> Path:
     """Install whatever is missing; return the venv's interpreter."""
-    missing = _missing_packages()
+    missing = _missing_packages(packages)
     if missing:
         _install_packages(missing)
     _ensure_venv()
     return VENV / "bin" / "python"
 
 
-def ensure() -> None:
-    """Make sure of the set-up, then re-execute this program inside the venv."""
-    if in_venv() or os.environ.get("RACKBOOT_NO_BOOTSTRAP") == "1":
+def _skipped() -> bool:
+    return os.environ.get(NO_BOOTSTRAP_ENV) == "1"
+
+
+def ensure_venv() -> None:
+    """Make sure of the virtualenv (and the packages it needs), then
+    re-execute this program inside it."""
+    if in_venv() or _skipped():
         return
-    python = prepare()
+    python = prepare(PYTHON_PACKAGES)
+    os.environ[STARTED_OUTSIDE_ENV] = "1"
     os.execv(str(python), [str(python), *sys.argv])
+
+
+def ensure_tools() -> None:
+    """Install the build and boot tools that are missing (no re-execution)."""
+    if _skipped() or (in_venv() and os.environ.get(STARTED_OUTSIDE_ENV) != "1"):
+        return
+    missing = _missing_packages(TOOL_PACKAGES)
+    if missing:
+        _install_packages(missing)
 
 
 if __name__ == "__main__":

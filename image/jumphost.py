@@ -20,6 +20,7 @@ from image import progress
 from firstboot.commands import run
 
 IMAGE_NAME = "jumphost.img"
+UNITS = ("rackboot-firstboot.service",)    # the image's own, for every rack (payload.shared_units)
 
 CLOUD_CFG = """\
 # rackboot: cloud-init reads only a NoCloud seed (a CIDATA disk or USB stick),
@@ -85,7 +86,7 @@ def build(profiles: list[RackProfile], options: ImageOptions) -> list[Path]:
             payload.install_agent(tree, "amd64")
             payload.install_profiles(profiles, tree)
             payload.install_racks(rendered, tree)
-            payload.install_units(rendered, tree, "jumphost", ("rackboot-firstboot.service",))
+            payload.install_units(rendered, tree, "jumphost", UNITS)
             if options.k3s_bundle is not None:
                 payload.install_k3s(options.k3s_bundle, tree)
             _configure(tree)

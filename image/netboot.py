@@ -42,7 +42,7 @@ from firstboot.errors import RackbootError
 from firstboot.profile import BootDirBy, RackProfile
 from image import payload, render, rootfs
 from image import progress
-from image.atomic import replace_directory
+from image.atomic import staged_directory
 from firstboot.commands import run
 
 log = logging.getLogger("rackboot")
@@ -82,14 +82,15 @@ def pi_rootfs_spec(release: str) -> rootfs.RootfsSpec:
 
 
 @dataclass(frozen=True)
-class BootFiles:
+class PiBootFiles:
+    """What a Pi boots, out of the Pi root filesystem's build."""
     kernel: Path
     initrd: Path
     firmware: dict[str, Path]       # name in the TFTP tree -> file
     device_trees: dict[str, Path]
 
 
-def boot_files(pi_rootfs: rootfs.Rootfs) -> BootFiles:
+def boot_files(pi_rootfs: rootfs.Rootfs) -> PiBootFiles:
     kernel, initrd = rootfs.kernel_and_initrd(pi_rootfs)
     extra = pi_rootfs.boot.parent / "copied"
     firmware = {name: extra / "raspi-firmware" / name for name in FIRMWARE
@@ -101,7 +102,7 @@ def boot_files(pi_rootfs: rootfs.Rootfs) -> BootFiles:
     if missing:
         raise RackbootError(f"the Pi root filesystem lacks {', '.join(missing)} (looked in {extra})",
                             hint="rebuild it with --no-cache; raspi-firmware and linux-image-arm64 provide them")
-    return BootFiles(kernel, initrd, firmware, trees)
+    return PiBootFiles(kernel, initrd, firmware, trees)
 
 
 def pi_directory(pi, by: BootDirBy) -> str | None:
@@ -140,7 +141,7 @@ WantedBy=local-fs.target
 """
 
 
-def shared_boot_files(files: BootFiles) -> dict[str, Path]:
+def shared_boot_files(files: PiBootFiles) -> dict[str, Path]:
     return {**files.firmware, **files.device_trees, "vmlinuz": files.kernel, "initrd.img": files.initrd}
 
 
@@ -150,15 +151,13 @@ def write_rendered(rendered: render.RenderedTree, key: str, path: Path) -> None:
     path.write_text(text if text.endswith("\n") else text + "\n")
 
 
-def write_tftp_tree(profile: RackProfile, rendered: render.RenderedTree, files: BootFiles, output: Path,
+def write_tftp_tree(profile: RackProfile, rendered: render.RenderedTree, files: PiBootFiles, output: Path,
                     shared_at: str | None = None) -> Path:
     """Write output/tftp for profile, replacing it whole; return it.
     shared_at: instead of copies, link the shared boot files to that directory
     (as the machine serving the tree sees it)."""
-    output.mkdir(parents=True, exist_ok=True)
     final = output / "tftp"
-    staging = Path(tempfile.mkdtemp(prefix=".tftp.", dir=output))
-    try:
+    with staged_directory(final) as staging:
         shared = shared_boot_files(files)
         for name, source in shared.items():
             if shared_at:
@@ -179,18 +178,16 @@ def write_tftp_tree(profile: RackProfile, rendered: render.RenderedTree, files: 
         for path in [staging, *staging.rglob("*")]:
             if not path.is_symlink():
                 os.chmod(path, 0o755 if path.is_dir() else 0o644)
-        replace_directory(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return final
 
 
 def write_pi_root(profiles: list[RackProfile], rendered: dict[str, render.RenderedTree],
                   pi_rootfs: rootfs.Rootfs, target: Path, k3s_bundle=None) -> None:
-    """target (new): the Pis' shared root, with rackboot laid over the rootfs."""
+    """target (new, or empty): the Pis' shared root, with rackboot laid over the rootfs."""
     with_pis = {p.rack: rendered[p.rack] for p in profiles if p.pis}
-    target.mkdir(parents=True)
+    target.mkdir(parents=True, exist_ok=True)
+    if any(target.iterdir()):
+        raise RackbootError(f"{target}: not empty; the Pis' root is written into a new directory")
     run(["tar", "-xf", pi_rootfs.tarball, "-C", target, "--numeric-owner"])
     payload.install_agent(target, "arm64")
     payload.install_profiles(profiles, target)
@@ -263,12 +260,7 @@ def build(profile: RackProfile, output: Path, release: str = "bookworm", cache_d
     with progress.step(f"TFTP tree for {len(profile.pis)} Pis of rack {profile.rack}"):
         tftp = write_tftp_tree(profile, rendered, boot_files(pi_rootfs), output)
     with progress.step("Pi NFS root"):
-        final = output / "pi-root"
-        staging = Path(tempfile.mkdtemp(prefix=".pi-root.", dir=output))
-        try:
-            write_pi_root([profile], {profile.rack: rendered}, pi_rootfs, staging / "pi-root", k3s_bundle)
-            os.chmod(staging / "pi-root", 0o755)
-            replace_directory(staging / "pi-root", final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return tftp, final
+        with staged_directory(output / "pi-root") as staging:
+            write_pi_root([profile], {profile.rack: rendered}, pi_rootfs, staging, k3s_bundle)
+            os.chmod(staging, 0o755)
+    return tftp, output / "pi-root"

@@ -29,20 +29,30 @@ def profiles_directory(profiles: list[RackProfile]) -> Path:
     return directories.pop()
 
 
-def install_profiles(profiles: list[RackProfile], tree: Path) -> None:
-    """The profiles, their defaults, schema and manifests, at the same relative paths."""
+def profile_files(profiles: list[RackProfile]) -> dict[Path, Path]:
+    """What install_profiles copies: each profile, its directory's defaults
+    and each manifest -> its path relative to that directory, inside which
+    every one of them must be (build.py's preflight asks this first)."""
     source_dir = profiles_directory(profiles)
-    target = Layout(tree).profiles
-    target.mkdir(parents=True)
-    shutil.copyfile(SCHEMA_PATH, target / "schema.json")
     files = [p.source.resolve() for p in profiles] + [m for p in profiles for m in p.manifests]
     if (source_dir / DEFAULTS_NAME).exists():
         files.append(source_dir / DEFAULTS_NAME)
+    relative = {}
     for path in files:
         try:
-            relative = path.relative_to(source_dir)
+            relative[path] = path.relative_to(source_dir)
         except ValueError:
             raise BadInput(f"{path}: manifests that go into an image must be inside {source_dir}") from None
+    return relative
+
+
+def install_profiles(profiles: list[RackProfile], tree: Path) -> None:
+    """The profiles, their defaults, schema and manifests, at the same relative paths."""
+    files = profile_files(profiles)
+    target = Layout(tree).profiles
+    target.mkdir(parents=True)
+    shutil.copyfile(SCHEMA_PATH, target / "schema.json")
+    for path, relative in files.items():
         (target / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target / relative)
 
@@ -78,16 +88,24 @@ def install_racks(rendered: dict[str, render.RenderedTree], tree: Path) -> None:
         render.write_tree(files, tree / RACKS_DIR / rack)
 
 
-def install_units(rendered: dict[str, render.RenderedTree], tree: Path, role: str, names: tuple[str, ...]) -> None:
-    """Units that the image carries for every rack (the agent's own, ...):
-    each must render the same for all of the image's racks."""
+def shared_units(rendered: dict[str, render.RenderedTree], role: str, names: tuple[str, ...]) -> dict[str, str]:
+    """Units that the image carries for every rack (the agent's own, ...),
+    name -> text: each must render the same for all of the image's racks
+    (build.py's preflight asks this first)."""
+    shared = {}
     for name in names:
         key = rendered_key(Role(role), MACHINE.unit(name))
         texts = {files[key] for files in rendered.values() if key in files}
         if len(texts) != 1:
             raise BadInput(f"the racks of this image ({', '.join(sorted(rendered))}) need different {name} "
                            f"({len(texts)} versions); build one image per kind of rack")
-        Layout(tree).unit(name).write_text(texts.pop())
+        shared[name] = texts.pop()
+    return shared
+
+
+def install_units(rendered: dict[str, render.RenderedTree], tree: Path, role: str, names: tuple[str, ...]) -> None:
+    for name, text in shared_units(rendered, role, names).items():
+        Layout(tree).unit(name).write_text(text)
 
 
 # Debian's sshd refuses to start without host keys, and strip_machine_state

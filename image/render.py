@@ -9,15 +9,13 @@ rendered, so a template error leaves no half-written tree behind.
 """
 
 import os
-import shutil
-import tempfile
 from pathlib import Path, PurePosixPath
 
 import jinja2
 
 from firstboot.errors import RackbootError
 from firstboot.layout import MACHINE, Role, rendered_key
-from image.atomic import replace_directory
+from image.atomic import staged_directory
 from firstboot.profile import RackProfile
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -68,19 +66,13 @@ def render_rack(profile: RackProfile, env: jinja2.Environment | None = None) -> 
 
 def write_tree(files: RenderedTree, destination: Path) -> None:
     """Replace destination with exactly these files, all or nothing."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
-    try:
+    with staged_directory(destination) as staging:
         for relative, content in sorted(files.items()):
             path = staging / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(content, encoding="utf-8")
             os.chmod(path, 0o644)
         os.chmod(staging, 0o755)
-        replace_directory(staging, destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def render_all(profiles: list[RackProfile]) -> dict[str, RenderedTree]:

@@ -65,7 +65,7 @@ image {name} {{
 """
 
 
-def boot_partition_tree(profile: RackProfile, rendered: render.RenderedTree, files: netboot.BootFiles,
+def boot_partition_tree(profile: RackProfile, rendered: render.RenderedTree, files: netboot.PiBootFiles,
                         target: Path) -> None:
     """The boot partition's files: what a netbooted Pi fetches over TFTP, with
     the SD card's cmdline.txt."""

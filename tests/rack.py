@@ -80,7 +80,7 @@ class Rack:
         the agent's serve step starts that unit (at boot, on a real jumphost)."""
         profile = self.profile()
         if self.boot_files is None:
-            self.boot_files = netboot.BootFiles(
+            self.boot_files = netboot.PiBootFiles(
                 kernel=self._boot_file("vmlinuz-6.1.0-arm64", 300_000),
                 initrd=self._boot_file("initrd.img-6.1.0-arm64", 700_001),
                 firmware={"start4.elf": self._boot_file("start4.elf", 220_000),

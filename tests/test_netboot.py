@@ -41,14 +41,14 @@ def profile():
     return example
 
 
-def standin_boot_files(directory: Path) -> netboot.BootFiles:
+def standin_boot_files(directory: Path) -> netboot.PiBootFiles:
     """Files with the right names and distinct contents, for the fast tier."""
     directory.mkdir()
     def make(name, size):
         path = directory / name
         path.write_bytes(os.urandom(size))
         return path
-    return netboot.BootFiles(
+    return netboot.PiBootFiles(
         kernel=make("vmlinuz-6.1.0-arm64", 300_000), initrd=make("initrd.img-6.1.0-arm64", 700_001),
         firmware={"start4.elf": make("start4.elf", 2_200_000), "fixup4.dat": make("fixup4.dat", 5_400)},
         device_trees={"bcm2711-rpi-4-b.dtb": make("bcm2711-rpi-4-b.dtb", 52_000)})

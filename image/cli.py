@@ -1,0 +1,203 @@
+"""build.py's command line. Each verb is declared once, in VERBS: what it
+needs (its profiles, an output directory, root, the host's build tools) and
+its options; argparse and main's order of work are driven by that table.
+
+    parse             standard library only: --help and bad option values
+                      install nothing and need nothing installed
+    the virtualenv    image/hostenv.py: the Python libraries every verb uses
+                      (on a fresh machine: made, then build.py re-executed in it)
+    preflight         image/verbs.py: every input the verb needs is checked
+                      (exit 2), nothing written, no slow step
+    host tools        image/hostenv.py: only for a verb that runs them
+    run               the verb's slow work, into the output directory it claims
+"""
+
+import argparse
+import importlib
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from firstboot.errors import RackbootError
+from image import hostenv, k3s_fetch, output, rootfs
+
+
+@dataclass(frozen=True)
+class Option:
+    flags: tuple[str, ...]
+    settings: dict = field(default_factory=dict)     # argparse's add_argument keywords
+
+
+@dataclass(frozen=True)
+class Verb:
+    """A verb of build.py. image/verbs.py has its preflight_NAME(args) (every
+    check; returns what run needs) and run_NAME(args, ready) (NAME with _ for -)."""
+    name: str
+    help: str
+    needs_output: bool = True       # -o DIR required
+    needs_root: str | None = None   # why it needs root, if it does
+    needs_tools: bool = False       # the host's build and boot tools (image/hostenv.py)
+    takes_versions: bool = False    # arguments may be k3s versions as well as profiles
+    options: tuple[Option, ...] = ()
+
+    @property
+    def function_suffix(self) -> str:
+        return self.name.replace("-", "_")
+
+
+def _port(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,5}", text) or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
+
+
+def _release(text: str) -> str:
+    # It names the root filesystem's cache entry (rootfs-RELEASE-...): no paths.
+    if not re.fullmatch(r"[a-z][a-z0-9-]{0,31}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Debian release name such as bookworm or trixie")
+    return text
+
+
+ROOTFS = (
+    Option(("--release",), dict(type=_release, default="bookworm", help="Debian release (default: bookworm)")),
+    Option(("--cache-dir",), dict(type=Path, default=rootfs.default_cache_dir(), metavar="DIR",
+                                  help="root filesystem cache (default: %(default)s)")),
+    Option(("--no-cache",), dict(action="store_true", help="rebuild the root filesystem")),
+)
+COMPRESS = Option(("--compress",), dict(action="store_true", help="also write a zstd copy (IMAGE.zst)"))
+K3S_BUNDLE = Option(("--k3s-bundle",), dict(
+    type=Path, metavar="DIR", help="include this k3s bundle (from fetch-k3s: DIR is its VERSION directory; "
+                                   "the Pis' root gets its arm64 files); verified again first"))
+FETCH = (
+    Option(("--mirror",), dict(metavar="URL", help=f"where releases are (default: ${k3s_fetch.MIRROR_ENV} "
+                                                   f"or {k3s_fetch.DEFAULT_MIRROR})")),
+    Option(("--pin",), dict(action="store_true",
+                            help="pin the fetched releases' checksum files (PINS/VERSION/sha256sum-ARCH.txt), to "
+                                 "commit; a pinned release is fetched only if the mirror serves exactly those")),
+    Option(("--pins",), dict(type=Path, metavar="PINS",
+                             help="where pinned checksum files are (default: image/k3s-pins in this repository)")),
+)
+SEED = (
+    Option(("--agent-env",), dict(action="append", default=[], metavar="NAME=VALUE",
+                                  help="environment for the first-boot agent, e.g. SECRET_MANAGER_EMULATOR_HOST="
+                                       "host:port or RACKBOOT_SECRET_MANAGER_ENDPOINT=host (repeatable)")),
+    Option(("--credentials",), dict(type=Path, metavar="KEY.json",
+                                    help="a service account key for the agent (Application Default "
+                                         "Credentials); the seed then holds a credential")),
+)
+BOOT = (
+    Option(("--kvm",), dict(action="store_true",
+                            help="use KVM instead of TCG (guests are known to hang under KVM on some hosts)")),
+    Option(("--no-seed",), dict(action="store_true",
+                                help="boot without the rack's seed (the jumphost must then recognise its network)")),
+    Option(("--ssh-port",), dict(type=_port, metavar="PORT", help="forward 127.0.0.1:PORT to the guest's ssh")),
+    Option(("--api-port",), dict(type=_port, metavar="PORT",
+                                 help="forward 127.0.0.1:PORT to the guest's k3s API (kubeconfig: sudo cat "
+                                      "/etc/rancher/k3s/k3s.yaml on the guest, server port changed to PORT)")),
+    Option(("--until-report",), dict(action="store_true",
+                                     help="run headless until the agent reports, print the report, and stop")),
+    Option(("--timeout",), dict(type=_seconds, default=900, help="seconds to wait with --until-report")),
+)
+ROOT_FOR_ROOTFS = "mmdebstrap in root mode, unpacking the root filesystem with its owners"
+
+VERBS = (
+    Verb("check", "validate rack profiles; report every problem as FILE: PATH: MESSAGE", needs_output=False),
+    Verb("render", "write every generated file (cloud-init, units, k3s, dnsmasq, NFS, router hosts) into "
+                   "DIR/RACK/, mirroring where it lands"),
+    Verb("image", "build the hot-swappable x86-64 jumphost disk image serving these racks (and, for racks "
+                  "with Pis, their netboot tree and NFS root): DIR/jumphost.img with .sha256 and .bmap "
+                  "(needs root)",
+         needs_root=f"building an image needs root ({ROOT_FOR_ROOTFS})", needs_tools=True,
+         options=(*ROOTFS, COMPRESS, K3S_BUNDLE)),
+    Verb("seed", "write each rack's NoCloud seed (a CIDATA disk image) as DIR/seed-RACK.img",
+         needs_tools=True, options=SEED),
+    Verb("fetch-k3s", "download a k3s release's binaries and air-gap images (amd64, arm64) into DIR/VERSION/, "
+                      "verified against the release's checksums, and those against the ones pinned in "
+                      "image/k3s-pins/VERSION/ if any; each argument is a version (v1.31.4+k3s1) or a profile "
+                      "naming one", takes_versions=True, options=FETCH),
+    Verb("netboot", "write the Raspberry Pi TFTP tree a Pi 4 bootloader fetches: firmware, config.txt, kernel, "
+                    "initramfs, device trees, cmdline.txt (NFS root), one directory per Pi; DIR/tftp; and the "
+                    "Pis' shared NFS root, DIR/pi-root (DIR/RACK/... for several racks; needs root)",
+         needs_root="building the Pi root filesystem needs root (mmdebstrap in root mode)", needs_tools=True,
+         options=(*ROOTFS, K3S_BUNDLE)),
+    Verb("sdcard", "build the SD-card image for this rack's Pis that boot from a card instead of the network: "
+                   "DIR/pi-sdcard.img (MBR: FAT boot partition, ext4 root that grows to fill the card) with "
+                   ".sha256 and .bmap (needs root)",
+         needs_root=f"building the Pi root filesystem and its card image needs root ({ROOT_FOR_ROOTFS})",
+         needs_tools=True, options=(*ROOTFS, COMPRESS, K3S_BUNDLE)),
+    Verb("boot", "boot DIR/jumphost.img in QEMU (UEFI, TCG) as a jumphost of this rack, with its seed; "
+                 "changes are discarded", needs_tools=True, options=(*SEED, *BOOT)),
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="build.py", description=(sys.modules["__main__"].__doc__ or "rackboot").split("\n\n")[0],
+        epilog="Profiles are YAML files in rack-profiles/ (schema: rack-profiles/schema.json); "
+               "a directory stands for every profile in it.")
+    verbs = top.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb in VERBS:
+        sub = verbs.add_parser(verb.name, help=verb.help, description=verb.help)
+        if verb.takes_versions:
+            sub.add_argument("profiles", nargs="+", metavar="VERSION|PROFILE",
+                             help="a k3s release tag, or a rack profile (or directory) naming one")
+        else:
+            sub.add_argument("profiles", nargs="+", metavar="PROFILE",
+                             help="rack profile (YAML) or a directory of them")
+        sub.add_argument("-o", "--output", type=Path, required=verb.needs_output, metavar="DIR",
+                         help="output directory" + (" (required): new, empty, or one rackboot made (it "
+                                                    f"holds {output.MARKER})" if verb.needs_output else ""))
+        sub.add_argument("-v", "--verbose", action="store_true", help="log every command run")
+        sub.add_argument("--debug", action="store_true", help="show tracebacks")
+        for option in verb.options:
+            sub.add_argument(*option.flags, **option.settings)
+        sub.set_defaults(verb_declared=verb)
+    return top
+
+
+def _require_root(verb: Verb) -> None:
+    if verb.needs_root and os.geteuid() != 0:
+        raise RackbootError(verb.needs_root, hint=f"sudo {' '.join(sys.argv)}")
+
+
+def _perform(args) -> int:
+    verb: Verb = args.verb_declared
+    verbs = importlib.import_module("image.verbs")    # needs the virtualenv's libraries
+    verbs.progress.setup(args.verbose)
+    ready = getattr(verbs, f"preflight_{verb.function_suffix}")(args)
+    _require_root(verb)      # after the input's checks: bad input is reported as such, as root or not
+    if verb.needs_tools:
+        hostenv.ensure_tools()
+    return getattr(verbs, f"run_{verb.function_suffix}")(args, ready)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    # On a fresh machine the first run installs the virtualenv and re-executes
+    # itself inside it (after parsing: --help and bad options need none of it).
+    hostenv.ensure_venv()
+    try:
+        return _perform(args)
+    except RackbootError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        if err.hint:
+            print(f"hint: {err.hint}", file=sys.stderr)
+        return err.exit_status
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
