@@ -423,6 +423,20 @@ def test_system_namespaces_may_not_be_deleted(api, name):
     assert api.call("GET", f"/api/v1/namespaces/{name}")[2]["status"]["phase"] == "Active"
 
 
+
+def test_kube_node_lease_may_be_deleted_and_comes_back(api):
+    """Not one of NamespaceLifecycle's immortal namespaces: it terminates, and
+    the API server's system-namespaces controller makes it again."""
+    code, _, body = api.call("DELETE", "/api/v1/namespaces/kube-node-lease")
+    assert code == 200 and body["status"]["phase"] == "Terminating"
+    deadline = time.monotonic() + NAMESPACE_DELAY + 10
+    while True:
+        code, _, body = api.call("GET", "/api/v1/namespaces/kube-node-lease")
+        if code == 200 and body["status"]["phase"] == "Active":
+            break
+        assert time.monotonic() < deadline, "kube-node-lease never came back"
+        time.sleep(0.1)
+
 # --- what the stricter API shows of rackboot's apply step --------------------
 # Findings against firstboot/apply.py, written as the behaviour it should
 # have and marked xfail(strict) until the product is fixed: each turns into a
@@ -441,9 +455,6 @@ def rack(tmp_path):
     sm.stop()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="firstboot/apply.py treats every 5xx as transient, and server-side apply "
-                   "answers an unknown field or a wrong type with a 500 (kubernetes#122480): the agent exits 1 and "
-                   "is restarted every 30 s for ever instead of failing the document as bad input (exit 2)")
 def test_a_manifest_with_an_unknown_field_is_bad_input(rack):
     typo = rack.profiles / "kube/example/20-typo.yaml"
     typo.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: typo, namespace: rack-apps}\n"
@@ -455,9 +466,6 @@ def test_a_manifest_with_an_unknown_field_is_bad_input(rack):
     assert done.returncode == 2, done.stderr
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="firstboot/apply.py prunes by label and deletes again a Namespace it "
-                   "pruned before that is still Terminating: the API server answers 409 Conflict ('The system is "
-                   "ensuring all content is removed from this namespace'), which apply reports as bad input")
 def test_a_namespace_still_terminating_from_the_last_prune_is_no_error(rack):
     rack.machine.set_service_environment(K3S_STANDIN_NAMESPACE_DELAY=120)   # pods take their time to go
     extra = rack.profiles / "kube/example/30-extra.yaml"
@@ -503,9 +511,6 @@ def test_apply_waits_for_workloads_to_get_ready(loop_rack):
     assert loop_rack.get("apps/v1", "Deployment", "metadata-server", "loop-apps").status.readyReplicas == 2
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="firstboot/apply.py's readiness check reads "
-                   "readyReplicas and observedGeneration only: while a new template rolls out, the old pods are "
-                   "ready and no pod is updated yet (updatedReplicas 0), and apply calls that ready")
 def test_a_rollout_is_waited_for_until_the_new_pods_are_ready(loop_rack):
     loop_rack.machine.set_service_environment(K3S_STANDIN_READY_DELAY=5)
     assert loop_rack.agent().returncode == 0
