@@ -57,3 +57,12 @@ def write_file(destination: Path, data: bytes, mode: int) -> None:
     except BaseException:
         Path(staging).unlink(missing_ok=True)
         raise
+
+
+def move_into(made: list[Path], output: Path) -> list[Path]:
+    """Finished files (made in a work directory on output's filesystem) into
+    output, each replacing its old copy; only once all of them are made, so
+    that only a complete set lands. Returns where they are now."""
+    for path in made:
+        path.replace(output / path.name)
+    return [output / path.name for path in made]

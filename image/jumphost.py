@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from firstboot.profile import RackProfile
-from image import disk, netboot, payload, render, rootfs
-from image import progress
+from image import atomic, disk, netboot, payload, progress, render, rootfs
 from firstboot.commands import run
 
 IMAGE_NAME = "jumphost.img"
@@ -99,7 +98,4 @@ def build(profiles: list[RackProfile], options: ImageOptions) -> list[Path]:
                       kernel, initrd, disk.KERNEL_CMDLINE)
         disk.assemble(tree, work / "esp", work / "disk", work / IMAGE_NAME)
         made = [work / IMAGE_NAME, *disk.flashing_files(work / IMAGE_NAME, options.compress)]
-        # Only a complete set lands in the output directory.
-        for path in made:
-            path.replace(output / path.name)
-    return [output / path.name for path in made]
+        return atomic.move_into(made, output)

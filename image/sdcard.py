@@ -26,8 +26,7 @@ from pathlib import Path
 
 from firstboot.errors import BadInput
 from firstboot.profile import RackProfile
-from image import disk, netboot, render, rootfs
-from image import progress
+from image import atomic, disk, netboot, progress, render, rootfs
 from firstboot.commands import run
 
 IMAGE_NAME = "pi-sdcard.img"
@@ -117,6 +116,4 @@ def build(profile: RackProfile, output: Path, release: str = "bookworm", cache_d
             disk.genimage(GENIMAGE_CONFIG.format(boot_label=BOOT_LABEL, boot_size=BOOT_SIZE_MB, name=IMAGE_NAME),
                           work / "boot", work, work / IMAGE_NAME)
         made = [work / IMAGE_NAME, *disk.flashing_files(work / IMAGE_NAME, compress)]
-        for path in made:
-            path.replace(output / path.name)
-    return [output / path.name for path in made]
+        return atomic.move_into(made, output)
