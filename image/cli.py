@@ -111,6 +111,7 @@ BOOT = (
                                      help="run headless until the agent reports, print the report, and stop")),
     Option(("--timeout",), dict(type=_seconds, default=900, help="seconds to wait with --until-report")),
 )
+DESCRIPTION = "rackboot: build the images of racks of lab machines from their profiles."
 ROOT_FOR_ROOTFS = "mmdebstrap in root mode, unpacking the root filesystem with its owners"
 
 VERBS = (
@@ -145,7 +146,7 @@ VERBS = (
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
-        prog="build.py", description=(sys.modules["__main__"].__doc__ or "rackboot").split("\n\n")[0],
+        prog="build.py", description=DESCRIPTION,
         epilog="Profiles are YAML files in rack-profiles/ (schema: rack-profiles/schema.json); "
                "a directory stands for every profile in it.")
     verbs = top.add_subparsers(dest="verb", required=True, metavar="VERB")
