@@ -33,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from firstboot import secrets
+from firstboot import rollout, secrets
 from firstboot.errors import BadInput, RackbootError
 
 FIELD_MANAGER = "rackboot"
@@ -42,7 +42,6 @@ MANAGED_BY = "app.kubernetes.io/managed-by"
 RACK_LABEL = "rackboot.dev/rack"
 TIMEOUT = float(os.environ.get("RACKBOOT_APPLY_TIMEOUT", "300"))
 REQUEST_TIMEOUT = 60
-WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
 
 
 @dataclass(frozen=True)
@@ -115,15 +114,33 @@ def _client(kubeconfig: Path):
     return DynamicClient(api)
 
 
-def _api_error(what, err) -> RackbootError:
-    """Refusals (4xx) are the document's fault: bad input. Anything else may pass."""
+# Server-side apply turns the object into its schema's types before any
+# validation; an unknown field or a wrong type fails there and comes back as a
+# plain 500 with this message (kubernetes#122480). The object's fault, not the
+# server's: trying again gets the same answer.
+REFUSED_AS_500 = ("failed to create typed patch object",)
+
+
+def _status_body(err) -> dict:
     try:
-        message = json.loads(err.body).get("message", err.reason)
+        body = json.loads(err.body)
     except (TypeError, ValueError, AttributeError):
-        message = getattr(err, "reason", None) or str(err)
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _api_error(what, err) -> RackbootError:
+    """Refusals (4xx, and apply's 500s above) are the document's fault: bad
+    input. A create in a namespace being deleted, and anything else, may pass."""
+    body = _status_body(err)
+    message = body.get("message") or getattr(err, "reason", None) or str(err)
     status = getattr(err, "status", None)
     text = f"{what}: the API refused it ({status}): {message}"
-    if status in (400, 403, 404, 409, 415, 422):
+    causes = (body.get("details") or {}).get("causes") or ()
+    if status == 403 and any(cause.get("reason") == "NamespaceTerminating" for cause in causes):
+        return RackbootError(text, hint="its namespace is being deleted (Terminating) and not in the profile, "
+                                        "or deleted by someone else; the agent tries again at its next run")
+    if status in (400, 403, 404, 409, 415, 422) or status == 500 and message.startswith(REFUSED_AS_500):
         return BadInput(text, hint="fix the document and rebuild the image; objects before it were applied")
     return RackbootError(text, hint="the agent tries again at its next run")
 
@@ -139,9 +156,53 @@ def _resource(dyn, document: Document):
                        hint="check apiVersion and kind; custom resources need their CRD first") from None
 
 
+def _apply_document(dyn, document: Document, rack: str, timeout: float) -> tuple[str, str, str, str]:
+    """Server-side apply of one document; its (apiVersion, kind, namespace, name)."""
+    from kubernetes.client.exceptions import ApiException
+
+    resource = _resource(dyn, document)
+    body = _labelled(document.body, rack)
+    name, namespace = body["metadata"]["name"], None
+    if resource.namespaced:
+        namespace = body["metadata"].get("namespace") or "default"
+        body["metadata"]["namespace"] = namespace
+    if document.body["kind"] == "Namespace" and resource.group == "":
+        _wait_until_not_terminating(dyn, resource, name, timeout)
+    try:
+        dyn.server_side_apply(resource, body=body, name=name, namespace=namespace,
+                              field_manager=FIELD_MANAGER, force_conflicts=True, _request_timeout=REQUEST_TIMEOUT)
+    except ApiException as err:
+        raise _api_error(document, err) from None
+    return document.body["apiVersion"], document.body["kind"], namespace or "", name
+
+
+def _wait_until_not_terminating(dyn, namespaces, name: str, timeout: float) -> None:
+    """A Namespace being deleted (say pruned by the last run, and back in the
+    profile now) takes no new objects, and applying it would not stop its
+    deletion: it would go, with everything applied into it, once emptied.
+    Wait, within apply's timeout, until it is gone, so it is made afresh."""
+    from kubernetes.client.exceptions import ApiException
+
+    start = time.monotonic()
+    while True:
+        try:
+            current = dyn.get(namespaces, name=name, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as err:
+            if err.status == 404:
+                return
+            raise _api_error(f"Namespace {name}", err) from None
+        if not current.metadata.deletionTimestamp:
+            return
+        if time.monotonic() - start > timeout:
+            raise RackbootError(f"Namespace {name} is still being deleted (Terminating) after {timeout:.0f} s; "
+                                "it is applied once it is gone",
+                                hint=f"kubectl get namespace {name} -o yaml says what it waits for "
+                                     "(status.conditions); the agent tries again at its next run")
+        time.sleep(1)
+
+
 def apply(kubeconfig: Path, profile, previous_inventory=(), timeout: float = TIMEOUT) -> dict:
     """kubeconfig: k3s's admin kubeconfig (Layout.kubeconfig)."""
-    from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
     documents = load_documents(profile.manifests)
@@ -151,23 +212,11 @@ def apply(kubeconfig: Path, profile, previous_inventory=(), timeout: float = TIM
     try:
         placement = label_jumphost(dyn, profile.jumphost.hostname)
         for document in documents:
-            resource = _resource(dyn, document)
-            body = _labelled(document.body, profile.rack)
-            namespace = None
-            if resource.namespaced:
-                namespace = body["metadata"].get("namespace") or "default"
-                body["metadata"]["namespace"] = namespace
-            try:
-                dyn.server_side_apply(resource, body=body, name=body["metadata"]["name"], namespace=namespace,
-                                      field_manager=FIELD_MANAGER, force_conflicts=True,
-                                      _request_timeout=REQUEST_TIMEOUT)
-            except ApiException as err:
-                raise _api_error(document, err) from None
-            applied.append((document.body["apiVersion"], document.body["kind"], namespace or "",
-                            body["metadata"]["name"]))
+            applied.append(_apply_document(dyn, document, profile.rack, timeout))
         inventory = sorted({(a, k) for a, k, _, _ in applied} | {tuple(kind) for kind in previous_inventory})
         pruned = _prune(dyn, profile.rack, inventory, set(applied))
-        waited = _wait_for_workloads(dyn, [a for a in applied if a[1] in WORKLOADS], timeout)
+        waited = rollout.wait_for_workloads(dyn, [a for a in applied if a[1] in rollout.WORKLOADS], timeout,
+                                            REQUEST_TIMEOUT)
     except (HTTPError, OSError) as err:
         raise RackbootError(f"the k3s API is not reachable ({type(err).__name__}: {err})",
                             hint="journalctl -u k3s; the agent tries again at its next run") from None
@@ -213,7 +262,9 @@ def _prune(dyn, rack: str, inventory, keep: set) -> list[str]:
             continue
         for item in dyn.get(resource, label_selector=selector, _request_timeout=REQUEST_TIMEOUT).items:
             key = (api_version, kind, item.metadata.namespace or "", item.metadata.name)
-            if key not in keep:
+            # One already being deleted (a Namespace pruned by an earlier run
+            # and still Terminating) is pruned: deleting it again gets a 409.
+            if key not in keep and not item.metadata.deletionTimestamp:
                 doomed.append((resource, key))
     # Namespaces last: deleting one deletes what is in it.
     doomed.sort(key=lambda entry: entry[1][1] == "Namespace")
@@ -222,37 +273,24 @@ def _prune(dyn, rack: str, inventory, keep: set) -> list[str]:
         try:
             dyn.delete(resource, name=name, namespace=namespace or None, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as err:
-            if err.status != 404:
+            if not _already_going(dyn, resource, namespace, name, err):
                 raise _api_error(f"pruning {kind} {namespace}/{name}", err) from None
         pruned.append(f"{kind} {namespace + '/' if namespace else ''}{name}")
     return pruned
 
 
-def _not_ready(obj) -> str | None:
-    status = obj.status or {}
-    spec = obj.spec or {}
-    generation = obj.metadata.generation or 0
-    if (status.get("observedGeneration") or 0) < generation:
-        return "not yet seen by its controller"
-    if obj.kind == "DaemonSet":
-        want, ready = status.get("desiredNumberScheduled", 0), status.get("numberReady", 0)
-    else:
-        want, ready = spec.get("replicas", 1), status.get("readyReplicas", 0)
-    return None if (ready or 0) >= want else f"{ready or 0}/{want} ready"
+def _already_going(dyn, resource, namespace: str, name: str, err) -> bool:
+    """A delete answered 404 (gone), or 409 for an object whose deletion has
+    begun since it was listed (a Namespace: 'The system is ensuring all
+    content is removed'), is a prune done."""
+    from kubernetes.client.exceptions import ApiException
 
-
-def _wait_for_workloads(dyn, workloads, timeout: float) -> float:
-    start = time.monotonic()
-    while True:
-        waiting = []
-        for api_version, kind, namespace, name in workloads:
-            resource = dyn.resources.get(api_version=api_version, kind=kind)
-            reason = _not_ready(dyn.get(resource, name=name, namespace=namespace, _request_timeout=REQUEST_TIMEOUT))
-            if reason:
-                waiting.append(f"{kind} {namespace}/{name}: {reason}")
-        if not waiting:
-            return round(time.monotonic() - start, 1)
-        if time.monotonic() - start > timeout:
-            raise RackbootError(f"not ready after {timeout:.0f} s: " + "; ".join(waiting),
-                                hint="kubectl -n NAMESPACE describe KIND/NAME on the jumphost says why")
-        time.sleep(2)
+    if err.status == 404:
+        return True
+    if err.status != 409:
+        return False
+    try:
+        current = dyn.get(resource, name=name, namespace=namespace or None, _request_timeout=REQUEST_TIMEOUT)
+    except ApiException as again:
+        return again.status == 404
+    return bool(current.metadata.deletionTimestamp)
