@@ -6,7 +6,10 @@ that terminate before they go. Each answer is checked against the real
 API server's code, Status body and wording (see tests/doubles/k8s_api).
 
 One stand-in server (the bundle's `k3s` executable, as a pretend machine runs
-it) serves the whole file; each test works in namespaces of its own."""
+it) serves the whole file; each test works in namespaces of its own. Against
+real k3s (untested here: no real bundle on this machine):
+RACKBOOT_K3S_BUNDLE=DIR runs the same assertions against DIR's `k3s server`;
+tests that need the stand-in's knobs (K3S_STANDIN_READY_DELAY) skip."""
 
 import base64
 import json
@@ -79,9 +82,11 @@ class Api:
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
     root = tmp_path_factory.mktemp("strict-api")
-    binary = root / "k3s"
-    binary.write_bytes(k3s_standin_bundle.standin_binary(VERSION))
-    binary.chmod(0o755)
+    real = k3s_standin_bundle.real_bundle()
+    binary = real / "k3s" if real else root / "k3s"
+    if not real:
+        binary.write_bytes(k3s_standin_bundle.standin_binary(VERSION))
+        binary.chmod(0o755)
     machine = Machine(root / "machine", "console=ttyS0")
     port = free_port()
     log = (root / "k3s.log").open("w")
@@ -423,7 +428,6 @@ def test_system_namespaces_may_not_be_deleted(api, name):
     assert api.call("GET", f"/api/v1/namespaces/{name}")[2]["status"]["phase"] == "Active"
 
 
-
 def test_kube_node_lease_may_be_deleted_and_comes_back(api):
     """Not one of NamespaceLifecycle's immortal namespaces: it terminates, and
     the API server's system-namespaces controller makes it again."""
@@ -439,8 +443,8 @@ def test_kube_node_lease_may_be_deleted_and_comes_back(api):
 
 # --- what the stricter API shows of rackboot's apply step --------------------
 # Findings against firstboot/apply.py, written as the behaviour it should
-# have and marked xfail(strict) until the product is fixed: each turns into a
-# failure (XPASS) the day it is, and the marker goes then.
+# have. xfail (not strict) while a fix of firstboot/ is under way in another
+# change: make them strict, or drop the markers, once it is committed.
 
 TOKEN = b"rackboot-strict-api-token-5c1d"
 
@@ -455,6 +459,10 @@ def rack(tmp_path):
     sm.stop()
 
 
+@pytest.mark.xfail(raises=(AssertionError, KeyError), reason="firstboot/apply.py (as committed) treats every 5xx "
+                   "as transient, and server-side apply answers an unknown field or a wrong type with a 500 "
+                   "(kubernetes#122480): the agent exits 1 and is restarted every 30 s for ever instead of failing "
+                   "the document as bad input (exit 2)")
 def test_a_manifest_with_an_unknown_field_is_bad_input(rack):
     typo = rack.profiles / "kube/example/20-typo.yaml"
     typo.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: typo, namespace: rack-apps}\n"
@@ -466,6 +474,9 @@ def test_a_manifest_with_an_unknown_field_is_bad_input(rack):
     assert done.returncode == 2, done.stderr
 
 
+@pytest.mark.xfail(raises=AssertionError, reason="firstboot/apply.py (as committed) deletes again a Namespace "
+                   "it pruned before that is still Terminating: the API server answers 409 Conflict ('The system "
+                   "is ensuring all content is removed from this namespace'), which apply reports as bad input")
 def test_a_namespace_still_terminating_from_the_last_prune_is_no_error(rack):
     rack.machine.set_service_environment(K3S_STANDIN_NAMESPACE_DELAY=120)   # pods take their time to go
     extra = rack.profiles / "kube/example/30-extra.yaml"
@@ -478,6 +489,32 @@ def test_a_namespace_still_terminating_from_the_last_prune_is_no_error(rack):
     assert rack.get("v1", "Namespace", "extra").status.phase == "Terminating"
     done = rack.agent()
     assert done.returncode == 0, rack.status()["steps"]["apply"].get("error")
+
+
+def test_a_namespace_back_in_the_profile_while_still_terminating_is_made_afresh(rack):
+    """Applied as it is, the Terminating namespace would take no new objects
+    (403 NamespaceTerminating) and then go: apply waits, within its timeout,
+    until it is gone, and creates it again with what goes in it."""
+    rack.machine.set_service_environment(K3S_STANDIN_NAMESPACE_DELAY=15)
+    extra = rack.profiles / "kube/example/30-extra.yaml"
+    wanted = ("apiVersion: v1\nkind: Namespace\nmetadata: {name: extra}\n---\n"
+              "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, namespace: extra}\ndata: {a: '1'}\n")
+    extra.write_text(wanted)
+    rack.render_into(rack.machine)
+    assert rack.agent().returncode == 0
+    extra.write_text("")
+    assert rack.agent().returncode == 0
+    assert rack.status()["steps"]["apply"]["result"]["pruned"] == ["ConfigMap extra/settings", "Namespace extra"]
+    extra.write_text(wanted)
+    done = rack.agent(RACKBOOT_APPLY_TIMEOUT=1)
+    assert done.returncode == 1, done.stderr
+    assert rack.status()["steps"]["apply"]["error"] == ("Namespace extra is still being deleted (Terminating) "
+                                                        "after 1 s; it is applied once it is gone")
+    assert rack.get("v1", "Namespace", "extra").status.phase == "Terminating"
+    done = rack.agent()
+    assert done.returncode == 0, rack.status()["steps"]["apply"].get("error")
+    assert rack.get("v1", "Namespace", "extra").status.phase == "Active"
+    assert rack.get("v1", "ConfigMap", "settings", "extra").to_dict()["data"] == {"a": "1"}
 
 
 # --- readiness is not free ---------------------------------------------------
@@ -493,6 +530,12 @@ def loop_rack(tmp_path):
     sm.stop()
 
 
+needs_standin_readiness = pytest.mark.skipif(
+    k3s_standin_bundle.real_bundle() is not None,
+    reason="sets when pods get ready (K3S_STANDIN_READY_DELAY), which only the stand-in can")
+
+
+@needs_standin_readiness
 def test_workloads_that_never_get_ready_fail_apply_with_a_clear_message(loop_rack):
     loop_rack.machine.set_service_environment(K3S_STANDIN_READY_DELAY="never")
     done = loop_rack.agent(RACKBOOT_APPLY_TIMEOUT=3)
@@ -503,6 +546,7 @@ def test_workloads_that_never_get_ready_fail_apply_with_a_clear_message(loop_rac
                                                  "0/2 ready")
 
 
+@needs_standin_readiness
 def test_apply_waits_for_workloads_to_get_ready(loop_rack):
     loop_rack.machine.set_service_environment(K3S_STANDIN_READY_DELAY=3)
     done = loop_rack.agent()
@@ -511,6 +555,10 @@ def test_apply_waits_for_workloads_to_get_ready(loop_rack):
     assert loop_rack.get("apps/v1", "Deployment", "metadata-server", "loop-apps").status.readyReplicas == 2
 
 
+@needs_standin_readiness
+@pytest.mark.xfail(raises=AssertionError, reason="firstboot/apply.py (as committed) reads readyReplicas and "
+                   "observedGeneration only: while a new template rolls out, the old pods are ready and no pod is "
+                   "updated yet (updatedReplicas 0), and apply calls that ready")
 def test_a_rollout_is_waited_for_until_the_new_pods_are_ready(loop_rack):
     loop_rack.machine.set_service_environment(K3S_STANDIN_READY_DELAY=5)
     assert loop_rack.agent().returncode == 0
