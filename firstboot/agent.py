@@ -25,10 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from firstboot import apply, identify, k3s, ready, report, serve, state, token
+from firstboot import apply, identify, k3s, rack_model, ready, report, serve, state, token
 from firstboot.errors import RackbootError
 from firstboot.layout import Layout, Role
-from firstboot.profile import RackProfile, load_profiles
+from firstboot.profile import RackProfile
 
 log = logging.getLogger("rackboot.agent")
 CMDLINE = Path("/proc/cmdline")     # the kernel's, read by the jumphost and the Pi alike
@@ -76,7 +76,7 @@ def _notify(text: str) -> None:
 
 
 def step_identify(ctx: Context) -> dict:
-    profiles = load_profiles([ctx.layout.profiles])
+    profiles = rack_model.read_all(ctx.layout)
     cmdline = CMDLINE.read_text()
     if ctx.role is Role.JUMPHOST:
         ctx.identity = identify.identify_jumphost(profiles, cmdline, identify.rack_from_seed())
@@ -88,7 +88,7 @@ def step_identify(ctx: Context) -> dict:
 
 def rack_profile(layout: Layout, rack: str) -> RackProfile:
     """The profile of a rack named on the command line (the join service's --rack)."""
-    return identify.profile_named(load_profiles([layout.profiles]), rack, "--rack option")
+    return identify.profile_named(rack_model.read_all(layout), rack, "--rack option")
 
 
 def step_serve(ctx: Context) -> dict:

@@ -50,6 +50,9 @@ class Role(str, Enum):
         return self.value
 
 
+# Each rack's checked profile, beside its rendered tree (firstboot/rack_model.py).
+RACK_MODEL = "profile.json"
+
 # Layout parts a test may move on its own, and the variable that moves each.
 OVERRIDES = {"profiles": "RACKBOOT_PROFILES", "racks": "RACKBOOT_RACKS",
              "k3s_bundles": "RACKBOOT_K3S_BUNDLES", "state_dir": "RACKBOOT_STATE_DIR"}
@@ -119,7 +122,7 @@ class Layout:
         return self.racks / rack
 
     def rack_model(self, rack: str) -> Path:
-        return self.rack(rack) / "profile.json"
+        return self.rack(rack) / RACK_MODEL
 
     def tftp_tree(self, rack: str) -> Path:
         return self.rack(rack) / "tftp"

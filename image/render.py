@@ -3,6 +3,8 @@
 The template tree mirrors the output tree: templates/jumphost/seed/user-data.j2
 becomes RACK/jumphost/seed/user-data. templates/pi-node/ is rendered once per
 Pi into RACK/pi/nodes/NAME/, and templates/_partials/ only through include.
+Beside them, RACK/profile.json is the rack's checked profile, which the agent
+reads (firstboot/rack_model.py).
 
 Everything is rendered in memory first and written only when all of it
 rendered, so a template error leaves no half-written tree behind.
@@ -14,7 +16,8 @@ from pathlib import Path, PurePosixPath
 import jinja2
 
 from firstboot.errors import RackbootError
-from firstboot.layout import MACHINE, Role, rendered_key
+from firstboot import rack_model
+from firstboot.layout import MACHINE, RACK_MODEL, Role, rendered_key
 from image.atomic import staged_directory
 from firstboot.profile import RackProfile
 
@@ -61,6 +64,7 @@ def render_rack(profile: RackProfile, env: jinja2.Environment | None = None) -> 
             relative = PurePosixPath(name).relative_to(PER_NODE).with_suffix("")
             files[rendered_key(Role.PI, "/" / relative, pi.name)] = _render(env, name, p=profile, pi=pi,
                                                                            paths=MACHINE)
+    files[PurePosixPath(RACK_MODEL)] = rack_model.dumps(profile)   # what the agent reads of the rack
     return files
 
 

@@ -114,6 +114,12 @@ class Rack:
         profile = yaml.safe_load(path.read_text())
         change(profile)
         path.write_text(yaml.safe_dump(profile))
+        self.rebuild()
+
+    def rebuild(self) -> None:
+        """What a new image does for a changed profile or a manifest file
+        added or removed: each machine gets the rack's files and model again
+        (the agent reads the model, not the YAML)."""
         for machine in self.machines:
             self.render_into(machine)
 

@@ -15,18 +15,23 @@ import pytest
 
 from firstboot import agent, identify, report
 from firstboot.layout import Layout
+from firstboot.profile import load_profiles
+from image import render
 from tests.doubles.secret_manager import SecretManagerDouble
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = b"twin-rack-token-do-not-log-me"
+TWINS = REPO / "tests/profiles/twins"
 
 
 @pytest.fixture
 def machine(tmp_path, monkeypatch):
-    """A pretend machine: its state directory, racks, network, no seed, and
-    a Secret Manager holding the twins' token. Its root is tmp_path: an
-    image without k3s bundles (none under usr/lib/rackboot/k3s)."""
-    layout = Layout(tmp_path).moving(state_dir=tmp_path / "state", profiles=REPO / "tests/profiles/twins")
+    """A pretend machine: its state directory, racks (rendered, with their
+    models, as the image carries them), network, no seed, and a Secret
+    Manager holding the twins' token. Its root is tmp_path: an image without
+    k3s bundles (none under usr/lib/rackboot/k3s)."""
+    layout = Layout(tmp_path).moving(state_dir=tmp_path / "state", profiles=TWINS)
+    render.render(load_profiles([TWINS]), layout.racks)
     monkeypatch.setattr(identify, "rack_from_seed", lambda: None)
     monkeypatch.setattr(identify.NetworkView, "read", staticmethod(lambda: identify.NetworkView(
         frozenset({"52:54:00:00:00:01"}), frozenset({ipaddress.IPv4Address("10.1.0.8")}),

@@ -224,6 +224,7 @@ def test_malformed_manifest_fails_apply_naming_file_and_document(rack):
     bad = rack.profiles / "kube/example/20-bad.yaml"
     bad.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: fine, namespace: rack-apps}\n---\n"
                    "- just\n- a list\n")
+    rack.rebuild()
     done = rack.agent()
     assert done.returncode == 2
     text = rack.status_text()
@@ -235,6 +236,7 @@ def test_malformed_manifest_fails_apply_naming_file_and_document(rack):
 def test_document_the_api_refuses_is_reported(rack):
     bad = rack.profiles / "kube/example/20-orphan.yaml"
     bad.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: orphan, namespace: no-such-ns}\n")
+    rack.rebuild()
     assert rack.agent().returncode == 2
     error = rack.status()["steps"]["apply"]["error"]
     assert error.startswith(f"{bad}: document 1 (ConfigMap no-such-ns/orphan): the API refused it (404)")

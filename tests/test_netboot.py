@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from firstboot.profile import DhcpMode, load_profiles
+from firstboot.profile import BootDirBy, DhcpMode, load_profiles
 from image import k3s_bundle, netboot, render
 from tests.doubles import k3s_standin_bundle
 from tests.machine import REPO
@@ -164,7 +164,7 @@ def test_tree_layout(profile, tmp_path):
 
 def test_tree_by_mac(profile, tmp_path):
     import dataclasses
-    by_mac = dataclasses.replace(profile, netboot=dataclasses.replace(profile.netboot, boot_dir_by="mac"))
+    by_mac = dataclasses.replace(profile, netboot=dataclasses.replace(profile.netboot, boot_dir_by=BootDirBy.MAC))
     tree = netboot.write_tftp_tree(by_mac, render.render_rack(by_mac), standin_boot_files(tmp_path / "b"),
                                    tmp_path / "out")
     assert (tree / "dc-a6-32-00-00-01" / "start4.elf").exists()

@@ -129,8 +129,10 @@ def test_rancher_storage_unit(storage, tmp_path):
     """Where a netbooted Pi keeps k3s's state: a tmpfs, or a filesystem found
     by its label (an MBR card has no partition labels), for netbooted Pis only."""
     import dataclasses
+    from firstboot.profile import RancherStorage
     [profile] = load_profiles([REPO / "rack-profiles" / "example.yaml"])
-    profile = dataclasses.replace(profile, netboot=dataclasses.replace(profile.netboot, rancher_storage=storage))
+    profile = dataclasses.replace(profile, netboot=dataclasses.replace(profile.netboot,
+                                                                       rancher_storage=RancherStorage(storage)))
     unit = render.render_rack(profile)[Path("pi/rootfs/etc/systemd/system/var-lib-rancher.mount")]
     assert "ConditionKernelCommandLine=root=/dev/nfs" in unit
     what = {"tmpfs": "What=tmpfs\n", "sd": "What=/dev/disk/by-label/rackboot-state\n"}[storage]
