@@ -11,23 +11,27 @@ jumphost, through k3s's admin kubeconfig).
   (--node-labels) and by the NodeRestriction admission plugin (on in k3s):
   only an API client with more rights, this agent, can set them.
 - Every document of the profile's manifests, in order, by server-side apply
-  with one field manager ("rackboot"), forced: the profile is the truth.
+  with one field manager ("rackboot"), forced: the profile is the truth. A
+  Namespace still being deleted (pruned by an earlier run, say) is waited
+  for until it is gone, then made afresh.
 - The profile's Secrets, their values read from their references into memory
   and sent straight to the API; nothing is written to disk.
 - Everything applied carries two labels; objects with those labels that the
   profile no longer contains are deleted (pruned). Objects without them are
-  never touched, whoever made them.
+  never touched, whoever made them; objects already being deleted are done.
 - Then wait, with a timeout, until the Deployments, StatefulSets and
-  DaemonSets applied report their replicas ready.
+  DaemonSets applied are rolled out as `kubectl rollout status` means it
+  (firstboot/rollout.py): their new pods, not the old ones, ready.
 
-A document that is not a Kubernetes object, or that the API refuses, fails
-the step naming the file and the document's position (1 = first).
+A document that is not a Kubernetes object, or that the API refuses (a 4xx,
+or server-side apply's 500 for an unknown field or a wrong type), is bad
+input: the step fails naming the file, the document's position (1 = first),
+the object and the API's message, and is not retried.
 """
 
 import base64
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,39 +170,14 @@ def _apply_document(dyn, document: Document, rack: str, timeout: float) -> tuple
     if resource.namespaced:
         namespace = body["metadata"].get("namespace") or "default"
         body["metadata"]["namespace"] = namespace
-    if document.body["kind"] == "Namespace" and resource.group == "":
-        _wait_until_not_terminating(dyn, resource, name, timeout)
     try:
+        if document.body["kind"] == "Namespace" and resource.group == "":
+            rollout.wait_until_namespace_gone(dyn, resource, name, timeout, REQUEST_TIMEOUT)
         dyn.server_side_apply(resource, body=body, name=name, namespace=namespace,
                               field_manager=FIELD_MANAGER, force_conflicts=True, _request_timeout=REQUEST_TIMEOUT)
     except ApiException as err:
         raise _api_error(document, err) from None
     return document.body["apiVersion"], document.body["kind"], namespace or "", name
-
-
-def _wait_until_not_terminating(dyn, namespaces, name: str, timeout: float) -> None:
-    """A Namespace being deleted (say pruned by the last run, and back in the
-    profile now) takes no new objects, and applying it would not stop its
-    deletion: it would go, with everything applied into it, once emptied.
-    Wait, within apply's timeout, until it is gone, so it is made afresh."""
-    from kubernetes.client.exceptions import ApiException
-
-    start = time.monotonic()
-    while True:
-        try:
-            current = dyn.get(namespaces, name=name, _request_timeout=REQUEST_TIMEOUT)
-        except ApiException as err:
-            if err.status == 404:
-                return
-            raise _api_error(f"Namespace {name}", err) from None
-        if not current.metadata.deletionTimestamp:
-            return
-        if time.monotonic() - start > timeout:
-            raise RackbootError(f"Namespace {name} is still being deleted (Terminating) after {timeout:.0f} s; "
-                                "it is applied once it is gone",
-                                hint=f"kubectl get namespace {name} -o yaml says what it waits for "
-                                     "(status.conditions); the agent tries again at its next run")
-        time.sleep(1)
 
 
 def apply(kubeconfig: Path, profile, previous_inventory=(), timeout: float = TIMEOUT) -> dict:

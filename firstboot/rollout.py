@@ -1,6 +1,9 @@
-"""When apply may call the rack's workloads rolled out: by the rules of
-`kubectl rollout status` (kubectl's pkg/polymorphichelpers/rollout_status.go),
-so the agent and an operator running kubectl agree.
+"""What apply waits for the cluster's controllers to finish: a Namespace
+being deleted, before it is applied again; the rack's workloads rolling out.
+
+A workload is rolled out by the rules of `kubectl rollout status` (kubectl's
+pkg/polymorphichelpers/rollout_status.go): the agent and an operator running
+kubectl agree.
 
 Ready pods are not enough. While a new template rolls out, the old pods stay
 ready (readyReplicas is full) and no pod runs the new template yet; the
@@ -116,3 +119,28 @@ def wait_for_workloads(dyn, workloads, timeout: float, request_timeout: float) -
             raise RackbootError(f"not ready after {timeout:.0f} s: " + "; ".join(waiting),
                                 hint="kubectl -n NAMESPACE describe KIND/NAME on the jumphost says why")
         time.sleep(POLL_SECONDS)
+
+
+def wait_until_namespace_gone(dyn, namespaces, name: str, timeout: float, request_timeout: float) -> None:
+    """A Namespace being deleted (say pruned by the last run, and back in the
+    profile now) takes no new objects, and applying it would not stop its
+    deletion: it would go, with all applied into it, once emptied. So wait,
+    within apply's timeout, until it is gone; apply then makes it afresh."""
+    from kubernetes.client.exceptions import ApiException
+
+    start = time.monotonic()
+    while True:
+        try:
+            current = dyn.get(namespaces, name=name, _request_timeout=request_timeout)
+        except ApiException as err:
+            if err.status == 404:
+                return
+            raise
+        if not current.metadata.deletionTimestamp:
+            return
+        if time.monotonic() - start > timeout:
+            raise RackbootError(f"Namespace {name} is still being deleted (Terminating) after {timeout:.0f} s; "
+                                "it is applied once it is gone",
+                                hint=f"kubectl get namespace {name} -o yaml says what it waits for "
+                                     "(status.conditions); the agent tries again at its next run")
+        time.sleep(1)
