@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from firstboot.errors import RackbootError
+from firstboot.layout import MACHINE
 from image import hostenv, k3s_fetch, output, rootfs
 
 
@@ -106,7 +107,7 @@ BOOT = (
     Option(("--ssh-port",), dict(type=_port, metavar="PORT", help="forward 127.0.0.1:PORT to the guest's ssh")),
     Option(("--api-port",), dict(type=_port, metavar="PORT",
                                  help="forward 127.0.0.1:PORT to the guest's k3s API (kubeconfig: sudo cat "
-                                      "/etc/rancher/k3s/k3s.yaml on the guest, server port changed to PORT)")),
+                                      f"{MACHINE.kubeconfig} on the guest, server port changed to PORT)")),
     Option(("--until-report",), dict(action="store_true",
                                      help="run headless until the agent reports, print the report, and stop")),
     Option(("--timeout",), dict(type=_seconds, default=900, help="seconds to wait with --until-report")),
