@@ -443,8 +443,7 @@ def test_kube_node_lease_may_be_deleted_and_comes_back(api):
 
 # --- what the stricter API shows of rackboot's apply step --------------------
 # Findings against firstboot/apply.py, written as the behaviour it should
-# have. xfail (not strict) while a fix of firstboot/ is under way in another
-# change: make them strict, or drop the markers, once it is committed.
+# have; fixed by 9b958db (firstboot/rollout.py and apply's error classes).
 
 TOKEN = b"rackboot-strict-api-token-5c1d"
 
@@ -459,10 +458,6 @@ def rack(tmp_path):
     sm.stop()
 
 
-@pytest.mark.xfail(raises=(AssertionError, KeyError), reason="firstboot/apply.py (as committed) treats every 5xx "
-                   "as transient, and server-side apply answers an unknown field or a wrong type with a 500 "
-                   "(kubernetes#122480): the agent exits 1 and is restarted every 30 s for ever instead of failing "
-                   "the document as bad input (exit 2)")
 def test_a_manifest_with_an_unknown_field_is_bad_input(rack):
     typo = rack.profiles / "kube/example/20-typo.yaml"
     typo.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: typo, namespace: rack-apps}\n"
@@ -474,9 +469,6 @@ def test_a_manifest_with_an_unknown_field_is_bad_input(rack):
     assert done.returncode == 2, done.stderr
 
 
-@pytest.mark.xfail(raises=AssertionError, reason="firstboot/apply.py (as committed) deletes again a Namespace "
-                   "it pruned before that is still Terminating: the API server answers 409 Conflict ('The system "
-                   "is ensuring all content is removed from this namespace'), which apply reports as bad input")
 def test_a_namespace_still_terminating_from_the_last_prune_is_no_error(rack):
     rack.machine.set_service_environment(K3S_STANDIN_NAMESPACE_DELAY=120)   # pods take their time to go
     extra = rack.profiles / "kube/example/30-extra.yaml"
@@ -556,9 +548,6 @@ def test_apply_waits_for_workloads_to_get_ready(loop_rack):
 
 
 @needs_standin_readiness
-@pytest.mark.xfail(raises=AssertionError, reason="firstboot/apply.py (as committed) reads readyReplicas and "
-                   "observedGeneration only: while a new template rolls out, the old pods are ready and no pod is "
-                   "updated yet (updatedReplicas 0), and apply calls that ready")
 def test_a_rollout_is_waited_for_until_the_new_pods_are_ready(loop_rack):
     loop_rack.machine.set_service_environment(K3S_STANDIN_READY_DELAY=5)
     assert loop_rack.agent().returncode == 0
