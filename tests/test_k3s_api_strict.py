@@ -462,6 +462,7 @@ def test_a_manifest_with_an_unknown_field_is_bad_input(rack):
     typo = rack.profiles / "kube/example/20-typo.yaml"
     typo.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: typo, namespace: rack-apps}\n"
                     "spec:\n  ports: [{port: 80}]\n  selectr: {app: x}\n")
+    rack.rebuild()                 # a new manifest file: a new image
     done = rack.agent()
     error = rack.status()["steps"]["apply"]["error"]
     assert f"{typo}: document 1 (Service rack-apps/typo)" in error
@@ -473,8 +474,10 @@ def test_a_namespace_still_terminating_from_the_last_prune_is_no_error(rack):
     rack.machine.set_service_environment(K3S_STANDIN_NAMESPACE_DELAY=120)   # pods take their time to go
     extra = rack.profiles / "kube/example/30-extra.yaml"
     extra.write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: extra}\n")
+    rack.rebuild()
     assert rack.agent().returncode == 0
     extra.unlink()
+    rack.rebuild()
     done = rack.agent()
     assert done.returncode == 0, done.stderr
     assert rack.status()["steps"]["apply"]["result"]["pruned"] == ["Namespace extra"]
@@ -492,7 +495,7 @@ def test_a_namespace_back_in_the_profile_while_still_terminating_is_made_afresh(
     wanted = ("apiVersion: v1\nkind: Namespace\nmetadata: {name: extra}\n---\n"
               "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, namespace: extra}\ndata: {a: '1'}\n")
     extra.write_text(wanted)
-    rack.render_into(rack.machine)
+    rack.rebuild()
     assert rack.agent().returncode == 0
     extra.write_text("")
     assert rack.agent().returncode == 0
