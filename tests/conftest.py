@@ -8,7 +8,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests import machine  # noqa: E402
+from tests.lib import machine  # noqa: E402
 from tests.lib import tiers  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def pytest_runtest_protocol(item):
 @pytest.fixture(scope="session", autouse=True)
 def _reap_orphaned_machines(request):
     """Pretend machines left running by a killed test run would hold the ports
-    this run needs (tests/machine.py)."""
+    this run needs (tests/lib/machine.py)."""
     if "machine" in tiers.runnable(request.session.items):
         reaped = machine.reap_orphans()
         if reaped:

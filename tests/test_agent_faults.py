@@ -12,8 +12,8 @@ import pytest
 
 from firstboot.agent import STEPS as AGENT_STEPS
 from tests.doubles.secret_manager import SecretManagerDouble
-from tests.machine import REPO
-from tests.rack import Rack
+from tests.lib.machine import REPO
+from tests.lib.rack import Rack
 
 TOKEN = b"loop-rack-token-fault-5d21"
 

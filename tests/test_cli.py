@@ -79,7 +79,7 @@ def test_help_outside_the_venv_installs_nothing(tmp_path, verb):
     any call (and fail). --help comes from the standard library alone."""
     import os
     import subprocess
-    from tests.machine import REPO
+    from tests.lib.machine import REPO
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     for tool in ("apt-get", "dpkg-query", "pip"):

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-from tests.machine import REPO
+from tests.lib.machine import REPO
 
 INSTALL_WITH_NOISY_APT = """
 import sys

@@ -14,8 +14,8 @@ import yaml
 from firstboot import k3s
 from tests.doubles import k3s_standin_bundle
 from tests.doubles.secret_manager import SecretManagerDouble
-from tests.machine import REPO
-from tests.rack import VERSION, Rack
+from tests.lib.machine import REPO
+from tests.lib.rack import VERSION, Rack
 
 TOKEN = b"rackboot-test-token-must-not-leak-7f3a"
 

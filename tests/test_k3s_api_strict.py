@@ -28,8 +28,8 @@ import yaml
 from firstboot import apply as rackboot_apply
 from tests.doubles import k3s_standin_bundle
 from tests.doubles.secret_manager import SecretManagerDouble
-from tests.machine import REPO, Machine
-from tests.rack import Rack
+from tests.lib.machine import REPO, Machine
+from tests.lib.rack import Rack
 
 VERSION = "v1.31.4+k3s1"
 NAMESPACE_DELAY = 1.0

@@ -24,7 +24,7 @@ import pytest
 from firstboot.profile import BootDirBy, DhcpMode, load_profiles
 from image import k3s_bundle, netboot, render
 from tests.doubles import k3s_standin_bundle
-from tests.machine import REPO
+from tests.lib.machine import REPO
 
 EXAMPLE = REPO / "rack-profiles/example.yaml"
 # The order a Pi 4 bootloader asks in (raspberrypi/documentation, "Network boot"),
@@ -93,14 +93,14 @@ class Dnsmasq:
 
     def fetch(self, names: list[str], out: Path) -> list[dict]:
         out.mkdir(exist_ok=True)
-        result = subprocess.run([*self.nsenter, sys.executable, "-m", "tests.tftp_client", "127.0.0.1", *names,
+        result = subprocess.run([*self.nsenter, sys.executable, "-m", "tests.lib.tftp_client", "127.0.0.1", *names,
                                  "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
         return [json.loads(line) for line in result.stdout.splitlines()]
 
     def ask_dhcp(self, mac: str) -> dict:
         """A Pi 4 bootloader's DHCPDISCOVER from the Pi's port; the answer."""
-        result = subprocess.run([*self.pi_nsenter, sys.executable, "-m", "tests.dhcp_client", PI_PORT, mac],
+        result = subprocess.run([*self.pi_nsenter, sys.executable, "-m", "tests.lib.dhcp_client", PI_PORT, mac],
                                 cwd=REPO, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr + self.log.read_text()
         return json.loads(result.stdout)

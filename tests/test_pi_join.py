@@ -22,8 +22,8 @@ import yaml
 from firstboot import apply, k3s
 from firstboot import join as join_module
 from tests.doubles.secret_manager import SecretManagerDouble
-from tests.machine import REPO
-from tests.rack import Rack
+from tests.lib.machine import REPO
+from tests.lib.rack import Rack
 
 TOKEN = b"loop-rack-token-4c9e"
 API = "https://127.0.0.2:16443"

@@ -19,7 +19,7 @@ import pytest
 from firstboot.errors import BadInput
 from firstboot.profile import load_profiles
 from image import payload
-from tests.machine import REPO
+from tests.lib.machine import REPO
 
 FAST = 5.0      # seconds; the checks take a fraction of one
 

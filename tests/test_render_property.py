@@ -17,14 +17,16 @@ Derandomized and bounded: the same examples every run, well under a minute."""
 import dataclasses
 import shutil
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from firstboot import rack_model
 from firstboot.errors import ProfileError
+from firstboot.layout import RACK_MODEL
 from firstboot.profile import load_profiles
 from image import render
 
@@ -282,11 +284,15 @@ def test_property_tried_both_outcomes():
 
 
 def test_free_text_fields_are_not_rendered(work):
-    """description reaches no rendered file (so nothing there needs escaping)."""
+    """description reaches no rendered file (so nothing there needs escaping)
+    but the rack's model, which is JSON and reads it back exactly."""
     doc = yaml.safe_load(yaml.safe_dump(BASE))
-    doc["description"] = "unique-marker-4f1d"
+    doc["description"] = "unique-marker-4f1d \"quoted\" \\ {{ x }} é"
     [profile] = load_profiles([_write_profile(work / "desc", doc)])
-    assert not any("unique-marker-4f1d" in text for text in render.render_rack(profile).values())
+    files = render.render_rack(profile)
+    model = files.pop(PurePosixPath(RACK_MODEL))
+    assert not any("unique-marker-4f1d" in text for text in files.values())
+    assert rack_model.loads(model, work, work / RACK_MODEL).description == doc["description"]
 
 
 
@@ -310,4 +316,8 @@ def test_any_file_name_is_refused_or_rendered_nowhere(work, name):
         return
     assert name[0].isalnum() and all(c.isalnum() or c in "._-" for c in name)
     renamed = dataclasses.replace(profile, source=directory / "another-name.yaml")
-    assert render.render_rack(profile) == render.render_rack(renamed)
+    files, files_renamed = render.render_rack(profile), render.render_rack(renamed)
+    model = PurePosixPath(RACK_MODEL)     # the model names its file, read back exactly (JSON)
+    assert rack_model.loads(files.pop(model), directory, directory / model).source == directory / name
+    files_renamed.pop(model)
+    assert files == files_renamed

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPLACEMENT_PI
-from tests.vm import debugfs, ext4_header, extract_partition, fat_files, file_type, partitions
+from tests.lib.vm import debugfs, ext4_header, extract_partition, fat_files, file_type, partitions
 
 REPO = Path(__file__).resolve().parent.parent
 

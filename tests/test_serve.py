@@ -18,8 +18,8 @@ import pytest
 from firstboot import serve
 from image import netboot
 from tests.doubles.secret_manager import SecretManagerDouble
-from tests.machine import REPO
-from tests.rack import Rack
+from tests.lib.machine import REPO
+from tests.lib.rack import Rack
 
 TOKEN = b"rackboot-serve-test-token"
 PROFILES = REPO / "tests/profiles/loopback"
@@ -38,7 +38,7 @@ def rack(tmp_path):
 
 def tftp_fetch(rack: Rack, names: list[str], out: Path) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
-    result = rack.machine.run([sys.executable, "-m", "tests.tftp_client", "127.0.0.1", *names, "--out", str(out)],
+    result = rack.machine.run([sys.executable, "-m", "tests.lib.tftp_client", "127.0.0.1", *names, "--out", str(out)],
                               timeout=120)
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines()]
@@ -48,7 +48,7 @@ def wait_for_tftp(rack: Rack, out: Path) -> None:
     """Until dnsmasq (started with --no-block) answers."""
     out.mkdir(parents=True, exist_ok=True)
     for _ in range(50):
-        probe = rack.machine.run([sys.executable, "-m", "tests.tftp_client", "127.0.0.1", "config.txt",
+        probe = rack.machine.run([sys.executable, "-m", "tests.lib.tftp_client", "127.0.0.1", "config.txt",
                                   "--out", str(out)], timeout=60)
         if probe.returncode == 0 and json.loads(probe.stdout)["ok"]:
             return

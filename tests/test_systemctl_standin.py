@@ -16,7 +16,7 @@ import pytest
 
 from firstboot.profile import load_profiles
 from image import render
-from tests.machine import REPO, Machine
+from tests.lib.machine import REPO, Machine
 
 FIRSTBOOT_UNIT = Path("jumphost/rootfs/etc/systemd/system/rackboot-firstboot.service")
 # RestartSec=30s becomes 0.6 s; every rule is otherwise systemd's.

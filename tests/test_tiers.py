@@ -85,7 +85,7 @@ def test_a_tier_that_cannot_run_is_skipped_with_its_probes_reason(tmp_path, monk
 def test_every_test_gets_one_tier_by_marker_or_by_what_it_uses(tmp_path):
     source = """
 import pytest
-from tests.machine import Machine
+from tests.lib.machine import Machine
 
 @pytest.fixture
 def box(tmp_path):
@@ -125,7 +125,7 @@ def test_marked_vm():
      "test_generated.py::test_x: marked pure but it uses the machine tier (builds a pretend machine in fixture box)"),
 ])
 def test_a_test_without_one_tier_fails_collection(tmp_path, test, message):
-    result = run_pytest(tmp_path, f"import pytest\nfrom tests.machine import Machine\n\n{test}", "--collect-only")
+    result = run_pytest(tmp_path, f"import pytest\nfrom tests.lib.machine import Machine\n\n{test}", "--collect-only")
     assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
     assert message in result.stderr
 
@@ -133,7 +133,7 @@ def test_a_test_without_one_tier_fails_collection(tmp_path, test, message):
 def test_a_pure_test_that_starts_a_pretend_machine_fails(tmp_path):
     """A machine built out of sight of the tier rules (in a helper) is still caught."""
     source = """
-from tests.machine import Machine
+from tests.lib.machine import Machine
 
 def start(path):
     return Machine(path, "console=ttyS0")

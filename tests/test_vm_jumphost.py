@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.doubles.secret_manager import SecretManagerDouble
-from tests.vm import (ALL_DONE, ARTIFACTS, boot, debugfs, dump_file, file_type, free_port, root_filesystem,
+from tests.lib.vm import (ALL_DONE, ARTIFACTS, boot, debugfs, dump_file, file_type, free_port, root_filesystem,
                       squashfs_entries)
 
 pytestmark = pytest.mark.vm

@@ -1,7 +1,7 @@
-"""VM tier: the virtual rack (tests/vm.py's VirtualRack). The example rack's
+"""VM tier: the virtual rack (tests/lib/vm.py's VirtualRack). The example rack's
 jumphost image boots in QEMU (x86-64, UEFI, TCG) and two Pis boot as arm64
 `virt` machines on one layer-2 segment with it: every NIC is a port of a
-learning switch (tests/rack_switch.py, UDP cables on the host's loopback),
+learning switch (tests/lib/rack_switch.py, UDP cables on the host's loopback),
 and the rack router (DHCP, the host at the router's address, forwarded
 ports) is QEMU's user network in a QEMU of its own on another port.
 
@@ -33,7 +33,7 @@ import pytest
 
 from firstboot import join
 from tests.conftest import REPLACEMENT_PI
-from tests.vm import (ALL_DONE, PiVM, VirtualRack, debugfs, ext4_header, extract_partition, file_type, partitions,
+from tests.lib.vm import (ALL_DONE, PiVM, VirtualRack, debugfs, ext4_header, extract_partition, file_type, partitions,
                       sdcard_boot_files)
 
 pytestmark = pytest.mark.vm

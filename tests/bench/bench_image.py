@@ -27,7 +27,7 @@ from image import progress  # noqa: E402
 
 def pi_root_sizes(image: Path, work: Path) -> tuple[int, int]:
     """The bytes of the Pis' root's regular files, and of its squashfs in the image."""
-    from tests.vm import dump_file, root_filesystem, squashfs_entries
+    from tests.lib.vm import dump_file, root_filesystem, squashfs_entries
     root = root_filesystem(image, work)
     squashfs = dump_file(root, "/usr/lib/rackboot/pi-root.squashfs", work / "pi-root.squashfs")
     root.unlink()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: a joined two-Pi rack, and how many Pi boots one jumphost serves.
 
-  rack    the virtual rack (tests/vm.py): time from the jumphost's power-on to
+  rack    the virtual rack (tests/lib/vm.py): time from the jumphost's power-on to
           its "rack ready", and from the Pis' power-on to both joined; the
           bytes the jumphost's NFS server read for the two Pis' boots
           (/proc/net/rpc/nfsd, over ssh), per Pi
@@ -31,7 +31,7 @@ from firstboot.profile import load_profiles  # noqa: E402
 from image import jumphost, k3s_bundle, netboot, render, rootfs  # noqa: E402
 from tests.doubles import k3s_standin_bundle  # noqa: E402
 from tests.test_netboot import SEQUENCE, OPTIONAL, Dnsmasq  # noqa: E402
-from tests.vm import VirtualRack  # noqa: E402
+from tests.lib.vm import VirtualRack  # noqa: E402
 
 LINE_RATE = 125e6          # 1 GbE in bytes per second
 MB = 1e6
@@ -79,7 +79,7 @@ def bench_tftp(profile, tree: Path, work: Path) -> tuple[int, list[tuple[int, fl
     results = []
     try:
         for clients in (1, 4, 16):
-            argv = [*server.nsenter, sys.executable, "-m", "tests.tftp_client", "127.0.0.1",
+            argv = [*server.nsenter, sys.executable, "-m", "tests.lib.tftp_client", "127.0.0.1",
                     *[f"{serial}/{n}" for n in names]]
             began = time.monotonic()
             running = [subprocess.Popen([*argv, "--out", str(work / f"c{clients}-{i}")], cwd=REPO,

@@ -5,7 +5,7 @@ call these).
 - pure: no root, no namespaces: the profile model, rendering, the command
   line's refusals, the doubles, the agent's steps in process;
 - machine: root, mount and network namespaces: pretend machines
-  (tests/machine.py, tests/rack.py), real dnsmasq, exportfs, squashfs mounts;
+  (tests/lib/machine.py, tests/lib/rack.py), real dnsmasq, exportfs, squashfs mounts;
 - vm: image builds and QEMU boots.
 
 A test's tier is its marker if it has one (`@pytest.mark.machine`, or
@@ -32,7 +32,7 @@ TIERS = ("pure", "machine", "vm")     # each needs what the one before it does, 
 SHARED_FIXTURE_TIERS = {"example_image": "vm", "replacement_sdcard": "vm"}
 # What a test or fixture names when it builds a pretend machine (matched by
 # name, so that collecting needs no import of the product).
-PRETEND_MACHINES = frozenset({"tests.machine", "tests.machine.Machine", "tests.rack", "tests.rack.Rack"})
+PRETEND_MACHINES = frozenset({"tests.lib.machine", "tests.lib.machine.Machine", "tests.lib.rack", "tests.lib.rack.Rack"})
 MACHINE_TOOLS = ("unshare", "nsenter", "mount", "umount", "findmnt", "ip", "dnsmasq", "exportfs", "mksquashfs")
 VM_TOOLS = ("mmdebstrap", "genimage", "qemu-system-x86_64", "qemu-system-aarch64", "bmaptool",
             "sfdisk", "debugfs", "mcopy", "unsquashfs", "ssh")
@@ -96,7 +96,7 @@ def _pretend_machine_builders(item: pytest.Item) -> list[str]:
 
 def uses_pretend_machine(function) -> bool:
     """Whether the function's code (nested functions included) names
-    tests.machine, tests.rack or their Machine and Rack."""
+    tests.lib.machine, tests.lib.rack or their Machine and Rack."""
     function = inspect.unwrap(function)
     code, namespace = getattr(function, "__code__", None), getattr(function, "__globals__", {})
     names, pending = set(), [code] if code else []

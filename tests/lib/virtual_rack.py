@@ -4,7 +4,7 @@ A virtual rack adds Raspberry Pis to a jumphost booted as image/qemu.py boots
 it: arm64 `virt` machines (QEMU's raspi4b has no network) booted with the
 kernel, initramfs and command line of the rack's TFTP tree. Then every
 machine's NIC is a port of a learning switch (its cable: UDP on the host's
-loopback; tests/rack_switch.py), and the rack router is a QEMU of its own
+loopback; tests/lib/rack_switch.py), and the rack router is a QEMU of its own
 (`-machine none`) whose user network sits on another port. The router must
 not be on a hub with the others: QEMU's user network takes every frame it
 sees as its own to route, and would answer the Pis' traffic to the jumphost

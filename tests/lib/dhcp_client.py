@@ -5,7 +5,7 @@ UUID; RFC 2131/2132, 4578) from its MAC, broadcast. Used by the netboot test
 against the jumphost's real dnsmasq; run as a program on the Pi's side of a
 link it prints the first answer as one JSON line:
 
-    python -m tests.dhcp_client IFACE MAC [--timeout S]
+    python -m tests.lib.dhcp_client IFACE MAC [--timeout S]
 
 The bootloader boots only from an offer whose vendor options (43) carry the
 PXE menu entry "Raspberry Pi Boot" and whose vendor class (60) is PXEClient,

@@ -17,9 +17,9 @@ import yaml
 from image import qemu, seed
 from tests.doubles.secret_manager import SecretManagerDouble
 from tests.lib import virtual_rack
-from tests.rack_switch import RackSwitch
+from tests.lib.rack_switch import RackSwitch
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "tests" / "artifacts"
 BOOT_TIMEOUT = 900
 PI_TIMEOUT = 1200

@@ -4,7 +4,7 @@ read-through of every block. Used by the conformance test against the
 jumphost's real dnsmasq; run as a program it fetches the files named on its
 command line and prints one JSON line per answer:
 
-    python -m tests.tftp_client SERVER FILE... --out DIR
+    python -m tests.lib.tftp_client SERVER FILE... --out DIR
 """
 
 import argparse

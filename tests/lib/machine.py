@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DOUBLES_BIN = REPO / "tests/doubles/bin"
 # Each live machine: a file named by its holder's pid, holding the test
 # process's pid and the namespace. A test run that was killed cannot destroy

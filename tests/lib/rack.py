@@ -1,5 +1,5 @@
 """A pretend rack on the test host: a jumphost and Pis as pretend machines
-(tests/machine.py), each holding what the image would: the profiles, the
+(tests/lib/machine.py), each holding what the image would: the profiles, the
 rendered rack tree and a k3s bundle (the stand-in, or the real k3s named by
 RACKBOOT_K3S_BUNDLE); the jumphost also the Pis' netboot files, with stand-in
 boot files (tests/test_netboot.py serves the real ones). The jumphost's
@@ -20,7 +20,7 @@ from firstboot.layout import MACHINE
 from firstboot.profile import load_profiles
 from image import netboot, render
 from tests.doubles import k3s_standin_bundle
-from tests.machine import REPO, Machine
+from tests.lib.machine import REPO, Machine
 
 VERSION = "v1.31.4+k3s1"
 
