@@ -1,14 +1,15 @@
 """Outputs appear whole or not at all: work happens in a staging directory
 (or file) beside the destination, which then takes the destination's place.
-The one way image/ stages: staged_directory, write_file."""
+The one way image/ stages: staged_directory; a single file goes through
+firstboot/system.place (write_file)."""
 
 import contextlib
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from firstboot import system
 from firstboot.errors import RackbootError
 
 
@@ -47,16 +48,10 @@ def staged_directory(destination: Path) -> Iterator[Path]:
 
 
 def write_file(destination: Path, data: bytes, mode: int) -> None:
-    """destination holds data with mode, or (on any failure) what it held before."""
-    fd, staging = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(staging, mode)
-        os.replace(staging, destination)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
+    """destination holds data with mode, or (on any failure) what it held
+    before: the agent's stage-then-replace (firstboot/system.place), the one
+    way rackboot writes a single file."""
+    system.place(data, destination, mode)
 
 
 def move_into(made: list[Path], output: Path) -> list[Path]:
