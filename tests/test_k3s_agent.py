@@ -92,9 +92,10 @@ def test_jumphost_reaches_rack_ready(rack):
     assert TOKEN.decode() not in outputs
     # k3s took every key of the rendered config: it logs "Unknown flag" for one it skips.
     assert "Unknown flag" not in m.journal("k3s.service")
-    # (k3s itself keeps it, as K10<ca hash>::server:TOKEN, in server/token and node-token.)
+    # (k3s itself keeps it: as K10<ca hash>::server:TOKEN in server/token, which node-token
+    # links to, and as user server's password in server/cred/passwd.)
     allowed = {m.path(p) for p in ("/etc/rancher/k3s/token", "/var/lib/rancher/k3s/server/token",
-                                   "/var/lib/rancher/k3s/server/node-token")}
+                                   "/var/lib/rancher/k3s/server/node-token", "/var/lib/rancher/k3s/server/cred/passwd")}
     leaks = [p for p in every_file(m.root) if TOKEN in p.read_bytes() and p not in allowed]
     assert leaks == []
 
@@ -185,6 +186,12 @@ def test_removed_objects_are_pruned_and_others_left_alone(rack):
     configmaps = dyn.resources.get(api_version="v1", kind="ConfigMap")
     dyn.create(configmaps, namespace="rack-apps",
                body={"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "made-by-hand"}, "data": {}})
+    # rackboot's labels, but another rack's (a jumphost disk moved between racks):
+    # this rack's agent does not own it, so it must not prune it.
+    dyn.create(configmaps, namespace="rack-apps", body={
+        "apiVersion": "v1", "kind": "ConfigMap", "data": {},
+        "metadata": {"name": "another-racks", "labels": {"app.kubernetes.io/managed-by": "rackboot",
+                                                         "rackboot.dev/rack": "skolo-rack9"}}})
     hello = rack.profiles / "kube/example/10-hello.yaml"
     hello.write_text(hello.read_text().split("---")[0])     # the Service is gone from the profile
     done = rack.agent()
@@ -193,6 +200,7 @@ def test_removed_objects_are_pruned_and_others_left_alone(rack):
     services = dyn.resources.get(api_version="v1", kind="Service")
     assert [s.metadata.name for s in dyn.get(services, namespace="rack-apps").items] == []
     assert dyn.get(configmaps, name="made-by-hand", namespace="rack-apps").metadata.name == "made-by-hand"
+    assert dyn.get(configmaps, name="another-racks", namespace="rack-apps").metadata.name == "another-racks"
 
 
 def test_secrets_come_from_their_references_and_never_touch_disk(rack):

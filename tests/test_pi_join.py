@@ -7,7 +7,6 @@ the same name join again as the same node, where k3s's own random node
 password would be rejected; the test shows that rejection too."""
 
 import base64
-import fcntl
 import json
 import os
 import shutil
@@ -109,10 +108,12 @@ def test_k3s_random_node_password_would_be_rejected(rack):
     """The control: what a replaced Pi meets without rackboot's derived password."""
     join(rack, rack.add_pi("pi1", "0b0b0b01"))
     stranger = rack.add_pi("stranger", "0b0b0b01")
-    # k3s's own behaviour: no password file, so it makes a random one.
+    # k3s's own behaviour: no password file, so it makes a random one. It holds
+    # the token every Pi holds (the server token would not get it this far, see
+    # tests/test_k3s_tokens.py).
     config = stranger.path("/etc/rancher/k3s")
     config.mkdir(parents=True)
-    (config / "token").write_bytes(TOKEN + b"\n")
+    (config / "token").write_bytes(join_module.agent_token(TOKEN, "loop") + b"\n")
     (config / "config.yaml").write_text("server: https://127.0.0.2:16443\ntoken-file: /etc/rancher/k3s/token\n"
                                         "node-name: loop-pi-01\n")
     bundle = next(stranger.path("/usr/lib/rackboot/k3s").iterdir())
@@ -131,10 +132,21 @@ def test_k3s_random_node_password_would_be_rejected(rack):
 
 
 def _stderr_so_far(process) -> str:
+    """What process wrote to its stderr so far, without waiting for more
+    (read from the descriptor: a text stream's read of a non-blocking pipe
+    may fail when nothing is there)."""
     fd = process.stderr.fileno()
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
-    chunk = process.stderr.read() or ""
-    process.captured = getattr(process, "captured", "") + chunk
+    os.set_blocking(fd, False)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    process.captured = getattr(process, "captured", "") + b"".join(chunks).decode(errors="replace")
     return process.captured
 
 
