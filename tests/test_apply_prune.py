@@ -1,0 +1,176 @@
+"""firstboot/apply.py's apply() in process, against one k3s stand-in server
+(the strict API of tests/test_k3s_api_strict.py): what it labels, where a
+namespaced object without a namespace goes, what it prunes (its own rack's
+objects only, Namespaces last, kinds of earlier runs too), what it reports,
+and the jumphost's placement label. Each test uses a rack name and
+namespaces of its own."""
+
+import types
+
+import pytest
+import yaml
+
+from firstboot import apply
+from firstboot.errors import BadInput, RackbootError
+from tests import test_k3s_api_strict as strict_api
+
+api = strict_api.api                  # one stand-in server for this module too
+pytestmark = pytest.mark.machine      # it runs in a pretend machine
+
+NODE = "strict-api"                   # the stand-in server's node (tests/test_k3s_api_strict.py)
+
+
+def profile(tmp_path, rack: str, *documents: dict, name: str = "rack.yaml"):
+    """What apply() reads of a rack profile: its manifests, Secrets, rack and jumphost."""
+    manifest = tmp_path / name
+    manifest.write_text(yaml.safe_dump_all(documents))
+    return types.SimpleNamespace(rack=rack, manifests=(manifest,), secrets=(),
+                                 jumphost=types.SimpleNamespace(hostname=NODE))
+
+
+def namespace(name: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+
+
+def configmap(name: str, ns: str | None, **data) -> dict:
+    meta = {"name": name, **({"namespace": ns} if ns else {})}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data}
+
+
+def get(api, kind: str, name: str, ns: str | None = None):
+    dyn = api.dynamic()
+    resource = dyn.resources.get(api_version="v1", kind=kind)
+    from kubernetes.dynamic.exceptions import NotFoundError
+    try:
+        return dyn.get(resource, name=name, namespace=ns)
+    except NotFoundError:
+        return None
+
+
+def gone_or_going(api, kind: str, name: str, ns: str | None = None) -> bool:
+    found = get(api, kind, name, ns)
+    return found is None or bool(found.metadata.deletionTimestamp)
+
+
+def test_applied_objects_carry_the_rack_labels_and_default_namespace(api, tmp_path):
+    rack = profile(tmp_path, "labels-rack", namespace("labels-ns"), configmap("in-ns", "labels-ns", a="1"),
+                   configmap("no-ns", None, b="2"))
+    result = apply.apply(api.kubeconfig, rack, timeout=30)
+    assert result["applied"] == ["Namespace labels-ns", "ConfigMap labels-ns/in-ns", "ConfigMap default/no-ns"]
+    assert result["secrets"] == [] and result["pruned"] == []
+    assert result["inventory"] == [["v1", "ConfigMap"], ["v1", "Namespace"]]
+    wanted = {"app.kubernetes.io/managed-by": "rackboot", "rackboot.dev/rack": "labels-rack"}
+    for kind, name, ns in (("Namespace", "labels-ns", None), ("ConfigMap", "in-ns", "labels-ns"),
+                           ("ConfigMap", "no-ns", "default")):
+        found = get(api, kind, name, ns)
+        assert found is not None, (kind, name, ns)
+        assert found.metadata.labels.to_dict() | wanted == found.metadata.labels.to_dict()
+        managers = {entry.manager for entry in found.metadata.managedFields}
+        assert managers == {"rackboot"}, managers
+    assert get(api, "ConfigMap", "no-ns", "default").data.to_dict() == {"b": "2"}
+
+
+def test_a_documents_own_labels_are_kept_beside_the_rack_labels(api, tmp_path):
+    body = configmap("own-labels", "default", a="1")
+    body["metadata"]["labels"] = {"team": "lab"}
+    apply.apply(api.kubeconfig, profile(tmp_path, "own-labels-rack", body), timeout=30)
+    labels = get(api, "ConfigMap", "own-labels", "default").metadata.labels.to_dict()
+    assert labels == {"team": "lab", "app.kubernetes.io/managed-by": "rackboot",
+                      "rackboot.dev/rack": "own-labels-rack"}
+
+
+def test_prune_deletes_only_what_this_rack_applied_and_no_longer_has(api, tmp_path):
+    ns = "prune-ns"
+    first = profile(tmp_path, "prune-rack", namespace(ns), configmap("kept", ns, a="1"),
+                    configmap("dropped", ns, a="2"))
+    apply.apply(api.kubeconfig, first, timeout=30)
+    # Another rack's object and one nobody labelled, in the same namespace.
+    apply.apply(api.kubeconfig, profile(tmp_path, "other-rack", configmap("theirs", ns, c="3"), name="other.yaml"),
+                timeout=30)
+    dyn = api.dynamic()
+    configmaps = dyn.resources.get(api_version="v1", kind="ConfigMap")
+    dyn.create(configmaps, body=configmap("by-hand", ns, d="4"), namespace=ns)
+    second = profile(tmp_path, "prune-rack", namespace(ns), configmap("kept", ns, a="1"))
+    result = apply.apply(api.kubeconfig, second, timeout=30)
+    assert result["pruned"] == [f"ConfigMap {ns}/dropped"]
+    assert gone_or_going(api, "ConfigMap", "dropped", ns)
+    for name in ("kept", "theirs", "by-hand"):
+        assert get(api, "ConfigMap", name, ns) is not None, name
+    again = apply.apply(api.kubeconfig, second, timeout=30)
+    assert again["pruned"] == []
+
+
+def test_namespaces_are_pruned_after_what_is_in_them(api, tmp_path):
+    rack = "ns-last-rack"
+    first = apply.apply(api.kubeconfig, profile(tmp_path, rack, namespace("ns-last"),
+                                                configmap("inside", "ns-last"), configmap("stays", "default")),
+                        timeout=30)
+    result = apply.apply(api.kubeconfig, profile(tmp_path, rack, configmap("stays", "default")),
+                         previous_inventory=first["inventory"], timeout=30)
+    assert result["pruned"] == ["ConfigMap ns-last/inside", "Namespace ns-last"]
+    assert gone_or_going(api, "Namespace", "ns-last")
+    assert get(api, "ConfigMap", "stays", "default") is not None
+
+
+def test_kinds_of_an_earlier_run_are_pruned_though_no_document_has_them_now(api, tmp_path):
+    rack = "inventory-rack"
+    first = apply.apply(api.kubeconfig, profile(tmp_path, rack, configmap("old-kind", "default")), timeout=30)
+    assert first["inventory"] == [["v1", "ConfigMap"]]
+    only_namespace = profile(tmp_path, rack, namespace("inventory-ns"))
+    # Without the earlier inventory, ConfigMaps are not looked at.
+    result = apply.apply(api.kubeconfig, only_namespace, timeout=30)
+    assert result["pruned"] == [] and get(api, "ConfigMap", "old-kind", "default") is not None
+    result = apply.apply(api.kubeconfig, only_namespace, previous_inventory=first["inventory"], timeout=30)
+    assert result["pruned"] == ["ConfigMap default/old-kind"]
+    assert result["inventory"] == [["v1", "ConfigMap"], ["v1", "Namespace"]]
+    assert gone_or_going(api, "ConfigMap", "old-kind", "default")
+    # A kind the cluster no longer serves (its CRD gone) is skipped, not an error.
+    result = apply.apply(api.kubeconfig, only_namespace, timeout=30,
+                         previous_inventory=[["example.com/v1", "Gone"], ["v1", "ConfigMap"]])
+    assert result["pruned"] == []
+    assert result["inventory"] == [["example.com/v1", "Gone"], ["v1", "ConfigMap"], ["v1", "Namespace"]]
+
+
+def test_the_jumphost_node_is_labelled_once_and_keeps_its_other_labels(api, tmp_path):
+    dyn = api.dynamic()
+    nodes = dyn.resources.get(api_version="v1", kind="Node")
+    before = dyn.get(nodes, name=NODE).metadata.labels.to_dict()
+    before.pop(apply.JUMPHOST_LABEL, None)
+    first = apply.label_jumphost(dyn, NODE)
+    label = "node-restriction.kubernetes.io/rackboot-role=jumphost"
+    assert first in ({"node": NODE, "label": label, "changed": True},
+                     {"node": NODE, "label": label, "changed": False})   # another test may have run first
+    assert apply.label_jumphost(dyn, NODE) == {"node": NODE, "label": label, "changed": False}
+    labels = dyn.get(nodes, name=NODE).metadata.labels.to_dict()
+    assert labels == {**before, "node-restriction.kubernetes.io/rackboot-role": "jumphost"}
+    result = apply.apply(api.kubeconfig, profile(tmp_path, "placement-rack", configmap("p", "default")), timeout=30)
+    assert result["placement"] == {"node": NODE, "label": label, "changed": False}
+
+
+def test_a_missing_node_fails_the_label_naming_it(api):
+    with pytest.raises(RackbootError) as caught:
+        apply.label_jumphost(api.dynamic(), "no-such-node")
+    assert str(caught.value) == ("labelling the jumphost's Node no-such-node "
+                                 "(node-restriction.kubernetes.io/rackboot-role=jumphost): the API answered "
+                                 "404 Not Found")
+    assert type(caught.value) is RackbootError
+
+
+def test_a_kind_the_cluster_does_not_serve_is_bad_input(api, tmp_path):
+    body = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w", "namespace": "default"}}
+    rack = profile(tmp_path, "unserved-rack", configmap("before", "default"), body)
+    with pytest.raises(BadInput) as caught:
+        apply.apply(api.kubeconfig, rack, timeout=30)
+    assert str(caught.value) == (f"{rack.manifests[0]}: document 2 (Widget default/w): "
+                                 "the cluster serves no Widget in example.com/v1")
+    assert "CRD" in caught.value.hint
+    assert get(api, "ConfigMap", "before", "default") is not None     # what came before it was applied
+
+
+def test_an_unreadable_kubeconfig_is_named(tmp_path):
+    rack = profile(tmp_path, "no-api-rack", configmap("c", "default"))
+    missing = tmp_path / "k3s.yaml"
+    with pytest.raises(RackbootError) as caught:
+        apply.apply(missing, rack, timeout=30)
+    assert str(caught.value).startswith(f"{missing}: cannot use k3s's kubeconfig: ")
+    assert "journalctl -u k3s" in caught.value.hint
