@@ -249,3 +249,25 @@ def test_document_the_api_refuses_is_reported(rack):
     error = rack.status()["steps"]["apply"]["error"]
     assert error.startswith(f"{bad}: document 1 (ConfigMap no-such-ns/orphan): the API refused it (404)")
     assert 'namespaces "no-such-ns" not found' in error
+
+
+@pytest.mark.skipif(bool(k3s_standin_bundle.real_bundle()),
+                    reason="holds the node's kubelet back (K3S_STANDIN_KUBELET_DELAY), which only the stand-in can")
+def test_ready_waits_for_the_node_and_times_out_naming_it(rack):
+    """The ready step waits for the jumphost's node to be Ready, which it is
+    only once its kubelet posts its status: one that never does fails the
+    step, naming the node and its condition; one that is late is waited for."""
+    m = rack.machine
+    m.set_service_environment(K3S_STANDIN_KUBELET_DELAY="never")
+    done = rack.agent(RACKBOOT_READY_TIMEOUT=3)
+    assert done.returncode == 1
+    status = rack.status()
+    assert status["failed"] == "ready"
+    assert status["steps"]["ready"]["error"] == "k3s is not ready after 3 s: node jumphost-example is not Ready (False)"
+    assert status["steps"]["ready"]["hint"].startswith("journalctl -u k3s says why")
+    assert status["steps"]["report"]["result"]["errors"] == {"ready": status["steps"]["ready"]["error"]}
+    m.set_service_environment(K3S_STANDIN_KUBELET_DELAY=3)
+    assert m.run(["systemctl", "restart", "k3s.service"]).returncode == 0
+    done = rack.agent()
+    assert done.returncode == 0, done.stderr + rack.status_text()
+    assert rack.get("v1", "Node", "jumphost-example").status.conditions[0].status == "True"
