@@ -154,6 +154,17 @@ def _check_netboot_paths(doc: dict) -> Iterator[Problem]:
         yield Problem(("netboot", "tftp_root"), f"{tftp!r} is inside netboot.nfs_root {nfs!r}")
 
 
+def _check_ssh_host(doc: dict) -> Iterator[Problem]:
+    """RFC 1123 (2.1): a name that looks like a dotted-decimal number is read as
+    an address, so it must be one (ssh would try 999.1.1.1 as a name)."""
+    host = doc["jumphost"].get("ssh_host")
+    if host is not None and all(label.isdigit() for label in host.split(".")):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            yield Problem(("jumphost", "ssh_host"), f"{host!r} looks like an IPv4 address but is not one")
+
+
 def _check_secrets(doc: dict) -> Iterator[Problem]:
     refs = [(("k3s", "token"), doc["k3s"]["token"])]
     for i, secret in enumerate(doc["secrets"]):
@@ -167,7 +178,7 @@ def _check_secrets(doc: dict) -> Iterator[Problem]:
 
 SEMANTIC_CHECKS: tuple[Callable[[dict], Iterator[Problem]], ...] = (
     _check_addresses, _check_dhcp, _check_names, _check_macs, _check_boot_dirs, _check_labels,
-    _check_yaml_names, _check_netboot_paths, _check_secrets)
+    _check_yaml_names, _check_netboot_paths, _check_ssh_host, _check_secrets)
 
 
 def semantic_problems(doc: dict) -> list[Problem]:
