@@ -133,3 +133,15 @@ def test_a_create_in_a_terminating_namespace_is_not_called_bad_input():
 def test_other_refusals_are_bad_input():
     error = apply._api_error("doc", api_exception(403, {"message": "forbidden", "reason": "Forbidden"}))
     assert type(error) is BadInput
+
+
+def test_a_document_names_its_file_position_and_object():
+    namespaced = apply.Document("kube/a.yaml", 3, {"apiVersion": "v1", "kind": "ConfigMap",
+                                                   "metadata": {"name": "c", "namespace": "ns"}})
+    cluster = apply.Document("kube/a.yaml", 4, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns"}})
+    assert str(namespaced) == "kube/a.yaml: document 3 (ConfigMap ns/c)"
+    assert str(cluster) == "kube/a.yaml: document 4 (Namespace ns)"
+    assert cluster.key == ("v1", "Namespace", "", "ns")
+    import dataclasses
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cluster.index = 5

@@ -174,3 +174,37 @@ def test_an_unreadable_kubeconfig_is_named(tmp_path):
         apply.apply(missing, rack, timeout=30)
     assert str(caught.value).startswith(f"{missing}: cannot use k3s's kubeconfig: ")
     assert "journalctl -u k3s" in caught.value.hint
+
+
+class Recording:
+    """The real DynamicClient, each API call's keyword arguments recorded."""
+
+    def __init__(self, dyn, calls: list):
+        self._dyn, self._calls = dyn, calls
+
+    def __getattr__(self, name):
+        target = getattr(self._dyn, name)
+        if name not in ("get", "patch", "server_side_apply", "delete"):
+            return target
+
+        def call(*args, **kwargs):
+            self._calls.append((name, kwargs))
+            return target(*args, **kwargs)
+        return call
+
+
+def test_every_api_call_has_a_request_timeout(api, tmp_path, monkeypatch):
+    """A hung API server must fail the step (and the agent try again), not
+    hang the agent: no call of apply's goes without a finite timeout."""
+    calls = []
+    real_client = apply._client
+    monkeypatch.setattr(apply, "_client", lambda kubeconfig: Recording(real_client(kubeconfig), calls))
+    rack = "timeouts-rack"
+    first = apply.apply(api.kubeconfig, profile(tmp_path, rack, namespace("timeouts-ns"),
+                                                configmap("c", "timeouts-ns")), timeout=30)
+    apply.apply(api.kubeconfig, profile(tmp_path, rack), previous_inventory=first["inventory"], timeout=30)
+    assert {name for name, _ in calls} == {"get", "patch", "server_side_apply", "delete"} - \
+        ({"patch"} if first["placement"]["changed"] is False else set())
+    for name, kwargs in calls:
+        timeout = kwargs.get("_request_timeout")
+        assert isinstance(timeout, (int, float)) and 0 < timeout <= 60, (name, kwargs)
