@@ -351,3 +351,56 @@ def test_a_pi_of_one_rack_is_refused_by_another(rack, tmp_path):
         assert refused.value.code == 401
     finally:
         other.destroy()
+
+
+UNREACHABLE = "node.kubernetes.io/unreachable"
+
+
+def ready_condition(rack, name: str):
+    [ready] = [c for c in rack.get("v1", "Node", name).status.conditions if c.type == "Ready"]
+    return ready
+
+
+def eventually(check, within: float = 120) -> bool:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+def test_a_powered_off_pi_goes_not_ready_and_comes_back(rack):
+    """A node is Ready only while its kubelet posts its status: a Pi that
+    loses power goes NotReady (Ready Unknown, unreachable taints) after the
+    controller manager's grace period (40 s; the stand-in's
+    K3S_STANDIN_NODE_GRACE shortens it), and Ready again when it boots. The
+    jumphost's run meanwhile is unaffected: its ready step waits for its own
+    node, and nothing in apply or report depends on the Pis' nodes."""
+    m = rack.machine
+    m.set_service_environment(K3S_STANDIN_NODE_GRACE=6, K3S_STANDIN_NODE_STATUS_FREQUENCY=0.5)
+    assert m.run(["systemctl", "restart", "k3s.service"]).returncode == 0
+    pi = rack.add_pi("pi1", "0b0b0b01")
+    pi.set_service_environment(K3S_STANDIN_NODE_STATUS_FREQUENCY=0.5)
+    join(rack, pi)
+    assert eventually(lambda: ready_condition(rack, "loop-pi-01").status == "True")
+    pi.power_off()
+    assert eventually(lambda: ready_condition(rack, "loop-pi-01").status == "Unknown")
+    ready = ready_condition(rack, "loop-pi-01")
+    assert (ready.reason, ready.message) == ("NodeStatusUnknown", "Kubelet stopped posting node status.")
+    taints = rack.get("v1", "Node", "loop-pi-01").spec.taints
+    assert sorted((t.key, t.effect) for t in taints) == [(UNREACHABLE, "NoExecute"), (UNREACHABLE, "NoSchedule")]
+    assert ready_condition(rack, "jumphost-loop").status == "True"        # its own kubelet posts on
+    done = rack.agent()
+    assert done.returncode == 0, done.stderr + rack.status_text()
+    status = rack.status()
+    assert {name: step["outcome"] for name, step in status["steps"].items()} == {
+        "identify": "done", "serve": "done", "token": "done", "k3s": "done", "ready": "done", "apply": "done",
+        "report": "done"}
+    assert status["steps"]["report"]["result"]["errors"] == {}
+    assert ready_condition(rack, "loop-pi-01").status == "Unknown"
+    # Power is back: the Pi boots (a power cut forgot systemd's environment) and its agent runs.
+    pi.set_service_environment(K3S_STANDIN_NODE_STATUS_FREQUENCY=0.5)
+    join(rack, pi)
+    assert eventually(lambda: ready_condition(rack, "loop-pi-01").status == "True")
+    assert not rack.get("v1", "Node", "loop-pi-01").spec.taints
