@@ -10,6 +10,7 @@ rotate` only the new token starts the server, at every restart."""
 
 import base64
 import os
+import socket
 import ssl
 import time
 import urllib.error
@@ -21,6 +22,9 @@ from firstboot import join as join_module
 from firstboot import k3s
 
 from tests import test_pi_join
+from tests.doubles import k3s_standin_bundle
+from tests.lib.machine import Machine
+from tests.lib.rack import VERSION
 from tests.test_pi_join import API, TOKEN, eventually, join, ready_condition
 
 rack = test_pi_join.rack      # the same fixture: a pretend rack whose jumphost reached rack ready
@@ -30,12 +34,12 @@ NEW_TOKEN = b"loop-rack-token-rotated-77c0"
 SERVER = "/var/lib/rancher/k3s/server"
 
 
-def kubelet_certificate(user: bytes, password: bytes, name: str, node_password: bytes) -> int:
+def kubelet_certificate(user: bytes, password: bytes, name: str, node_password: bytes, server: str = API) -> int:
     """The HTTP status k3s answers a request for a kubelet's identity
     (/v1-k3s/client-kubelet.crt) made with these basic-auth credentials."""
     unverified = ssl.create_default_context()
     unverified.check_hostname, unverified.verify_mode = False, ssl.CERT_NONE
-    request = urllib.request.Request(f"{API}/v1-k3s/client-kubelet.crt", headers={
+    request = urllib.request.Request(f"{server}/v1-k3s/client-kubelet.crt", headers={
         "Authorization": "Basic " + base64.b64encode(user + b":" + password).decode(),
         "k3s-Node-Name": name, "k3s-Node-Password": node_password.decode()})
     try:
@@ -45,10 +49,15 @@ def kubelet_certificate(user: bytes, password: bytes, name: str, node_password: 
         return err.code
 
 
+def passwd_of(machine) -> dict[str, list[str]]:
+    """k3s's server/cred/passwd: user -> [password, user, uid, role]."""
+    return {line.split(",")[1]: line.split(",") for line in machine.path(f"{SERVER}/cred/passwd").read_text().splitlines()}
+
+
 def test_k3s_keeps_the_tokens_where_k3s_does(rack):
     m = rack.machine
     agent_token = join_module.agent_token(TOKEN, "loop")
-    passwd = {line.split(",")[1]: line.split(",") for line in m.path(f"{SERVER}/cred/passwd").read_text().splitlines()}
+    passwd = passwd_of(m)
     assert passwd["server"] == [TOKEN.decode(), "server", "server", "k3s:server"]
     assert passwd["node"] == [agent_token.decode(), "node", "node", "k3s:agent"]
     ca_hash = m.path(f"{SERVER}/token").read_text().split("::")[0]
@@ -162,3 +171,55 @@ def test_k3s_refuses_to_start_with_the_token_it_was_rotated_from(rack):
     assert server.returncode != 0
     assert "bootstrap data already found and encrypted with different token" in server.stderr
     assert TOKEN.decode() not in server.stderr + server.stdout
+
+
+def test_without_an_agent_token_user_node_follows_the_server_token(tmp_path):
+    """k3s alone, no --agent-token: user node has the server's password,
+    agent-token links to token, and a rotation moves both (tokenRotate: "If
+    the agent token is the same a server, we need to change both").
+    Restarted with the new token, k3s refuses the old one to agents;
+    restarted with the old one, it does not start."""
+    real = k3s_standin_bundle.real_bundle()
+    binary = real / "k3s" if real else tmp_path / "k3s"
+    if not real:
+        binary.write_bytes(k3s_standin_bundle.standin_binary(VERSION))
+        binary.chmod(0o755)
+    machine = Machine(tmp_path / "machine", "console=ttyS0")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url, first, second = f"https://127.0.0.1:{port}", "first-token-0a1", "second-token-9f2"
+
+    def server(token: str, wait: bool = True):
+        argv = [str(binary), "server", f"--https-listen-port={port}", "--node-name=solo", f"--token={token}"]
+        if not wait:
+            return machine.run(argv, timeout=60)
+        process = machine.popen(argv)
+        assert eventually(lambda: process.poll() is not None or answers())
+        assert process.poll() is None, process.stderr.read()
+
+    def answers() -> bool:
+        try:
+            return kubelet_certificate(b"nobody", b"nothing", "solo", b"", url) == 401
+        except urllib.error.URLError:
+            return False
+
+    def joins(token: str) -> int:
+        return kubelet_certificate(b"node", token.encode(), "solo-agent", b"solo-agent-password", url)
+    try:
+        server(first)
+        assert passwd_of(machine)["node"][0] == passwd_of(machine)["server"][0] == first
+        assert str(machine.path(f"{SERVER}/agent-token").readlink()) == f"{SERVER}/token"
+        assert joins(first) == 200
+        rotate = machine.run([str(binary), "token", "rotate", "--server", url, "--token", first, "--new-token", second])
+        assert rotate.returncode == 0, rotate.stderr
+        assert passwd_of(machine)["node"][0] == passwd_of(machine)["server"][0] == second
+        machine.power_off()
+        server(second)
+        assert (joins(second), joins(first)) == (200, 401)
+        machine.power_off()
+        refused = server(first, wait=False)
+        assert refused.returncode != 0
+        assert "bootstrap data already found and encrypted with different token" in refused.stderr
+    finally:
+        machine.destroy()
