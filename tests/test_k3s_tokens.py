@@ -173,17 +173,22 @@ def test_k3s_refuses_to_start_with_the_token_it_was_rotated_from(rack):
     assert TOKEN.decode() not in server.stderr + server.stdout
 
 
+def k3s_binary(directory):
+    """The k3s to run: the real bundle's (RACKBOOT_K3S_BUNDLE), else the stand-in, written into directory."""
+    if k3s_standin_bundle.real_bundle():
+        return k3s_standin_bundle.real_bundle() / "k3s"
+    (directory / "k3s").write_bytes(k3s_standin_bundle.standin_binary(VERSION))
+    (directory / "k3s").chmod(0o755)
+    return directory / "k3s"
+
+
 def test_without_an_agent_token_user_node_follows_the_server_token(tmp_path):
     """k3s alone, no --agent-token: user node has the server's password,
     agent-token links to token, and a rotation moves both (tokenRotate: "If
     the agent token is the same a server, we need to change both").
     Restarted with the new token, k3s refuses the old one to agents;
     restarted with the old one, it does not start."""
-    real = k3s_standin_bundle.real_bundle()
-    binary = real / "k3s" if real else tmp_path / "k3s"
-    if not real:
-        binary.write_bytes(k3s_standin_bundle.standin_binary(VERSION))
-        binary.chmod(0o755)
+    binary = k3s_binary(tmp_path)
     machine = Machine(tmp_path / "machine", "console=ttyS0")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
