@@ -208,3 +208,119 @@ def test_every_api_call_has_a_request_timeout(api, tmp_path, monkeypatch):
     for name, kwargs in calls:
         timeout = kwargs.get("_request_timeout")
         assert isinstance(timeout, (int, float)) and 0 < timeout <= 60, (name, kwargs)
+
+
+def test_the_profiles_secrets_go_to_the_api_from_their_references(api, tmp_path, monkeypatch):
+    from firstboot import secrets, secretref
+    from firstboot.profile.model import KubeSecret
+    values = {"sm://rackboot-test/user": b"admin", "sm://rackboot-test/key": b"\x00binary\xff"}
+    monkeypatch.setattr(secrets, "access", lambda ref: values[str(ref)])
+    specs = (KubeSecret("login", "default", "Opaque", (("key", secretref.parse("sm://rackboot-test/key")),
+                                                         ("user", secretref.parse("sm://rackboot-test/user")))),
+             KubeSecret("tls", "default", "kubernetes.io/basic-auth", (("username", secretref.parse("sm://rackboot-test/user")),)))
+    rack = types.SimpleNamespace(**{**vars(profile(tmp_path, "secrets-rack", configmap("s", "default"))),
+                                    "secrets": specs})
+    documents = apply.secret_documents(rack)
+    assert [(d.source, d.index, str(d)) for d in documents] == [
+        ("secrets", 1, "secrets: document 1 (Secret default/login)"),
+        ("secrets", 2, "secrets: document 2 (Secret default/tls)")]
+    assert documents[0].body == {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                                 "metadata": {"name": "login", "namespace": "default"},
+                                 "data": {"key": "AGJpbmFyef8=", "user": "YWRtaW4="}}
+    result = apply.apply(api.kubeconfig, rack, timeout=30)
+    assert result["secrets"] == ["default/login", "default/tls"]
+    assert result["applied"] == ["ConfigMap default/s", "Secret default/login", "Secret default/tls"]
+    login = get(api, "Secret", "login", "default")
+    assert login.type == "Opaque" and login.data.to_dict() == {"key": "AGJpbmFyef8=", "user": "YWRtaW4="}
+    assert get(api, "Secret", "tls", "default").type == "kubernetes.io/basic-auth"
+
+
+class FailingDeletes(Recording):
+    """Deletes answered by the given ApiExceptions first, one per delete."""
+
+    def __init__(self, dyn, failures: list):
+        super().__init__(dyn, [])
+        self._failures = failures
+
+    def __getattr__(self, name):
+        if name == "delete" and self._failures:
+            def delete(*args, **kwargs):
+                raise self._failures.pop(0)
+            return delete
+        return getattr(self._dyn, name)
+
+
+def api_exception(status: int, message: str):
+    import json
+    from kubernetes.client.exceptions import ApiException
+    err = ApiException(status=status, reason="Reason")
+    err.body = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": status,
+                           "message": message})
+    return err
+
+
+def prune_with(api, tmp_path, monkeypatch, rack: str, *failures):
+    real_client = apply._client
+    first = apply.apply(api.kubeconfig, profile(tmp_path, rack, configmap(f"{rack}-gone", "default")), timeout=30)
+    monkeypatch.setattr(apply, "_client", lambda kubeconfig: FailingDeletes(real_client(kubeconfig), list(failures)))
+    return apply.apply(api.kubeconfig, profile(tmp_path, rack), previous_inventory=first["inventory"], timeout=30)
+
+
+def test_a_delete_answered_not_found_is_a_prune_done(api, tmp_path, monkeypatch):
+    result = prune_with(api, tmp_path, monkeypatch, "gone-rack", api_exception(404, "not found"))
+    assert result["pruned"] == ["ConfigMap default/gone-rack-gone"]
+
+
+def test_a_delete_answered_conflict_is_done_only_if_the_object_is_going(api, tmp_path, monkeypatch):
+    """409 for an object whose deletion began since it was listed: done. 409
+    for one that is still there and not being deleted: the API's refusal."""
+    with pytest.raises(BadInput) as caught:
+        prune_with(api, tmp_path, monkeypatch, "conflict-rack", api_exception(409, "conflict"))
+    assert str(caught.value) == ("pruning ConfigMap default/conflict-rack-gone: the API refused it (409): "
+                                 "conflict")
+    # Gone by the time it is looked at again: done.
+    monkeypatch.undo()
+    dyn = api.dynamic()
+    configmaps = dyn.resources.get(api_version="v1", kind="ConfigMap")
+
+    class GoneMeanwhile(FailingDeletes):
+        def __getattr__(self, name):
+            if name == "delete" and self._failures:
+                def delete(resource, name, namespace, **kwargs):
+                    self._dyn.delete(resource, name=name, namespace=namespace)
+                    raise self._failures.pop(0)
+                return delete
+            return getattr(self._dyn, name)
+    real_client = apply._client
+    first = apply.apply(api.kubeconfig, profile(tmp_path, "conflict-rack-2", configmap("c2", "default")),
+                        timeout=30)
+    monkeypatch.setattr(apply, "_client",
+                        lambda kubeconfig: GoneMeanwhile(real_client(kubeconfig), [api_exception(409, "conflict")]))
+    result = apply.apply(api.kubeconfig, profile(tmp_path, "conflict-rack-2"), previous_inventory=first["inventory"],
+                         timeout=30)
+    assert result["pruned"] == ["ConfigMap default/c2"]
+    assert dyn.get(configmaps, namespace="default", label_selector="rackboot.dev/rack=conflict-rack-2").items == []
+
+
+def test_other_delete_failures_fail_the_prune_naming_the_object(api, tmp_path, monkeypatch):
+    with pytest.raises(RackbootError) as caught:
+        prune_with(api, tmp_path, monkeypatch, "failing-rack", api_exception(503, "etcd is down"))
+    assert type(caught.value) is RackbootError
+    assert str(caught.value) == "pruning ConfigMap default/failing-rack-gone: the API refused it (503): etcd is down"
+    assert caught.value.hint == "the agent tries again at its next run"
+
+
+def test_an_api_that_does_not_answer_fails_the_step_to_be_tried_again(api, tmp_path):
+    import socket
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    config = yaml.safe_load(api.kubeconfig.read_text())
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{port}"
+    kubeconfig = tmp_path / "k3s.yaml"
+    kubeconfig.write_text(yaml.safe_dump(config))
+    with pytest.raises(RackbootError) as caught:
+        apply.apply(kubeconfig, profile(tmp_path, "unreachable-rack", configmap("c", "default")), timeout=30)
+    assert type(caught.value) is RackbootError
+    assert str(caught.value).startswith("the k3s API is not reachable (MaxRetryError: ")
+    assert caught.value.hint == "journalctl -u k3s; the agent tries again at its next run"
