@@ -236,3 +236,15 @@ def test_an_image_without_the_racks_config_or_a_token_is_refused(tmp_path, monke
         install(layout)
     assert str(caught.value) == f"{layout.token_file}: missing; the token step writes it"
     assert not (layout.bin_dir / "k3s").exists() and calls == []
+
+
+def test_a_command_the_distribution_has_in_usr_bin_or_bin_is_not_linked(tmp_path, monkeypatch):
+    """install.sh's rule, with the real system path: sh is in /bin (and
+    /usr/bin) on every Debian, so a link named sh is never made."""
+    layout = Layout(tmp_path / "root")
+    _machine(layout, tmp_path, monkeypatch)
+    monkeypatch.undo()          # the system's own path again
+    monkeypatch.setattr(k3s, "LINKS", ("sh", "rackboot-test-no-such-command"))
+    k3s._install_files(layout, RACK, Role.JUMPHOST, "jump-1", *k3s.find_bundle(layout.k3s_bundles, VERSION, "amd64"))
+    assert not os.path.lexists(layout.bin_dir / "sh")
+    assert os.readlink(layout.bin_dir / "rackboot-test-no-such-command") == "k3s"
