@@ -271,3 +271,27 @@ def test_ready_waits_for_the_node_and_times_out_naming_it(rack):
     done = rack.agent()
     assert done.returncode == 0, done.stderr + rack.status_text()
     assert rack.get("v1", "Node", "jumphost-example").status.conditions[0].status == "True"
+
+
+def test_what_operators_add_by_hand_survives_and_rackboots_fields_come_back(rack):
+    """The agent force-applies (server-side apply) only the fields its rack's
+    YAML sets: a label, an annotation or a data key an operator adds with
+    kubectl (another field manager) stays through the agent's next run, while
+    a field the YAML sets, changed by hand, is set back (README, "What the
+    agent owns")."""
+    assert rack.agent().returncode == 0
+    dyn = rack.kube()
+    configmaps = dyn.resources.get(api_version="v1", kind="ConfigMap")
+    dyn.patch(configmaps, name="rack-info", namespace="rack-apps", field_manager="kubectl-edit",
+              content_type="application/merge-patch+json",
+              body={"metadata": {"labels": {"team": "infra"}, "annotations": {"note": "by hand"}},
+                    "data": {"owner": "someone", "extra": "kept"}})
+    done = rack.agent()
+    assert done.returncode == 0, done.stderr + rack.status_text()
+    info = dyn.get(configmaps, name="rack-info", namespace="rack-apps")
+    assert info.metadata.labels["team"] == "infra"
+    assert info.metadata.annotations["note"] == "by hand"
+    assert info.data["extra"] == "kept"
+    assert info.data["owner"] == "rackboot"          # the rack's YAML says so
+    managers = {entry.manager for entry in info.metadata.managedFields}
+    assert managers == {"rackboot", "kubectl-edit"}
