@@ -324,3 +324,21 @@ def test_an_api_that_does_not_answer_fails_the_step_to_be_tried_again(api, tmp_p
     assert type(caught.value) is RackbootError
     assert str(caught.value).startswith("the k3s API is not reachable (MaxRetryError: ")
     assert caught.value.hint == "journalctl -u k3s; the agent tries again at its next run"
+
+
+def test_a_namespace_back_in_the_profile_while_terminating_is_made_afresh(api, tmp_path):
+    """Pruned, it terminates for a moment (the stand-in's namespace delay);
+    applied again meanwhile, apply waits until it is gone and makes it anew
+    with what goes in it, rather than applying into a namespace that goes."""
+    rack, ns = "afresh-rack", "afresh-ns"
+    wanted = profile(tmp_path, rack, namespace(ns), configmap("settings", ns, a="1"))
+    first = apply.apply(api.kubeconfig, wanted, timeout=30)
+    pruned = apply.apply(api.kubeconfig, profile(tmp_path, rack, name="empty.yaml"),
+                         previous_inventory=first["inventory"], timeout=30)
+    assert pruned["pruned"] == [f"ConfigMap {ns}/settings", f"Namespace {ns}"]
+    assert get(api, "Namespace", ns).metadata.deletionTimestamp        # still terminating
+    again = apply.apply(api.kubeconfig, wanted, previous_inventory=first["inventory"], timeout=30)
+    assert again["applied"] == [f"Namespace {ns}", f"ConfigMap {ns}/settings"]
+    made = get(api, "Namespace", ns)
+    assert made.status.phase == "Active" and not made.metadata.deletionTimestamp
+    assert get(api, "ConfigMap", "settings", ns).data.to_dict() == {"a": "1"}
