@@ -301,7 +301,8 @@ def test_the_agent_token_is_as_it_always_was():
         b"rackboot-agent-58e6184b5e06e3b2631df8d05bd0c2492426b4b0d721b66f073bbfaf2f7a7d39")
 
 
-def test_fetch_retries_every_five_seconds_and_says_what_it_last_got(monkeypatch):
+@pytest.mark.parametrize("step, waits", [(4, [5, 5]), (5, [5])])      # the deadline itself is the end
+def test_fetch_retries_every_five_seconds_and_says_what_it_last_got(monkeypatch, step, waits):
     """The jumphost answers 503 until its token step has run: the Pi waits
     RETRY_SECONDS between tries and, at its deadline, names the last answer."""
     rack = profile("127.0.0.0/8", 8677)
@@ -310,12 +311,12 @@ def test_fetch_retries_every_five_seconds_and_says_what_it_last_got(monkeypatch)
     def unavailable(url, timeout):
         raise urllib.error.HTTPError(url, 503, "Service Unavailable", {}, io.BytesIO(body))
     monkeypatch.setattr(join.urllib.request, "urlopen", unavailable)
-    clock = iter(range(0, 10_000, 4))             # each try takes 4 seconds
+    clock = iter(range(0, 10_000, step))          # each try takes step seconds
     monkeypatch.setattr(join, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
-    waits = []
+    slept = []
     with pytest.raises(RackbootError) as failed:
-        join.fetch(rack, timeout=10, sleep=waits.append)
-    assert waits == [5, 5]
+        join.fetch(rack, timeout=10, sleep=slept.append)
+    assert slept == waits
     assert str(failed.value) == ("no agent token from the jumphost at http://127.0.0.1:8677/v1/agent-token "
                                  "within 10 s; last: HTTP 503 (the jumphost has no agent token yet (its token "
                                  "step has not run))")
@@ -370,3 +371,49 @@ def test_how_long_a_pi_waits_for_its_jumphost_is_set_by_the_environment(environm
                            cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True,
                            check=True)
     assert shown.stdout.split() == [str(seconds), str(seconds)]
+
+
+def answering(monkeypatch, answer):
+    """urlopen answering every request with answer(url): bytes, or raising it."""
+    class Answer:
+        def __init__(self, body):
+            self.body = body
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self):
+            return self.body
+    monkeypatch.setattr(join.urllib.request, "urlopen", lambda url, timeout: Answer(answer(url)))
+
+
+def test_a_jumphost_that_only_answers_empty_is_named_so(monkeypatch):
+    answering(monkeypatch, lambda url: b"")
+    with pytest.raises(RackbootError) as failed:
+        join.fetch(profile("127.0.0.0/8", 8677), timeout=0, sleep=lambda s: None)
+    assert str(failed.value).endswith("within 0 s; last: an empty answer")
+
+
+def test_answers_that_are_not_utf8_are_shown_not_fatal(monkeypatch):
+    def refuse(code):
+        def answer(url):
+            raise urllib.error.HTTPError(url, code, "", {}, io.BytesIO(b"caf\xe9 \xff"))
+        return answer
+    answering(monkeypatch, refuse(503))
+    with pytest.raises(RackbootError) as failed:
+        join.fetch(profile("127.0.0.0/8", 8677), timeout=0, sleep=lambda s: None)
+    assert str(failed.value).endswith("last: HTTP 503 (caf\ufffd \ufffd)")
+    answering(monkeypatch, refuse(403))
+    with pytest.raises(RackbootError) as failed:
+        join.fetch(profile("127.0.0.0/8", 8677), timeout=0, sleep=lambda s: None)
+    assert str(failed.value).endswith("refused this Pi: caf\ufffd \ufffd")
+
+
+def test_no_jumphost_listening_is_named_by_the_systems_reason():
+    rack = profile("127.0.0.0/8", free_port())      # nothing listens there
+    with pytest.raises(RackbootError) as failed:
+        join.fetch(rack, timeout=0, sleep=lambda s: None)
+    assert str(failed.value).endswith("within 0 s; last: [Errno 111] Connection refused")
