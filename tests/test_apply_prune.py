@@ -163,7 +163,7 @@ def test_a_kind_the_cluster_does_not_serve_is_bad_input(api, tmp_path):
         apply.apply(api.kubeconfig, rack, timeout=30)
     assert str(caught.value) == (f"{rack.manifests[0]}: document 2 (Widget default/w): "
                                  "the cluster serves no Widget in example.com/v1")
-    assert "CRD" in caught.value.hint
+    assert caught.value.hint == "check apiVersion and kind; custom resources need their CRD first"
     assert get(api, "ConfigMap", "before", "default") is not None     # what came before it was applied
 
 
