@@ -6,8 +6,10 @@ the kubeconfig, the forward and TLS are checked as kubectl would use them.
 After each attach, successful or not, nothing may be left: no kubeconfig,
 no directory, no ssh process, the port free again."""
 
+import base64
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +44,9 @@ seen = {"argv": sys.argv[1:], "kubeconfig": path, "mode": stat.S_IMODE(os.stat(p
         "version": version(api.configuration),
         "nodes": [n.metadata.name for n in client.CoreV1Api(api).list_node().items],
         "attached": os.environ["RACKBOOT_ATTACHED"]}
+if os.environ.get("ATTACH_TEST_AS_A_SHELL"):    # an interactive shell ignores the terminal's Ctrl-C
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 report = os.environ.get("ATTACH_TEST_REPORT")
 if report:                              # hold the attach open until the test says go
     Path(report).write_text(json.dumps(seen))
@@ -94,6 +99,15 @@ def jumphosts(tmp_path):
         jumphost.destroy()
 
 
+@pytest.fixture
+def rack_a(operator, jumphosts):
+    """rack-a, its jumphost jh-a (sshd and k3s running) and its attach port."""
+    jumphost = jumphosts("jh-a")
+    port = free_port()
+    write_rack(operator["profiles"], "rack-a", "jh-a", port)
+    return jumphost, port
+
+
 def attach_argv(operator, rack: str, jumphost: SshJumphost, *command: str, ssh_config: Path | None = None):
     return [sys.executable, str(REPO / "build.py"), "attach", rack, "--profiles", str(operator["profiles"]),
             "--ssh-config", str(ssh_config or jumphost.ssh_config), "--", *command]
@@ -125,10 +139,8 @@ def assert_nothing_left(operator, jumphost: SshJumphost, port: int) -> None:
 
 
 @pytest.mark.machine   # a real sshd in a network namespace
-def test_attach_runs_the_command_on_the_racks_cluster(operator, jumphosts):
-    jumphost = jumphosts("jh-a")
-    port = free_port()
-    write_rack(operator["profiles"], "rack-a", "jh-a", port)
+def test_attach_runs_the_command_on_the_racks_cluster(operator, rack_a):
+    jumphost, port = rack_a
     result = attach(operator, "rack-a", jumphost, sys.executable, "-c", CLIENT, "--", "7")
     assert result.returncode == 7, result.stderr + jumphost.logs()
     seen = json.loads(result.stdout)
@@ -186,17 +198,10 @@ def test_two_racks_attached_at_once_do_not_see_each_other(operator, jumphosts, t
 
 
 @pytest.mark.machine   # a real sshd in a network namespace
-def test_the_same_rack_twice_is_refused_while_the_first_is_attached(operator, jumphosts, tmp_path):
-    jumphost = jumphosts("jh-a")
-    port = free_port()
-    write_rack(operator["profiles"], "rack-a", "jh-a", port)
+def test_the_same_rack_twice_is_refused_while_the_first_is_attached(operator, rack_a, tmp_path):
+    jumphost, port = rack_a
     report = tmp_path / "first.report"
-    first = subprocess.Popen(attach_argv(operator, "rack-a", jumphost, sys.executable, "-c", CLIENT, "0"),
-                             env={**operator["env"], "ATTACH_TEST_REPORT": str(report)},
-                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while not report.exists():
-        assert first.poll() is None, first.stderr.read()
-        time.sleep(0.05)
+    first = start_held(operator, jumphost, report)
     second = attach(operator, "rack-a", jumphost, "true")
     assert second.returncode == 1
     assert f"error: port {port} (k3s.attach_port of rack rack-a) is in use on this machine" in second.stderr
@@ -207,10 +212,8 @@ def test_the_same_rack_twice_is_refused_while_the_first_is_attached(operator, ju
 
 
 @pytest.mark.machine   # a real sshd in a network namespace
-def test_a_command_killed_by_a_signal_and_one_that_cannot_run(operator, jumphosts):
-    jumphost = jumphosts("jh-a")
-    port = free_port()
-    write_rack(operator["profiles"], "rack-a", "jh-a", port)
+def test_a_command_killed_by_a_signal_and_one_that_cannot_run(operator, rack_a):
+    jumphost, port = rack_a
     killed = attach(operator, "rack-a", jumphost, sys.executable, "-c", "import os, signal; os.kill(os.getpid(), 9)")
     assert killed.returncode == 128 + 9, killed.stderr
     assert_nothing_left(operator, jumphost, port)
@@ -219,18 +222,56 @@ def test_a_command_killed_by_a_signal_and_one_that_cannot_run(operator, jumphost
     assert_nothing_left(operator, jumphost, port)
 
 
-@pytest.mark.machine   # a real sshd in a network namespace
-def test_attach_killed_leaves_no_forward_and_the_next_one_cleans_up(operator, jumphosts, tmp_path):
-    jumphost = jumphosts("jh-a")
-    port = free_port()
-    write_rack(operator["profiles"], "rack-a", "jh-a", port)
-    report = tmp_path / "report"
-    killed = subprocess.Popen(attach_argv(operator, "rack-a", jumphost, sys.executable, "-c", CLIENT, "0"),
-                              env={**operator["env"], "ATTACH_TEST_REPORT": str(report)},
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start_held(operator, jumphost, report: Path, **env) -> subprocess.Popen:
+    """attach running CLIENT, held open until report.go exists, in a session
+    of its own (as in a terminal of its own: killpg is that terminal's Ctrl-C)."""
+    process = subprocess.Popen(attach_argv(operator, "rack-a", jumphost, sys.executable, "-c", CLIENT, "0"),
+                               env={**operator["env"], "ATTACH_TEST_REPORT": str(report), **env},
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
     while not report.exists():
-        assert killed.poll() is None, killed.stderr.read()
+        assert process.poll() is None, process.stderr.read()
         time.sleep(0.05)
+    return process
+
+
+@pytest.mark.machine   # a real sshd in a network namespace
+def test_ctrl_c_is_the_commands_and_a_hang_up_ends_it_cleanly(operator, rack_a, tmp_path):
+    jumphost, port = rack_a
+    shell = start_held(operator, jumphost, tmp_path / "shell", ATTACH_TEST_AS_A_SHELL="1")
+    os.killpg(shell.pid, signal.SIGINT)          # Ctrl-C at the shell's prompt: attach and the forward stay
+    (tmp_path / "shell.go").touch()
+    out, err = shell.communicate(timeout=120)
+    assert shell.returncode == 0, err
+    assert json.loads(out)["nodes_later"] == ["jh-a"]        # the API still answers through the forward
+    assert_nothing_left(operator, jumphost, port)
+    hung_up = start_held(operator, jumphost, tmp_path / "hangup")
+    hung_up.send_signal(signal.SIGHUP)           # the terminal closed: passed on to the command
+    hung_up.communicate(timeout=120)
+    assert hung_up.returncode == 128 + signal.SIGHUP
+    assert_nothing_left(operator, jumphost, port)
+
+
+@pytest.mark.machine   # a real sshd in a network namespace
+def test_without_a_command_the_operators_shell_runs(operator, rack_a, tmp_path):
+    jumphost, port = rack_a
+    shell = tmp_path / "shell"
+    shell.write_text('#!/bin/sh\necho "$RACKBOOT_ATTACHED $KUBECONFIG"\nexit 3\n')
+    shell.chmod(0o755)
+    result = subprocess.run(attach_argv(operator, "rack-a", jumphost)[:-1], stdin=subprocess.DEVNULL,
+                            env={**operator["env"], "SHELL": str(shell)}, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 3, result.stderr
+    rack, config = result.stdout.split()
+    assert rack == "rack-a" and config.endswith("/kubeconfig")
+    assert f"attached to rack rack-a (KUBECONFIG={config}); exit this shell to detach" in result.stderr
+    assert_nothing_left(operator, jumphost, port)
+
+
+@pytest.mark.machine   # a real sshd in a network namespace
+def test_attach_killed_leaves_no_forward_and_the_next_one_cleans_up(operator, rack_a, tmp_path):
+    jumphost, port = rack_a
+    report = tmp_path / "report"
+    killed = start_held(operator, jumphost, report)
     killed.kill()                                 # attach itself, as by kill -9: no clean-up of its own
     killed.wait()
     leftover = Path(json.loads(report.read_text())["kubeconfig"]).parent
@@ -353,11 +394,14 @@ def test_bad_input_is_refused_before_any_ssh(build, tmp_path):
         assert message in result.stderr and "Traceback" not in result.stderr
 
 
+PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
 def test_kubeconfigs_that_are_not_k3s_are_refused_without_showing_a_secret():
     good = {"apiVersion": "v1", "kind": "Config", "current-context": "default",
             "clusters": [{"name": "default", "cluster": {
                 "server": "https://127.0.0.1:6443",
-                "certificate-authority-data": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUIKLS0tLS1FTkQgQ0VSVElGSUNBVEUtLS0tLQo="}}],
+                "certificate-authority-data": base64.b64encode(PEM.encode()).decode()}}],
             "contexts": [{"name": "default", "context": {"cluster": "default", "user": "default"}}],
             "users": [{"name": "default", "user": {"client-key-data": "SECRET-KEY-DATA"}}]}
     text, ca = kubeconfig.for_rack(yaml.safe_dump(good), "rack-a", 7001)
