@@ -422,6 +422,10 @@ def test_kubeconfigs_that_are_not_k3s_are_refused_without_showing_a_secret():
         (broken(lambda c: c["clusters"][0]["cluster"].update({"certificate-authority-data": "!!"})), "no certificate"),
         (broken(lambda c: c.update({"current-context": "other"})), "no context named by its current context"),
         (broken(lambda c: c["users"].clear()), "no user named by its current context"),
+        (broken(lambda c: c["users"][0]["user"].update({"exec": {"command": "sh"}})),
+         "its user has exec, which attach does not pass on"),
+        (broken(lambda c: c["users"][0]["user"].update({"client-key": "/root/.ssh/id_rsa"})), "has client-key,"),
+        (broken(lambda c: c["users"][0].update({"user": {}})), "its user has no credentials"),
     ]:
         with pytest.raises(kubeconfig.NotK3sKubeconfig) as caught:
             kubeconfig.for_rack(text, "rack-a", 7001)
