@@ -231,6 +231,8 @@ def test_idle_connections_inside_are_bounded_and_cut(loaded, capfd):
         assert handler_threads() == join.MAX_CONNECTIONS       # no more threads than that
         busy = [read_all(sock, 1) for sock in idle[join.MAX_CONNECTIONS:]]
         assert all(answer.startswith(b"HTTP/1.0 503 Service Unavailable") for answer in busy), busy
+        # The README's number: at most 32 at once.
+        assert all(answer.endswith(b"\r\n\r\nbusy: 32 connections at once; try again\n") for answer in busy), busy
         start = time.monotonic()
         cut = [read_all(sock, join.CONNECTION_SECONDS + 2) for sock in idle[:join.MAX_CONNECTIONS]]
         assert time.monotonic() - start < join.CONNECTION_SECONDS + 1.5
