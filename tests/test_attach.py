@@ -118,8 +118,9 @@ def attach(operator, rack, jumphost, *command, **kwargs) -> subprocess.Completed
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180)
 
 
-def ssh_processes(jumphost: SshJumphost) -> list[str]:
-    """ssh clients of this test's attaches still running on the operator's machine."""
+def ssh_processes(jumphost: SshJumphost, pids: bool = False) -> list:
+    """ssh clients of this test's attaches still running on the operator's
+    machine (their command lines; with pids, (pid, command line) pairs)."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
@@ -127,7 +128,7 @@ def ssh_processes(jumphost: SshJumphost) -> list[str]:
         except OSError:
             continue
         if cmdline[:1] == [b"ssh"] and str(jumphost.ssh_config).encode() in cmdline:
-            found.append(b" ".join(cmdline).decode())
+            found.append((int(entry.name), b" ".join(cmdline).decode()) if pids else b" ".join(cmdline).decode())
     return found
 
 
@@ -249,6 +250,21 @@ def test_ctrl_c_is_the_commands_and_a_hang_up_ends_it_cleanly(operator, rack_a, 
     hung_up.send_signal(signal.SIGHUP)           # the terminal closed: passed on to the command
     hung_up.communicate(timeout=120)
     assert hung_up.returncode == 128 + signal.SIGHUP
+    assert_nothing_left(operator, jumphost, port)
+
+
+@pytest.mark.machine   # a real sshd in a network namespace
+def test_a_forward_that_goes_down_is_reported_at_once(operator, rack_a, tmp_path):
+    jumphost, port = rack_a
+    held = start_held(operator, jumphost, tmp_path / "report")
+    [forward] = [pid for pid, cmdline in ssh_processes(jumphost, pids=True) if " -N " in cmdline]
+    os.kill(forward, signal.SIGKILL)              # the connection to the jumphost is lost
+    while ssh_processes(jumphost):
+        time.sleep(0.05)
+    (tmp_path / "report.go").touch()
+    out, err = held.communicate(timeout=120)
+    assert held.returncode == 1                   # the command's next request failed
+    assert "rackboot attach: the forward to rack rack-a went down" in err and "Exit and attach again" in err
     assert_nothing_left(operator, jumphost, port)
 
 
