@@ -342,3 +342,15 @@ def test_a_namespace_back_in_the_profile_while_terminating_is_made_afresh(api, t
     made = get(api, "Namespace", ns)
     assert made.status.phase == "Active" and not made.metadata.deletionTimestamp
     assert get(api, "ConfigMap", "settings", ns).data.to_dict() == {"a": "1"}
+
+
+def test_the_profile_takes_over_fields_another_manager_set(api, tmp_path):
+    """Forced: the profile is the truth. A field someone else applied is the
+    profile's again after apply; what only they set stays theirs."""
+    code, _, body = api.apply("/api/v1/namespaces/default/configmaps/taken-over",
+                              configmap("taken-over", "default", a="by hand", b="theirs"), manager="kubectl")
+    assert code == 201, body
+    apply.apply(api.kubeconfig, profile(tmp_path, "forced-rack", configmap("taken-over", "default", a="profile")),
+                timeout=30)
+    found = get(api, "ConfigMap", "taken-over", "default")
+    assert found.data.to_dict() == {"a": "profile", "b": "theirs"}
