@@ -419,3 +419,43 @@ def test_no_jumphost_listening_is_named_by_the_systems_reason():
     with pytest.raises(RackbootError) as failed:
         join.fetch(rack, timeout=0, sleep=lambda s: None)
     assert str(failed.value).endswith("within 0 s; last: [Errno 111] Connection refused")
+
+
+def raw_get(rack, path: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", rack.netboot.join_port), timeout=5) as sock:
+        sock.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        return read_all(sock)
+
+
+def test_answers_are_plain_text_never_cached_and_logged_without_the_token(service, capfd):
+    rack, token_file = service("127.0.0.0/8")
+    head, _, body = raw_get(rack, join.PATH).partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0] == b"HTTP/1.0 503 Service Unavailable"
+    assert body == b"the jumphost has no agent token yet (its token step has not run)\n"
+    token_file.write_bytes(b"agent-token-value\n")
+    head, _, body = raw_get(rack, join.PATH).partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.0 200 OK" and body == b"agent-token-value\n"
+    headers = dict(line.split(b": ", 1) for line in lines[1:])
+    assert headers[b"Server"].startswith(b"rackboot-join ")
+    assert (headers[b"Content-Type"], headers[b"Content-Length"], headers[b"Cache-Control"]) == \
+        (b"text/plain", b"18", b"no-store")
+    head, _, body = raw_get(rack, "/v1/other").partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0] == b"HTTP/1.0 404 Not Found" and body == b"not found\n"
+    log = service_log(capfd, "/v1/other")
+    assert '127.0.0.1 "GET /v1/agent-token HTTP/1.0" 200 -\n' in log
+    assert "agent-token-value" not in log
+
+
+def test_a_request_read_at_its_deadline_is_cut(monkeypatch):
+    """_DeadlineReader: no time left (to the instant) is no more reading."""
+    left, right = socket.socketpair()
+    try:
+        monkeypatch.setattr(join, "time", types.SimpleNamespace(monotonic=lambda: 100.0))
+        reader = join._DeadlineReader(left, 100.0)
+        with pytest.raises(TimeoutError) as caught:
+            reader.readinto(bytearray(10))
+        assert str(caught.value) == "no whole request within 5 s"
+    finally:
+        left.close()
+        right.close()
