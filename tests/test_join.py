@@ -229,6 +229,8 @@ def test_idle_connections_inside_are_bounded_and_cut(loaded, capfd):
     try:
         time.sleep(0.5)
         assert handler_threads() == join.MAX_CONNECTIONS       # no more threads than that
+        # Daemon threads: a connection never keeps the service from stopping.
+        assert all(t.daemon for t in threading.enumerate() if "process_request" in t.name)
         busy = [read_all(sock, 1) for sock in idle[join.MAX_CONNECTIONS:]]
         assert all(answer.startswith(b"HTTP/1.0 503 Service Unavailable") for answer in busy), busy
         # The README's number: at most 32 at once.
