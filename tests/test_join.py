@@ -461,3 +461,27 @@ def test_a_request_read_at_its_deadline_is_cut(monkeypatch):
     finally:
         left.close()
         right.close()
+
+
+def test_refusals_are_logged_once_then_counted_every_ten_seconds(monkeypatch, capsys):
+    """The refusal log of verify_request: the first refusal is a line; then
+    one line per REFUSAL_LOG_SECONDS (10) at most, with the count so far."""
+    now = [5.0]
+    monkeypatch.setattr(join, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    handler = type("Handler", (join._Handler,), {"token_file": Path("/nonexistent")})
+    server = join._Server(("127.0.0.1", 0), handler, ipaddress.IPv4Network("127.0.0.0/8"))
+    try:
+        def refuse(at: float) -> str:
+            now[0] = at
+            ours, theirs = socket.socketpair()
+            with ours, theirs:
+                assert server.verify_request(ours, ("10.9.8.7", 4242)) is False
+                assert theirs.recv(4096).startswith(b"HTTP/1.0 403 Forbidden\r\n")
+            return capsys.readouterr().err
+        assert refuse(5.0) == "10.9.8.7 refused: not in the rack's subnet 127.0.0.0/8\n"
+        assert refuse(9.0) == ""
+        assert refuse(14.9) == ""
+        assert refuse(15.0) == "10.9.8.7 refused: not in the rack's subnet 127.0.0.0/8 (4 refused in all)\n"
+        assert refuse(16.0) == ""
+    finally:
+        server.server_close()
