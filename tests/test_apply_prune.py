@@ -124,10 +124,13 @@ def test_kinds_of_an_earlier_run_are_pruned_though_no_document_has_them_now(api,
     assert result["pruned"] == ["ConfigMap default/old-kind"]
     assert result["inventory"] == [["v1", "ConfigMap"], ["v1", "Namespace"]]
     assert gone_or_going(api, "ConfigMap", "old-kind", "default")
-    # A kind the cluster no longer serves (its CRD gone) is skipped, not an error.
+    # A kind the cluster no longer serves (its CRD gone) is skipped, not an
+    # error, and the kinds after it are pruned still.
+    apply.apply(api.kubeconfig, profile(tmp_path, rack, configmap("later-kind", "default"), name="later.yaml"),
+                timeout=30)
     result = apply.apply(api.kubeconfig, only_namespace, timeout=30,
                          previous_inventory=[["example.com/v1", "Gone"], ["v1", "ConfigMap"]])
-    assert result["pruned"] == []
+    assert result["pruned"] == ["ConfigMap default/later-kind"]
     assert result["inventory"] == [["example.com/v1", "Gone"], ["v1", "ConfigMap"], ["v1", "Namespace"]]
 
 
