@@ -328,10 +328,9 @@ def test_fetch_retries_every_five_seconds_and_says_what_it_last_got(monkeypatch,
                                  "status; systemctl status rackboot-join")
 
 
-def test_an_empty_answer_is_waited_past(tmp_path, monkeypatch):
-    rack = profile("127.0.0.0/8", 8677)
-    answers = [b"\n", b"agent-token\n"]
-
+def answering(monkeypatch, answer):
+    """urlopen answering every request with answer(url): bytes, or raising it;
+    returns the (url, timeout) of each request."""
     class Answer:
         def __init__(self, body):
             self.body = body
@@ -344,12 +343,17 @@ def test_an_empty_answer_is_waited_past(tmp_path, monkeypatch):
 
         def read(self):
             return self.body
-
     opened = []
     monkeypatch.setattr(join.urllib.request, "urlopen",
-                        lambda url, timeout: opened.append((url, timeout)) or Answer(answers.pop(0)))
+                        lambda url, timeout: opened.append((url, timeout)) or Answer(answer(url)))
+    return opened
+
+
+def test_an_empty_answer_is_waited_past(monkeypatch):
+    answers = [b"\n", b"agent-token\n"]
+    opened = answering(monkeypatch, lambda url: answers.pop(0))
     waits = []
-    assert join.fetch(rack, timeout=60, sleep=waits.append) == b"agent-token"
+    assert join.fetch(profile("127.0.0.0/8", 8677), timeout=60, sleep=waits.append) == b"agent-token"
     assert waits == [5]
     assert opened == [("http://127.0.0.1:8677/v1/agent-token", 10)] * 2
 
@@ -364,34 +368,23 @@ def test_a_refused_pi_is_told_its_address_and_the_racks_subnet(service):
     assert caught.value.hint == "the Pi's address must be in the rack's subnet 10.77.0.0/24"
 
 
-@pytest.mark.parametrize("environment, seconds", [({}, 1800.0), ({"RACKBOOT_JOIN_TIMEOUT": "7.5"}, 7.5)])
-def test_how_long_a_pi_waits_for_its_jumphost_is_set_by_the_environment(environment, seconds):
+def defaults_under(environment: dict, module: str, constant: str, function: str) -> list[str]:
+    """module.constant and function's timeout default, as a fresh agent
+    process with environment (and none of the variables it names) sees them."""
     import os
     import subprocess
     import sys
-    env = {k: v for k, v in os.environ.items() if k != "RACKBOOT_JOIN_TIMEOUT"} | environment
-    shown = subprocess.run([sys.executable, "-c", "from firstboot import join; import inspect; "
-                            "print(join.FETCH_TIMEOUT, inspect.signature(join.fetch).parameters['timeout'].default)"],
-                           cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True,
-                           check=True)
-    assert shown.stdout.split() == [str(seconds), str(seconds)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RACKBOOT_")} | environment
+    code = (f"from firstboot import {module} as m; import inspect; "
+            f"print(m.{constant}, inspect.signature(m.{function}).parameters['timeout'].default)")
+    shown = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent, env=env,
+                           capture_output=True, text=True, check=True)
+    return shown.stdout.split()
 
 
-def answering(monkeypatch, answer):
-    """urlopen answering every request with answer(url): bytes, or raising it."""
-    class Answer:
-        def __init__(self, body):
-            self.body = body
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def read(self):
-            return self.body
-    monkeypatch.setattr(join.urllib.request, "urlopen", lambda url, timeout: Answer(answer(url)))
+@pytest.mark.parametrize("environment, seconds", [({}, "1800.0"), ({"RACKBOOT_JOIN_TIMEOUT": "7.5"}, "7.5")])
+def test_how_long_a_pi_waits_for_its_jumphost_is_set_by_the_environment(environment, seconds):
+    assert defaults_under(environment, "join", "FETCH_TIMEOUT", "fetch") == [seconds, seconds]
 
 
 def test_a_jumphost_that_only_answers_empty_is_named_so(monkeypatch):
