@@ -38,8 +38,15 @@ def write_private(path: Path, text: str, mode: int = 0o600) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as out:
         out.write(text)
+        out.flush()
+        os.fsync(out.fileno())      # durable before it replaces the old, as k3s's datastore (sqlite) is
     os.chmod(tmp, mode)
     os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)         # and the rename with it: a power cut keeps one or the other
+    finally:
+        os.close(directory)
 
 
 def matches(labels: dict, selector: str) -> bool:
