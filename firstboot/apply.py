@@ -186,9 +186,9 @@ def apply(kubeconfig: Path, profile, previous_inventory=(), timeout: float = TIM
 
     documents = load_documents(profile.manifests)
     documents += secret_documents(profile)
-    dyn = _client(kubeconfig)
     applied = []
     try:
+        dyn = _client(kubeconfig)     # which reads the API's version and kinds: it may not answer
         placement = label_jumphost(dyn, profile.jumphost.hostname)
         for document in documents:
             applied.append(_apply_document(dyn, document, profile.rack, timeout))

@@ -196,15 +196,28 @@ BACKENDS: dict[str, Callable[[SecretRef], bytes]] = {
 }
 
 
-def unwrap_kubernetes_secret(value: bytes, ref: SecretRef) -> bytes:
-    """The original team stored values as a Kubernetes Secret YAML; take .data[key]."""
+def _secret_yaml(value: bytes) -> bytes:
+    """The Kubernetes Secret YAML in a stored value. The original team's
+    scripts store it base64-encoded (`kubectl create secret ... -o yaml |
+    base64 --wrap=0 | berglas update`, read back with `berglas access |
+    base64 --decode`); a plain YAML Secret is taken as it is. The two cannot
+    be confused: a YAML mapping has a ':', which base64's alphabet lacks."""
     try:
-        document = yaml.safe_load(value)
+        return base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return value
+
+
+def unwrap_kubernetes_secret(value: bytes, ref: SecretRef) -> bytes:
+    """The original team stored values as a Kubernetes Secret YAML (base64-
+    encoded, see _secret_yaml); take its base64 .data[key], decoded."""
+    try:
+        document = yaml.safe_load(_secret_yaml(value))
         encoded = document["data"][ref.key]
         return base64.b64decode(encoded, validate=True)
     except (yaml.YAMLError, TypeError, KeyError, binascii.Error, ValueError):
-        raise SecretError(f"{ref}: the stored value is not a Kubernetes Secret YAML with a "
-                          f"base64 .data.{ref.key}") from None
+        raise SecretError(f"{ref}: the stored value is not a Kubernetes Secret YAML with a base64 "
+                          f".data.{ref.key} (plain, or base64-encoded as the team's scripts store it)") from None
 
 
 def access(ref: SecretRef, delays=RETRY_DELAYS, sleep=time.sleep) -> bytes:

@@ -25,6 +25,8 @@ from firstboot.errors import RackbootError
 from firstboot.layout import MACHINE
 from image import hostenv, k3s_fetch, output, rootfs
 
+REPO_PROFILES = hostenv.REPO / "rack-profiles"
+
 
 @dataclass(frozen=True)
 class Option:
@@ -42,6 +44,9 @@ class Verb:
     needs_root: str | None = None   # why it needs root, if it does
     needs_tools: bool = False       # the host's build and boot tools (image/hostenv.py)
     takes_versions: bool = False    # arguments may be k3s versions as well as profiles
+    takes_profiles: bool = True     # PROFILE...; if not, its options declare its positional arguments
+    takes_command: bool = False     # everything after the first `--` is args.command, untouched
+    output_file: bool = False       # -o names a file (- for standard output), not a directory
     options: tuple[Option, ...] = ()
 
     @property
@@ -112,6 +117,14 @@ BOOT = (
                                      help="run headless until the agent reports, print the report, and stop")),
     Option(("--timeout",), dict(type=_seconds, default=900, help="seconds to wait with --until-report")),
 )
+ATTACH = (
+    Option(("rack",), dict(metavar="RACK", help="the rack's name (its profile's rack:); after it, -- CMD...")),
+    Option(("--profiles",), dict(type=Path, default=REPO_PROFILES, metavar="PROFILE|DIR",
+                                 help="where the rack's profile is (default: %(default)s)")),
+    Option(("--ssh-config",), dict(type=Path, metavar="FILE",
+                                   help="ssh's configuration file (ssh -F) instead of ~/.ssh/config, e.g. a "
+                                        "team's file with the jumphosts' Host entries")),
+)
 DESCRIPTION = "rackboot: build the images of racks of lab machines from their profiles."
 ROOT_FOR_ROOTFS = "mmdebstrap in root mode, unpacking the root filesystem with its owners"
 
@@ -142,6 +155,14 @@ VERBS = (
          needs_tools=True, options=(*ROOTFS, COMPRESS, K3S_BUNDLE)),
     Verb("boot", "boot DIR/jumphost.img in QEMU (UEFI, TCG) as a jumphost of this rack, with its seed; "
                  "changes are discarded", needs_tools=True, options=(*SEED, *BOOT)),
+    Verb("clusters", "write the racks' clusters.json, the original team's cluster list: {\"clusters\": {RACK: "
+                     "{\"type\": \"k3s\", \"context_name\": RACK, \"jumphost\": jumphost.ssh_host, \"port\": "
+                     "\"k3s.attach_port\"}}}", output_file=True),
+    Verb("attach", "give this shell, or CMD, the rack's cluster: fetch k3s's kubeconfig from the jumphost over "
+                   "ssh (as its admin user) into a KUBECONFIG of its own, forward 127.0.0.1:k3s.attach_port to "
+                   "the rack's API, run CMD or $SHELL, then take the forward down and remove the kubeconfig; "
+                   "exits with CMD's status", needs_output=False, takes_profiles=False, takes_command=True,
+         options=ATTACH),
 )
 
 
@@ -156,12 +177,16 @@ def parser() -> argparse.ArgumentParser:
         if verb.takes_versions:
             sub.add_argument("profiles", nargs="+", metavar="VERSION|PROFILE",
                              help="a k3s release tag, or a rack profile (or directory) naming one")
-        else:
+        elif verb.takes_profiles:
             sub.add_argument("profiles", nargs="+", metavar="PROFILE",
                              help="rack profile (YAML) or a directory of them")
-        sub.add_argument("-o", "--output", type=Path, required=verb.needs_output, metavar="DIR",
-                         help="output directory" + (" (required): new, empty, or one rackboot made (it "
-                                                    f"holds {output.MARKER})" if verb.needs_output else ""))
+        if verb.output_file:
+            sub.add_argument("-o", "--output", type=Path, required=True, metavar="FILE",
+                             help="output file (required), replaced whole; - for standard output")
+        elif verb.takes_profiles:
+            sub.add_argument("-o", "--output", type=Path, required=verb.needs_output, metavar="DIR",
+                             help="output directory" + (" (required): new, empty, or one rackboot made (it "
+                                                        f"holds {output.MARKER})" if verb.needs_output else ""))
         sub.add_argument("-v", "--verbose", action="store_true", help="log every command run")
         sub.add_argument("--debug", action="store_true", help="show tracebacks")
         for option in verb.options:
@@ -186,8 +211,20 @@ def _perform(args) -> int:
     return getattr(verbs, f"run_{verb.function_suffix}")(args, ready)
 
 
+def _split_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    """A verb that runs a command takes everything after the first `--` as
+    it is (argparse would drop later `--`s: kubectl exec POD -- sh needs them)."""
+    commanded = {verb.name for verb in VERBS if verb.takes_command}
+    if argv[:1] and argv[0] in commanded and "--" in argv:
+        cut = argv.index("--")
+        return argv[:cut], argv[cut + 1:]
+    return argv, []
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv, command = _split_command(sys.argv[1:] if argv is None else list(argv))
     args = parser().parse_args(argv)
+    args.command = command
     # On a fresh machine the first run installs the virtualenv and re-executes
     # itself inside it (after parsing: --help and bad options need none of it).
     hostenv.ensure_venv()

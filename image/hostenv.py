@@ -45,7 +45,12 @@ TOOL_PACKAGES = (
     "iproute2",            # network namespaces and veth links for dnsmasq's DHCP/TFTP tests
     "nfs-kernel-server",   # exportfs checks and loads a pretend jumphost's rendered exports
 )
-HOST_PACKAGES = PYTHON_PACKAGES + TOOL_PACKAGES
+# Only tests/run installs these (never build.py): the operator commands'
+# tests run a real sshd, with sudo, in a network namespace in front of a
+# pretend jumphost. Debian's openssh-server also enables and starts the
+# host's own ssh.service, which a workstation running build.py should not get.
+TEST_PACKAGES = ("openssh-server", "sudo")
+HOST_PACKAGES = PYTHON_PACKAGES + TOOL_PACKAGES + TEST_PACKAGES
 # Set to 1 to skip the set-up (a machine provisioned otherwise).
 NO_BOOTSTRAP_ENV = "RACKBOOT_NO_BOOTSTRAP"
 # Set across the re-execution into the venv: the set-up is finished there

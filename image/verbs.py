@@ -17,8 +17,8 @@ from pathlib import Path
 
 from firstboot.errors import BadInput
 from firstboot.profile import RackProfile, load_profiles
-from image import (agent_env, jumphost, k3s_bundle, k3s_fetch, k3s_pins, netboot, output, payload, progress, qemu,
-                   render, sdcard, seed)
+from image import (agent_env, attach, clusters, jumphost, k3s_bundle, k3s_fetch, k3s_pins, netboot, output, payload,
+                   progress, qemu, render, sdcard, seed)
 from image.output import Kind, Output
 
 log = logging.getLogger("rackboot")
@@ -246,3 +246,28 @@ def run_boot(args, ready: Ready) -> int:
     report = qemu.boot_until_report(argv + ["-snapshot"], files, args.timeout)
     print(json.dumps(report, indent=2, sort_keys=True))
     return 0 if not report.get("failed_units") and all(v == "done" for v in report["steps"].values()) else 1
+
+
+# ------------------------------------------------------------------ clusters, attach
+
+
+def preflight_clusters(args) -> Ready:
+    profiles = load_profiles(args.profiles)
+    clusters.require_attach_ports(profiles)
+    clusters.check_destination(args.output)
+    return Ready(profiles)
+
+
+def run_clusters(args, ready: Ready) -> int:
+    clusters.write(args.output, ready.profiles)
+    return 0
+
+
+def preflight_attach(args) -> Ready:
+    attach.check_ssh_config(args.ssh_config)
+    return Ready([attach.find_rack(args.profiles, args.rack)])
+
+
+def run_attach(args, ready: Ready) -> int:
+    [profile] = ready.profiles
+    return attach.attach(profile, args.command, ssh_config=args.ssh_config)

@@ -133,3 +133,74 @@ def test_a_create_in_a_terminating_namespace_is_not_called_bad_input():
 def test_other_refusals_are_bad_input():
     error = apply._api_error("doc", api_exception(403, {"message": "forbidden", "reason": "Forbidden"}))
     assert type(error) is BadInput
+
+
+def test_a_document_names_its_file_position_and_object():
+    namespaced = apply.Document("kube/a.yaml", 3, {"apiVersion": "v1", "kind": "ConfigMap",
+                                                   "metadata": {"name": "c", "namespace": "ns"}})
+    cluster = apply.Document("kube/a.yaml", 4, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns"}})
+    assert str(namespaced) == "kube/a.yaml: document 3 (ConfigMap ns/c)"
+    assert str(cluster) == "kube/a.yaml: document 4 (Namespace ns)"
+    assert cluster.key == ("v1", "Namespace", "", "ns")
+    import dataclasses
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cluster.index = 5
+
+
+@pytest.mark.parametrize("environment, seconds", [({}, 300.0), ({"RACKBOOT_APPLY_TIMEOUT": "12.5"}, 12.5)])
+def test_how_long_apply_waits_is_set_by_the_environment(environment, seconds):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    env = {k: v for k, v in os.environ.items() if k != "RACKBOOT_APPLY_TIMEOUT"} | environment
+    shown = subprocess.run([sys.executable, "-c", "from firstboot import apply; import inspect; "
+                            "print(apply.TIMEOUT, inspect.signature(apply.apply).parameters['timeout'].default)"],
+                           cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True,
+                           check=True)
+    assert shown.stdout.split() == [str(seconds), str(seconds)]
+
+
+GOOD = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: ns}\n"
+
+
+def test_documents_keep_their_positions_past_empty_ones(tmp_path):
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text(f"---\n{GOOD}---\n---\n{GOOD.replace('name: c', 'name: d')}")
+    second.write_text(GOOD.replace("name: c", "name: e"))
+    documents = apply.load_documents((first, second))
+    assert [str(d) for d in documents] == [f"{first}: document 1 (ConfigMap ns/c)",
+                                           f"{first}: document 3 (ConfigMap ns/d)",
+                                           f"{second}: document 1 (ConfigMap ns/e)"]
+
+
+@pytest.mark.parametrize("document, problem", [
+    ("- a list\n", "is not a mapping"),
+    ("just text\n", "is not a mapping"),
+    ("kind: ConfigMap\nmetadata: {name: c}\n", "has no apiVersion or kind"),
+    ("apiVersion: v1\nmetadata: {name: c}\n", "has no apiVersion or kind"),
+    ("apiVersion: 1\nkind: ConfigMap\nmetadata: {name: c}\n", "has no apiVersion or kind"),
+    ("apiVersion: v1\nkind: ''\nmetadata: {name: c}\n", "has no apiVersion or kind"),
+    ("apiVersion: v1\nkind: ConfigMap\n", "has no metadata.name"),
+    ("apiVersion: v1\nkind: ConfigMap\nmetadata: [c]\n", "has no metadata.name"),
+    ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: 5}\n", "has no metadata.name"),
+])
+def test_a_document_that_is_not_one_kubernetes_object_is_bad_input(tmp_path, document, problem):
+    manifest = tmp_path / "kube.yaml"
+    manifest.write_text(f"{GOOD}---\n{document}")
+    with pytest.raises(BadInput) as caught:
+        apply.load_documents((manifest,))
+    assert str(caught.value) == f"{manifest}: document 2 {problem}; each document must be one Kubernetes object"
+    assert caught.value.hint == "fix the manifest and rebuild the image"
+
+
+def test_a_manifest_that_is_not_yaml_or_not_there_is_bad_input(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("a: [1, 2\n")
+    with pytest.raises(BadInput) as caught:
+        apply.load_documents((broken,))
+    assert str(caught.value).startswith(f"{broken}: not valid YAML: while parsing a flow sequence")
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(BadInput) as caught:
+        apply.load_documents((missing,))
+    assert str(caught.value) == f"{missing}: No such file or directory"

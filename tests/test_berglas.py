@@ -126,11 +126,14 @@ def test_unreachable_storage_is_transient(monkeypatch):
 
 
 def test_kubernetes_secret_yaml_in_berglas(cloud):
-    """The original team's way: a Kubernetes Secret YAML stored in berglas."""
+    """The original team's way: a Kubernetes Secret YAML stored in berglas,
+    base64-encoded (`base64 --wrap=0 | berglas update`); a plain one too."""
     bucket, _ = cloud
-    berglas_create(bucket, "etc/alert-to-pubsub",
-                   b"apiVersion: v1\nkind: Secret\ndata:\n  key.json: " + base64.b64encode(b'{"k": 1}') + b"\n")
+    secret_yaml = b"apiVersion: v1\nkind: Secret\ndata:\n  key.json: " + base64.b64encode(b'{"k": 1}') + b"\n"
     ref = secretref.parse(f"berglas://{BUCKET}/etc/alert-to-pubsub", key="key.json")
+    berglas_create(bucket, "etc/alert-to-pubsub", base64.b64encode(secret_yaml))
+    assert secrets.access(ref) == b'{"k": 1}'
+    berglas_create(bucket, "etc/alert-to-pubsub", secret_yaml)
     assert secrets.access(ref) == b'{"k": 1}'
 
 

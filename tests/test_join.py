@@ -3,6 +3,7 @@ answers only its rack's subnet, says 503 until the jumphost has the agent
 token, never logs the token; a Pi's fetch waits for it and fails clearly."""
 
 import http.client
+import io
 import ipaddress
 import socket
 import struct
@@ -11,6 +12,7 @@ import time
 import types
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -288,3 +290,83 @@ def test_a_client_that_hangs_up_leaves_one_line_and_no_traceback(loaded, capfd):
     assert f"{INSIDE} connection ended: ConnectionResetError" in log
     assert "Traceback" not in log
     assert fetch_from(INSIDE, loaded) == (200, LOADED_TOKEN + b"\n")
+
+
+# --- pinned derivation, retry rhythm, and what a Pi's errors say -------------------
+
+def test_the_agent_token_is_as_it_always_was():
+    """Pinned: a jumphost upgraded to an agent that derived it otherwise would
+    hand its Pis a token its running k3s does not know until it restarts."""
+    assert join.agent_token(RACK_TOKEN, "loop") == (
+        b"rackboot-agent-58e6184b5e06e3b2631df8d05bd0c2492426b4b0d721b66f073bbfaf2f7a7d39")
+
+
+def test_fetch_retries_every_five_seconds_and_says_what_it_last_got(monkeypatch):
+    """The jumphost answers 503 until its token step has run: the Pi waits
+    RETRY_SECONDS between tries and, at its deadline, names the last answer."""
+    rack = profile("127.0.0.0/8", 8677)
+    body = b"the jumphost has no agent token yet (its token step has not run)\n"
+
+    def unavailable(url, timeout):
+        raise urllib.error.HTTPError(url, 503, "Service Unavailable", {}, io.BytesIO(body))
+    monkeypatch.setattr(join.urllib.request, "urlopen", unavailable)
+    clock = iter(range(0, 10_000, 4))             # each try takes 4 seconds
+    monkeypatch.setattr(join, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
+    waits = []
+    with pytest.raises(RackbootError) as failed:
+        join.fetch(rack, timeout=10, sleep=waits.append)
+    assert waits == [5, 5]
+    assert str(failed.value) == ("no agent token from the jumphost at http://127.0.0.1:8677/v1/agent-token "
+                                 "within 10 s; last: HTTP 503 (the jumphost has no agent token yet (its token "
+                                 "step has not run))")
+    assert failed.value.hint == ("is the jumphost up, with its token step done? On it: python3 -m firstboot "
+                                 "status; systemctl status rackboot-join")
+
+
+def test_an_empty_answer_is_waited_past(tmp_path, monkeypatch):
+    rack = profile("127.0.0.0/8", 8677)
+    answers = [b"\n", b"agent-token\n"]
+
+    class Answer:
+        def __init__(self, body):
+            self.body = body
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self):
+            return self.body
+
+    opened = []
+    monkeypatch.setattr(join.urllib.request, "urlopen",
+                        lambda url, timeout: opened.append((url, timeout)) or Answer(answers.pop(0)))
+    waits = []
+    assert join.fetch(rack, timeout=60, sleep=waits.append) == b"agent-token"
+    assert waits == [5]
+    assert opened == [("http://127.0.0.1:8677/v1/agent-token", 10)] * 2
+
+
+def test_a_refused_pi_is_told_its_address_and_the_racks_subnet(service):
+    rack, token_file = service("10.77.0.0/24")
+    with pytest.raises(RackbootError) as caught:
+        join.fetch(rack, timeout=5)
+    assert str(caught.value) == (f"the jumphost's join service (http://127.0.0.1:{rack.netboot.join_port}"
+                                 "/v1/agent-token) refused this Pi: 127.0.0.1 is not in the rack's subnet "
+                                 "10.77.0.0/24")
+    assert caught.value.hint == "the Pi's address must be in the rack's subnet 10.77.0.0/24"
+
+
+@pytest.mark.parametrize("environment, seconds", [({}, 1800.0), ({"RACKBOOT_JOIN_TIMEOUT": "7.5"}, 7.5)])
+def test_how_long_a_pi_waits_for_its_jumphost_is_set_by_the_environment(environment, seconds):
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "RACKBOOT_JOIN_TIMEOUT"} | environment
+    shown = subprocess.run([sys.executable, "-c", "from firstboot import join; import inspect; "
+                            "print(join.FETCH_TIMEOUT, inspect.signature(join.fetch).parameters['timeout'].default)"],
+                           cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True,
+                           check=True)
+    assert shown.stdout.split() == [str(seconds), str(seconds)]

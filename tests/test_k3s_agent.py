@@ -202,6 +202,12 @@ def test_removed_objects_are_pruned_and_others_left_alone(rack):
     configmaps = dyn.resources.get(api_version="v1", kind="ConfigMap")
     dyn.create(configmaps, namespace="rack-apps",
                body={"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "made-by-hand"}, "data": {}})
+    # rackboot's labels, but another rack's (a jumphost disk moved between racks):
+    # this rack's agent does not own it, so it must not prune it.
+    dyn.create(configmaps, namespace="rack-apps", body={
+        "apiVersion": "v1", "kind": "ConfigMap", "data": {},
+        "metadata": {"name": "another-racks", "labels": {"app.kubernetes.io/managed-by": "rackboot",
+                                                         "rackboot.dev/rack": "skolo-rack9"}}})
     hello = rack.profiles / "kube/example/10-hello.yaml"
     hello.write_text(hello.read_text().split("---")[0])     # the Service is gone from the profile
     done = rack.agent()
@@ -210,6 +216,7 @@ def test_removed_objects_are_pruned_and_others_left_alone(rack):
     services = dyn.resources.get(api_version="v1", kind="Service")
     assert [s.metadata.name for s in dyn.get(services, namespace="rack-apps").items] == []
     assert dyn.get(configmaps, name="made-by-hand", namespace="rack-apps").metadata.name == "made-by-hand"
+    assert dyn.get(configmaps, name="another-racks", namespace="rack-apps").metadata.name == "another-racks"
 
 
 def test_secrets_come_from_their_references_and_never_touch_disk(rack):
@@ -258,3 +265,49 @@ def test_document_the_api_refuses_is_reported(rack):
     error = rack.status()["steps"]["apply"]["error"]
     assert error.startswith(f"{bad}: document 1 (ConfigMap no-such-ns/orphan): the API refused it (404)")
     assert 'namespaces "no-such-ns" not found' in error
+
+
+@pytest.mark.skipif(bool(k3s_standin_bundle.real_bundle()),
+                    reason="holds the node's kubelet back (K3S_STANDIN_KUBELET_DELAY), which only the stand-in can")
+def test_ready_waits_for_the_node_and_times_out_naming_it(rack):
+    """The ready step waits for the jumphost's node to be Ready, which it is
+    only once its kubelet posts its status: one that never does fails the
+    step, naming the node and its condition; one that is late is waited for."""
+    m = rack.machine
+    m.set_service_environment(K3S_STANDIN_KUBELET_DELAY="never")
+    done = rack.agent(RACKBOOT_READY_TIMEOUT=3)
+    assert done.returncode == 1
+    status = rack.status()
+    assert status["failed"] == "ready"
+    assert status["steps"]["ready"]["error"] == "k3s is not ready after 3 s: node jumphost-example is not Ready (False)"
+    assert status["steps"]["ready"]["hint"].startswith("journalctl -u k3s says why")
+    assert status["steps"]["report"]["result"]["errors"] == {"ready": status["steps"]["ready"]["error"]}
+    m.set_service_environment(K3S_STANDIN_KUBELET_DELAY=3)
+    assert m.run(["systemctl", "restart", "k3s.service"]).returncode == 0
+    done = rack.agent()
+    assert done.returncode == 0, done.stderr + rack.status_text()
+    assert rack.get("v1", "Node", "jumphost-example").status.conditions[0].status == "True"
+
+
+def test_what_operators_add_by_hand_survives_and_rackboots_fields_come_back(rack):
+    """The agent force-applies (server-side apply) only the fields its rack's
+    YAML sets: a label, an annotation or a data key an operator adds with
+    kubectl (another field manager) stays through the agent's next run, while
+    a field the YAML sets, changed by hand, is set back (README, "What the
+    agent owns")."""
+    assert rack.agent().returncode == 0
+    dyn = rack.kube()
+    configmaps = dyn.resources.get(api_version="v1", kind="ConfigMap")
+    dyn.patch(configmaps, name="rack-info", namespace="rack-apps", field_manager="kubectl-edit",
+              content_type="application/merge-patch+json",
+              body={"metadata": {"labels": {"team": "infra"}, "annotations": {"note": "by hand"}},
+                    "data": {"owner": "someone", "extra": "kept"}})
+    done = rack.agent()
+    assert done.returncode == 0, done.stderr + rack.status_text()
+    info = dyn.get(configmaps, name="rack-info", namespace="rack-apps")
+    assert info.metadata.labels["team"] == "infra"
+    assert info.metadata.annotations["note"] == "by hand"
+    assert info.data["extra"] == "kept"
+    assert info.data["owner"] == "rackboot"          # the rack's YAML says so
+    managers = {entry.manager for entry in info.metadata.managedFields}
+    assert managers == {"rackboot", "kubectl-edit"}

@@ -7,7 +7,6 @@ the same name join again as the same node, where k3s's own random node
 password would be rejected; the test shows that rejection too."""
 
 import base64
-import fcntl
 import json
 import os
 import shutil
@@ -115,10 +114,12 @@ def test_k3s_random_node_password_would_be_rejected(rack):
     """The control: what a replaced Pi meets without rackboot's derived password."""
     join(rack, rack.add_pi("pi1", "0b0b0b01"))
     stranger = rack.add_pi("stranger", "0b0b0b01")
-    # k3s's own behaviour: no password file, so it makes a random one.
+    # k3s's own behaviour: no password file, so it makes a random one. It holds
+    # the token every Pi holds (the server token would not get it this far, see
+    # tests/test_k3s_tokens.py).
     config = stranger.path("/etc/rancher/k3s")
     config.mkdir(parents=True)
-    (config / "token").write_bytes(TOKEN + b"\n")
+    (config / "token").write_bytes(join_module.agent_token(TOKEN, "loop") + b"\n")
     (config / "config.yaml").write_text(f"server: {api(rack)}\ntoken-file: /etc/rancher/k3s/token\n"
                                         "node-name: loop-pi-01\n")
     bundle = next(stranger.path("/usr/lib/rackboot/k3s").iterdir())
@@ -137,10 +138,21 @@ def test_k3s_random_node_password_would_be_rejected(rack):
 
 
 def _stderr_so_far(process) -> str:
+    """What process wrote to its stderr so far, without waiting for more
+    (read from the descriptor: a text stream's read of a non-blocking pipe
+    may fail when nothing is there)."""
     fd = process.stderr.fileno()
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
-    chunk = process.stderr.read() or ""
-    process.captured = getattr(process, "captured", "") + chunk
+    os.set_blocking(fd, False)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    process.captured = getattr(process, "captured", "") + b"".join(chunks).decode(errors="replace")
     return process.captured
 
 
@@ -345,3 +357,56 @@ def test_a_pi_of_one_rack_is_refused_by_another(rack, tmp_path):
         assert refused.value.code == 401
     finally:
         other.destroy()
+
+
+UNREACHABLE = "node.kubernetes.io/unreachable"
+
+
+def ready_condition(rack, name: str):
+    [ready] = [c for c in rack.get("v1", "Node", name).status.conditions if c.type == "Ready"]
+    return ready
+
+
+def eventually(check, within: float = 120) -> bool:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+def test_a_powered_off_pi_goes_not_ready_and_comes_back(rack):
+    """A node is Ready only while its kubelet posts its status: a Pi that
+    loses power goes NotReady (Ready Unknown, unreachable taints) after the
+    controller manager's grace period (40 s; the stand-in's
+    K3S_STANDIN_NODE_GRACE shortens it), and Ready again when it boots. The
+    jumphost's run meanwhile is unaffected: its ready step waits for its own
+    node, and nothing in apply or report depends on the Pis' nodes."""
+    m = rack.machine
+    m.set_service_environment(K3S_STANDIN_NODE_GRACE=6, K3S_STANDIN_NODE_STATUS_FREQUENCY=0.5)
+    assert m.run(["systemctl", "restart", "k3s.service"]).returncode == 0
+    pi = rack.add_pi("pi1", "0b0b0b01")
+    pi.set_service_environment(K3S_STANDIN_NODE_STATUS_FREQUENCY=0.5)
+    join(rack, pi)
+    assert eventually(lambda: ready_condition(rack, "loop-pi-01").status == "True")
+    pi.power_off()
+    assert eventually(lambda: ready_condition(rack, "loop-pi-01").status == "Unknown")
+    ready = ready_condition(rack, "loop-pi-01")
+    assert (ready.reason, ready.message) == ("NodeStatusUnknown", "Kubelet stopped posting node status.")
+    taints = rack.get("v1", "Node", "loop-pi-01").spec.taints
+    assert sorted((t.key, t.effect) for t in taints) == [(UNREACHABLE, "NoExecute"), (UNREACHABLE, "NoSchedule")]
+    assert ready_condition(rack, "jumphost-loop").status == "True"        # its own kubelet posts on
+    done = rack.agent()
+    assert done.returncode == 0, done.stderr + rack.status_text()
+    status = rack.status()
+    assert {name: step["outcome"] for name, step in status["steps"].items()} == {
+        "identify": "done", "serve": "done", "token": "done", "k3s": "done", "ready": "done", "apply": "done",
+        "report": "done"}
+    assert status["steps"]["report"]["result"]["errors"] == {}
+    assert ready_condition(rack, "loop-pi-01").status == "Unknown"
+    # Power is back: the Pi boots (a power cut forgot systemd's environment) and its agent runs.
+    pi.set_service_environment(K3S_STANDIN_NODE_STATUS_FREQUENCY=0.5)
+    join(rack, pi)
+    assert eventually(lambda: ready_condition(rack, "loop-pi-01").status == "True")
+    assert not rack.get("v1", "Node", "loop-pi-01").spec.taints

@@ -69,6 +69,8 @@ def add_rack(directory: Path, name: str, extra: str = "") -> Path:
     [example] = load_profiles([directory / "example.yaml"])
     text = text.replace(f"rack: {example.rack}", f"rack: {name}", 1)
     text = text.replace(example.jumphost.hostname, f"jh-{name}")
+    # An attach port is each rack's own (check refuses two racks with one); the copy needs none.
+    text = text.replace(f"\n  attach_port: {example.k3s.attach_port}", "\n  # no attach_port")
     for pi in example.pis:     # Pis are each in one rack
         text = text.replace(pi.name, f"{pi.name}-{name}").replace(pi.serial, pi.serial[::-1])
         text = text.replace(pi.mac, pi.mac.replace("dc:a6:32", "e4:5f:01"))

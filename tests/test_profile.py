@@ -20,7 +20,7 @@ def test_example_profiles_load_into_frozen_model():
     rack4 = racks["skolo-rack4"]
     assert rack4.jumphost.address == ipaddress.IPv4Address("192.168.1.8")
     assert rack4.netboot.dhcp is DhcpMode.FULL and rack4.netboot.boot_dir_by is BootDirBy.SERIAL
-    assert rack4.pis[4].model is PiModel.PI5
+    assert [pi.model for pi in rack4.pis] == [PiModel.PI4] * 4     # its Pi 5s wait (README, "Raspberry Pi 5")
     assert str(rack4.k3s.token) == "berglas://skia-secrets/etc/k3s-node-token"   # from defaults.yaml
     assert rack4.secrets[1].data[0][1].key == "key.json"
     assert [m.name for m in rack4.manifests][0] == "00-namespace.yaml"

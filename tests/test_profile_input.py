@@ -564,7 +564,7 @@ def test_every_schema_pattern_refuses_a_trailing_newline():
     samples = {"uplink": "eth0", "ssh_authorized_keys": KEY + " me", "version": "v1.31.4+k3s1",
                "serial": "00000001", "tftp_root": "/srv/a", "nfs_root": "/srv/b", "manifests": "kube",
                "type": "Opaque", "data": "k", "description": "d", "key": "k", "dnsLabel": "a", "dnsName": "a.b",
-               "dnsNameOrAddress": "a", "mac": "dc:a6:32:00:00:01", "srvPath": "/srv/a", "labels": "a"}
+               "dnsNameOrAddress": "a", "hostName": "Rack4.b", "mac": "dc:a6:32:00:00:01", "srvPath": "/srv/a", "labels": "a"}
     found = []
 
     def walk(node, name):

@@ -180,3 +180,19 @@ def test_payload_that_does_not_match_its_checksum_is_refused(sm, caplog):
                                        r"its checksum \(data_crc32c\)") as caught:
         secrets.access(secretref.parse(f"sm://{PROJECT}/k3s-token"), sleep=pytest.fail)
     assert TOKEN.decode() not in str(caught.value) + caught.value.hint + caplog.text
+
+
+def test_kubernetes_secret_yaml_stored_the_teams_way_is_decoded_first(tmp_path):
+    """The original team's scripts store `kubectl create secret -o yaml | base64
+    --wrap=0` and read it back with `berglas access | base64 --decode`: the
+    stored value is the Secret YAML, base64-encoded (with or without a final newline)."""
+    secret_yaml = (b"apiVersion: v1\nkind: Secret\nmetadata: {name: k3s}\ntype: Opaque\ndata:\n  token: "
+                   + base64.b64encode(TOKEN) + b"\n")
+    for stored in (base64.b64encode(secret_yaml), base64.b64encode(secret_yaml) + b"\n"):
+        (tmp_path / "stored").write_bytes(stored)
+        assert secrets.access(secretref.parse(f"file://{tmp_path}/stored", key="token")) == TOKEN
+    # base64 of something that is not a Secret YAML is refused, naming the reference only
+    (tmp_path / "stored").write_bytes(base64.b64encode(TOKEN))
+    with pytest.raises(secrets.SecretError, match=r"stored: the stored value is not a Kubernetes Secret YAML") as caught:
+        secrets.access(secretref.parse(f"file://{tmp_path}/stored", key="token"))
+    assert TOKEN.decode() not in str(caught.value)

@@ -113,3 +113,68 @@ def test_refuses_tokens_in_which_k3s_finds_no_password(tmp_path, value):
     with pytest.raises(RackbootError, match="k3s finds no password in it") as caught:
         install_token(REF, "test-rack", path, access=lambda ref: value)
     assert not path.exists() and value.decode() not in str(caught.value)
+
+
+@pytest.mark.parametrize("value, message, hint", [
+    (b"  \n", "sm://rackboot-test/k3s-token: the secret is empty", "store the k3s token there"),
+    (b"line1\nline2", "sm://rackboot-test/k3s-token: the secret has more than one line; a k3s token has one",
+     "store the token alone, or use {ref: ..., key: ...} for a Secret YAML"),
+    (b"K10" + b"ab" * 32 + b"::server:line1",
+     "sm://rackboot-test/k3s-token: the secret is a secure k3s token (K10<CA hash>::...), which pins one "
+     "server's CA; a replacement jumphost would have another",
+     "store the short form: the part after '::server:' of K10...::server:SECRET"),
+    (b"K10abc", "sm://rackboot-test/k3s-token: the secret is not a k3s server token: k3s finds no password in "
+     "it (it takes PASSWORD, or K10<CA hash>::USER:PASSWORD)", "store the rack's k3s token, the password alone"),
+])
+def test_each_refusal_names_the_reference_and_says_what_to_store(tmp_path, value, message, hint):
+    with pytest.raises(RackbootError) as caught:
+        install_token(REF, "test-rack", tmp_path / "token", access=lambda ref: value)
+    assert (str(caught.value), caught.value.hint) == (message, hint)
+
+
+def test_a_refused_rotation_says_how_to_rotate(tmp_path):
+    path = tmp_path / "token"
+    install_token(REF, "test-rack", path, access=lambda ref: TOKEN)
+    datastore = k3s_server(tmp_path, TOKEN)
+    with pytest.raises(RackbootError) as caught:
+        install_token(REF, "test-rack", path, access=lambda ref: b"new-token", datastore=datastore)
+    assert str(caught.value) == (f"sm://rackboot-test/k3s-token: the k3s token changed, but this server's "
+                                 f"datastore ({datastore}) was made with the old one and k3s refuses to start "
+                                 "with another")
+    assert caught.value.hint == ("rotate it in k3s first (on the jumphost: k3s token rotate --token OLD "
+                                 "--new-token NEW), or reflash the jumphost; see the README, 'Rotating the token'")
+
+
+def test_the_agent_token_file_is_root_only_and_either_file_changing_is_a_change(tmp_path):
+    path = tmp_path / "token"
+    install_token(REF, "test-rack", path, access=lambda ref: TOKEN)
+    agent_file = tmp_path / "agent-token"
+    assert stat.S_IMODE(os.stat(agent_file).st_mode) == 0o600
+    path.write_bytes(TOKEN)                 # the token file alone differs (its newline)
+    assert install_token(REF, "test-rack", path, access=lambda ref: TOKEN)["changed"] is True
+    assert path.read_bytes() == TOKEN + b"\n"
+    agent_file.write_bytes(b"stale\n")      # the agent token file alone differs
+    assert install_token(REF, "test-rack", path, access=lambda ref: TOKEN)["changed"] is True
+    assert agent_file.read_bytes() == join.agent_token(TOKEN, "test-rack") + b"\n"
+    assert install_token(REF, "test-rack", path, access=lambda ref: TOKEN)["changed"] is False
+
+
+def test_a_pi_writes_the_jumphosts_agent_token_root_only(tmp_path, monkeypatch):
+    from firstboot import token
+    answers = []
+    monkeypatch.setattr(join, "fetch", lambda profile: answers.pop(0))
+    monkeypatch.setattr(join, "url", lambda profile: "http://10.1.0.1:8677/v1/agent-token")
+    path = tmp_path / "token"
+    answers.append(b"rackboot-agent-abc")
+    assert token.install_pi_token(object(), path) == {"source": "http://10.1.0.1:8677/v1/agent-token",
+                                                      "file": str(path), "changed": True}
+    assert path.read_bytes() == b"rackboot-agent-abc\n"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    answers.append(b"rackboot-agent-abc")
+    assert token.install_pi_token(object(), path)["changed"] is False
+    answers.append(b"rackboot-agent-abc\nsecond line")
+    with pytest.raises(RackbootError) as caught:
+        token.install_pi_token(object(), path)
+    assert str(caught.value) == ("http://10.1.0.1:8677/v1/agent-token: the answer has more than one line; "
+                                 "a k3s token has one")
+    assert path.read_bytes() == b"rackboot-agent-abc\n"

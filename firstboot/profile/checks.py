@@ -154,6 +154,17 @@ def _check_netboot_paths(doc: dict) -> Iterator[Problem]:
         yield Problem(("netboot", "tftp_root"), f"{tftp!r} is inside netboot.nfs_root {nfs!r}")
 
 
+def _check_ssh_host(doc: dict) -> Iterator[Problem]:
+    """RFC 1123 (2.1): a name that looks like a dotted-decimal number is read as
+    an address, so it must be one (ssh would try 999.1.1.1 as a name)."""
+    host = doc["jumphost"].get("ssh_host")
+    if host is not None and all(label.isdigit() for label in host.split(".")):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            yield Problem(("jumphost", "ssh_host"), f"{host!r} looks like an IPv4 address but is not one")
+
+
 def _check_secrets(doc: dict) -> Iterator[Problem]:
     refs = [(("k3s", "token"), doc["k3s"]["token"])]
     for i, secret in enumerate(doc["secrets"]):
@@ -165,9 +176,25 @@ def _check_secrets(doc: dict) -> Iterator[Problem]:
             yield Problem(path, str(err))
 
 
+# Looked at on 2026-11-26 (README, "Raspberry Pi 5"): the Debian kernels a Pi
+# root is built with cannot run a Pi 5 from the network. Debian 13's 6.12 has
+# only a minimal bcm2712 device tree (CPUs, SD card, UART: no PCIe, so no
+# RP1) and no RP1 drivers, and the Pi 5's Ethernet is on RP1; Debian 12's 6.1
+# has no bcm2712 at all. (trixie-backports' 7.x has both.)
+PI5_REFUSAL = ("a Raspberry Pi 5 cannot boot from the network with the Debian kernels rackboot builds with: "
+               "its Ethernet is on the RP1 chip, which Debian 13's kernel (6.12) has no driver or device tree "
+               "for, so it could not mount its NFS root; use pi4 (see the README's 'Raspberry Pi 5')")
+
+
+def _check_models(doc: dict) -> Iterator[Problem]:
+    for i, pi in enumerate(doc["pis"]):
+        if pi["model"] == "pi5":
+            yield Problem(("pis", i, "model"), PI5_REFUSAL)
+
+
 SEMANTIC_CHECKS: tuple[Callable[[dict], Iterator[Problem]], ...] = (
     _check_addresses, _check_dhcp, _check_names, _check_macs, _check_boot_dirs, _check_labels,
-    _check_yaml_names, _check_netboot_paths, _check_secrets)
+    _check_yaml_names, _check_netboot_paths, _check_ssh_host, _check_secrets, _check_models)
 
 
 def semantic_problems(doc: dict) -> list[Problem]:

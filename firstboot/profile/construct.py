@@ -38,7 +38,7 @@ def _network(raw: dict) -> Network:
     return Network(
         subnet=ipaddress.IPv4Network(raw["subnet"]),
         router=ipaddress.IPv4Address(raw["router"]),
-        # The one default the schema cannot hold as a value: it is another key's.
+        # A default the schema cannot hold as a value: it is another key's.
         dns=tuple(ipaddress.IPv4Address(a) for a in raw.get("dns", [raw["router"]])),
         domain=raw.get("domain"))
 
@@ -49,6 +49,7 @@ def _jumphost(raw: dict) -> Jumphost:
         hostname=raw["hostname"],
         address=ipaddress.IPv4Address(raw["address"]),
         uplink=raw["uplink"],
+        ssh_host=raw.get("ssh_host", raw["hostname"]),    # another key's value, as network.dns
         ssh_authorized_keys=tuple(raw["ssh_authorized_keys"]),
         identify=Identify(macs=tuple(mac(m) for m in identify["macs"]),
                           router_mac=mac(identify["router_mac"]) if "router_mac" in identify else None))
@@ -56,7 +57,8 @@ def _jumphost(raw: dict) -> Jumphost:
 
 def _k3s(raw: dict) -> K3s:
     return K3s(version=raw["version"], token=parse_secret(raw["token"]), api_port=raw["api_port"],
-               disable=tuple(raw["disable"]), tls_san=tuple(raw["tls_san"]), node_labels=_labels(raw["node_labels"]))
+               attach_port=raw.get("attach_port"), disable=tuple(raw["disable"]), tls_san=tuple(raw["tls_san"]),
+               node_labels=_labels(raw["node_labels"]))
 
 
 def _pi(raw: dict) -> Pi:

@@ -1,5 +1,7 @@
 """Checks across the racks given together: each must be told apart from the
-others by its name and by the MACs and serials that identify its machines."""
+others by its name and by the MACs and serials that identify its machines,
+and operators must reach each on its own: its own jumphost ssh host and its
+own attach port (clusters.json: racks attached at once must not collide)."""
 
 from firstboot.profile.model import RackProfile
 from firstboot.profile.problems import Keys, Problem, format_path, shown
@@ -12,6 +14,9 @@ def _claims(profile: RackProfile) -> list[tuple[Keys, str, str]]:
                for i, m in enumerate(profile.jumphost.identify.macs)]
     claims += [(("pis", i, "mac"), "Pi MAC", pi.mac) for i, pi in enumerate(profile.pis) if pi.mac]
     claims += [(("pis", i, "serial"), "Pi serial", pi.serial) for i, pi in enumerate(profile.pis) if pi.serial]
+    claims.append((("jumphost", "ssh_host"), "jumphost ssh host", profile.jumphost.ssh_host.lower()))
+    if profile.k3s.attach_port is not None:
+        claims.append((("k3s", "attach_port"), "attach port", str(profile.k3s.attach_port)))
     return claims
 
 

@@ -21,7 +21,7 @@ from firstboot.errors import BadInput
 from firstboot.profile.model import RackProfile
 from firstboot.profile.problems import Keys, format_path, kind
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2     # 2: jumphost.ssh_host, k3s.attach_port
 VERSION_KEY = "format_version"
 _AS_STRING = (ipaddress.IPv4Address, ipaddress.IPv4Network, Path)   # each made again from its str()
 

@@ -51,6 +51,7 @@ class Jumphost:
     hostname: str
     address: ipaddress.IPv4Address
     uplink: str
+    ssh_host: str                  # how operators reach it over ssh (attach, clusters.json)
     ssh_authorized_keys: tuple[str, ...]
     identify: Identify
 
@@ -60,6 +61,7 @@ class K3s:
     version: str
     token: secretref.SecretRef
     api_port: int
+    attach_port: int | None        # the operator's local port for this rack's API (attach, clusters.json)
     disable: tuple[str, ...]
     tls_san: tuple[str, ...]
     node_labels: Labels

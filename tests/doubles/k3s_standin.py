@@ -14,22 +14,44 @@ k3s's command line, files and protocols that rackboot relies on:
                joins agents only; written to DATA/server/agent-token as k3s
                does). Another key is logged "Unknown flag --KEY found in
                config.yaml, skipping" and skipped, as k3s does.
-               Makes its CAs and certificates (openssl), writes
-               DATA/server/token and node-token ("K10<sha256 of CA>::server:SECRET"),
-               the admin kubeconfig, registers its own node, serves a Kubernetes
-               API over HTTPS (client-certificate auth) and the join endpoints,
-               keeps its datastore in DATA/server/db, sends sd_notify READY=1.
-               Refuses to start on a datastore made with another token, as k3s does.
+               Makes its CAs and certificates (openssl), the admin kubeconfig,
+               registers its own node, serves a Kubernetes API over HTTPS
+               (client-certificate auth) and the join endpoints, keeps its
+               datastore in DATA/server/db, sends sd_notify READY=1.
+               Tokens as k3s keeps them: DATA/server/cred/passwd (CSV
+               password,user,user,role: user server = the server token, role
+               k3s:server; user node = the agent token, or the server's
+               password when none is set, role k3s:agent), server/token
+               ("K10<sha256 of CA>::server:SECRET"), node-token (a symlink to
+               token), agent-token ("K10...::node:AGENT" when an agent token is
+               set, else a symlink to token). The bootstrap data is kept under
+               the key k3s derives from the server token (--token, else
+               server/token): started with another token, the server stops with
+               k3s's "bootstrap data already found and encrypted with different
+               token". The join endpoints check basic auth against cred/passwd
+               as read at start: user node only (401 for a wrong password, so
+               the server token is refused there when an agent token is set;
+               403 for user server).
   k3s token rotate --token OLD --new-token NEW [--server URL]
-               asks the running server to take NEW: it rewrites server/token
-               and node-token and accepts only NEW from then on, as k3s does.
+               asks the running server (user server, OLD) to take NEW, as k3s
+               does: cred/passwd's server user (and node, when it had OLD and
+               no agent token is set) and server/token are rewritten and the
+               bootstrap data moves to NEW's key; the running server still
+               authenticates with what it read at start, so NEW is taken from
+               its next start on, and OLD is then refused.
   k3s agent    reads the same config (AGENT_FLAGS: server, token, token-file,
                node-name, node-label); another key in it stops the agent
                ("flag provided but not defined"), as k3s's agent does; pins
-               the server CA when the token is K10-style; presents
-               /etc/rancher/node/password; a node name already registered
-               with another password gets k3s's "Node password rejected" and
-               is retried, as the real agent does.
+               the server CA when the token is K10-style; presents the token
+               as user node and /etc/rancher/node/password; a node name
+               already registered with another password gets k3s's "Node
+               password rejected" and is retried, as the real agent does.
+               It joins once, at start (kubelet identity in DATA/agent/
+               client-kubelet.crt/.key, node registered), sends READY=1, and
+               then its kubelet posts the node's status with that identity
+               every K3S_STANDIN_NODE_STATUS_FREQUENCY seconds (10, the
+               kubelet's nodeStatusUpdateFrequency): a running agent needs no
+               token again.
                Server and agent refuse to start with node labels in the
                kubernetes.io / k8s.io namespaces that a kubelet may not set
                (kubelet's --node-labels check; node-restriction.kubernetes.io/*
@@ -53,6 +75,14 @@ or claim only when a pod bound to the node uses it) and NodeRestriction
 admission (it writes its own Node only, and adds, changes or removes no
 node-restriction.kubernetes.io/ or other kubelet-forbidden labels, nor
 taints), refused with the API server's 403 Status and messages.
+Nodes: a kubelet registers its Node NotReady (Ready False, KubeletNotReady)
+and makes it Ready when it posts its status (the agent's, or the server's own
+kubelet, after K3S_STANDIN_KUBELET_DELAY seconds: 0, or "never", when the
+node stays NotReady). The node lifecycle controller is simulated: a node whose
+kubelet posted nothing for K3S_STANDIN_NODE_GRACE seconds (40, Kubernetes
+v1.31's --node-monitor-grace-period) gets Ready Unknown (NodeStatusUnknown,
+"Kubelet stopped posting node status.") and the node.kubernetes.io/unreachable
+NoSchedule and NoExecute taints, until its kubelet posts again.
 Workload controllers are simulated: Deployments, StatefulSets, DaemonSets and
 Jobs report themselves ready once applied, because no containers run here.
 K3S_STANDIN_API_DELAY=SECONDS slows every API request (fault tests);
@@ -66,8 +96,10 @@ version's schemas (tests/doubles/k3s_standin_bundle.py).
 
 import base64
 import copy
+import csv
 import hashlib
 import http.server
+import io
 import json
 import os
 import re
@@ -78,6 +110,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -285,6 +318,37 @@ def token_secret(token: str) -> str:
     return parse_token(token)[1]
 
 
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def bootstrap_key(password: str) -> str:
+    """Where k3s stores the bootstrap data encrypted with password (pkg/cluster
+    encrypt.go storageKey: /bootstrap/ and the first 12 hex digits of its SHA-256)."""
+    return "/bootstrap/" + hashlib.sha256(password.encode()).hexdigest()[:12]
+
+
+def read_passwd(path: Path) -> dict[str, tuple[str, str]]:
+    """k3s's cred/passwd (pkg/passwd): CSV records password,name,uid,role."""
+    try:
+        with open(path, newline="") as source:
+            return {record[1]: (record[0], record[3] if len(record) > 3 else "") for record in csv.reader(source)}
+    except FileNotFoundError:
+        return {}
+
+
+def write_passwd(path: Path, users: dict[str, tuple[str, str]]) -> None:
+    lines = []
+    for name, (password, role) in users.items():
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerow([password, name, name, role])
+        lines.append(out.getvalue())
+    write_private(path, "".join(lines))
+
+
 def labels_from(config: dict) -> dict:
     labels = {}
     for item in config.get("node-label") or []:
@@ -396,15 +460,17 @@ def node_password() -> str:
     return password
 
 
-def ready_node(name: str, labels: dict, address: str, role: str) -> dict:
+def new_node(name: str, labels: dict, address: str, role: str) -> dict:
+    """A Node as its kubelet registers it: not Ready until it posts its status."""
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return {"apiVersion": "v1", "kind": "Node",
             "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
                                                   "node.kubernetes.io/instance-type": "k3s", **role_labels(role),
                                                   **labels}},
             "spec": {"podCIDR": "10.42.0.0/24"},
-            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                                       "lastHeartbeatTime": now, "message": "kubelet is posting ready status"}],
+            "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "KubeletNotReady",
+                                       "lastHeartbeatTime": now, "lastTransitionTime": now,
+                                       "message": "container runtime status check may not have completed yet"}],
                        "addresses": [{"type": "InternalIP", "address": address},
                                      {"type": "Hostname", "address": name}],
                        "nodeInfo": {"kubeletVersion": VERSION, "kubeProxyVersion": VERSION,
@@ -412,6 +478,67 @@ def ready_node(name: str, labels: dict, address: str, role: str) -> dict:
                                     "architecture": os.uname().machine, "kernelVersion": os.uname().release,
                                     "containerRuntimeVersion": "containerd://1.7.23-k3s2",
                                     "machineID": machine_id(), "systemUUID": machine_id(), "bootID": machine_id()}}}
+
+
+UNREACHABLE = "node.kubernetes.io/unreachable"
+NODE_MONITOR_PERIOD = 5.0       # kube-controller-manager --node-monitor-period
+
+
+def _ready_condition(node: dict) -> dict:
+    for condition in (node.get("status") or {}).get("conditions") or []:
+        if condition["type"] == "Ready":
+            return condition
+    return {}
+
+
+def _set_taints(node: dict, taints: list) -> None:
+    spec = node.setdefault("spec", {})
+    if taints:
+        spec["taints"] = taints
+    else:
+        spec.pop("taints", None)
+
+
+def unreachable(node: dict) -> dict:
+    """node as the node lifecycle controller leaves one whose kubelet went
+    silent (pkg/controller/nodelifecycle: tryUpdateNodeHealth, and the taints
+    for an Unknown Ready condition)."""
+    node = copy.deepcopy(node)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    ready = _ready_condition(node)
+    heartbeat = ready.get("lastHeartbeatTime", now)
+    node["status"]["conditions"] = [c for c in node["status"]["conditions"] if c["type"] != "Ready"] + [
+        {"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+         "message": "Kubelet stopped posting node status.", "lastHeartbeatTime": heartbeat,
+         "lastTransitionTime": now}]
+    taints = [t for t in (node.get("spec") or {}).get("taints") or [] if t["key"] != UNREACHABLE]
+    _set_taints(node, taints + [{"key": UNREACHABLE, "effect": "NoSchedule", "timeAdded": now},
+                                {"key": UNREACHABLE, "effect": "NoExecute", "timeAdded": now}])
+    return node
+
+
+def kubelet_delay() -> float:
+    """K3S_STANDIN_KUBELET_DELAY: seconds before a kubelet first posts its
+    node's status ("never": it never does, its node stays NotReady)."""
+    delay = os.environ.get("K3S_STANDIN_KUBELET_DELAY", "0")
+    return float("inf") if delay == "never" else float(delay)
+
+
+def post_status(post) -> None:
+    """A kubelet's status loop: post (after K3S_STANDIN_KUBELET_DELAY), then
+    every nodeStatusUpdateFrequency (10 s; K3S_STANDIN_NODE_STATUS_FREQUENCY),
+    whatever the answer; a failure is logged and the next one tried."""
+    delay = kubelet_delay()
+    if delay == float("inf"):
+        return
+    time.sleep(delay)
+    frequency = float(os.environ.get("K3S_STANDIN_NODE_STATUS_FREQUENCY", "10"))
+    while True:
+        try:
+            post()
+        except (ApiError, urllib.error.URLError, OSError) as err:
+            log(f"Error updating node status, will retry: {getattr(err, 'message', None) or err}")
+        time.sleep(frequency)
 
 
 def machine_id() -> str:
@@ -432,15 +559,17 @@ class Server:
         self.config = config
         self.data = Path(config.get("data-dir", "/var/lib/rancher/k3s"))
         self.tls = self.data / "server/tls"
+        self.passwd_file = self.data / "server/cred/passwd"
         self.node_name = str(config.get("node-name") or socket.gethostname())
         self.address = str(config.get("node-ip") or "127.0.0.1")
         self.port = int(config.get("https-listen-port", 6443))
         self.delay = float(os.environ.get("K3S_STANDIN_API_DELAY", "0"))
         self.agent_tokens: dict[str, str] = {}
+        self.heard: dict[str, float] = {}      # node -> when its kubelet last posted (monotonic)
+        self.node_grace = float(os.environ.get("K3S_STANDIN_NODE_GRACE", "40"))
 
     def start(self) -> None:
         check_kubelet_labels(labels_from(self.config))    # k3s runs a kubelet beside the server
-        token = read_token(self.config)
         self.tls.mkdir(parents=True, exist_ok=True)
         for ca in ("server-ca", "client-ca"):
             make_ca(self.tls, ca)
@@ -453,26 +582,12 @@ class Server:
                  "extendedKeyUsage=clientAuth")
         self.store = Store(self.data / "server/db/standin-state.json")
         self.api = writes.Api(self.store, Schemas.load(VERSION))
-        ca_hash = hashlib.sha256((self.tls / "server-ca.crt").read_bytes()).hexdigest()
-        saved_secret = self.store.extra.get("token_sha256")
-        if not token:
-            token = self.store.extra.get("generated") or secrets.token_hex(16)
-            self.store.extra["generated"] = token
-        secret = token_secret(token)
-        digest = hashlib.sha256(secret.encode()).hexdigest()
-        if saved_secret and saved_secret != digest:
-            fatal("starting kubernetes: preparing server: bootstrap data already found and encrypted "
-                  "with different token")
-        if parse_token(token)[0] not in ("", ca_hash):
-            fatal("token CA hash does not match the Cluster CA certificate hash")
-        self.set_token(secret)
-        agent = read_token(self.config, "agent-token")
-        self.agent_secret = token_secret(agent) if agent else None
-        if agent:
-            write_private(self.data / "server/agent-token", f"K10{ca_hash}::node:{self.agent_secret}\n")
+        self.take_tokens(read_token(self.config), read_token(self.config, "agent-token"))
         for namespace in SYSTEM_NAMESPACES:
             self.store.ensure_namespace(namespace)
         self.register(self.node_name, node_password(), labels_from(self.config), self.address, "server")
+        threading.Thread(target=self.monitor_nodes, daemon=True).start()
+        threading.Thread(target=self.own_kubelet, daemon=True).start()
         self.write_kubeconfig()
         handler = type("Handler", (ApiHandler,), {"server_state": self})
         httpd = http.server.ThreadingHTTPServer(("0.0.0.0", self.port), handler)
@@ -485,15 +600,71 @@ class Server:
         sd_notify("READY=1")
         httpd.serve_forever()
 
-    def set_token(self, secret: str) -> None:
-        ca_hash = hashlib.sha256((self.tls / "server-ca.crt").read_bytes()).hexdigest()
+    # --- tokens, where and as k3s keeps them ----------------------------------
+
+    def ca_hash(self) -> str:
+        return hashlib.sha256((self.tls / "server-ca.crt").read_bytes()).hexdigest()
+
+    def take_tokens(self, token: str, agent_token: str) -> None:
+        """k3s at start. The bootstrap data in the datastore is stored under a
+        key derived from the server token (--token, else server/token) and
+        encrypted with it (pkg/cluster storage.go): data under another token's
+        key stops the server. Then genUsers (pkg/daemons/control/deps):
+        cred/passwd gets user server (--token, else the password it has, else a
+        random one) and user node (--agent-token, else the server's password).
+        The join endpoints' authenticator is read from cred/passwd now, once."""
+        if token and parse_token(token)[0] not in ("", self.ca_hash()):
+            fatal("token CA hash does not match the Cluster CA certificate hash")
+        bootstrap_token = token or read_text(self.data / "server/token")
+        saved = self.store.extra.get("bootstrap")
+        if bootstrap_token and saved and saved != bootstrap_key(token_secret(bootstrap_token)):
+            fatal("starting kubernetes: preparing server: bootstrap data already found and encrypted "
+                  "with different token")
+        users = read_passwd(self.passwd_file)
+        server = token_secret(token) if token else users.get("server", ("", ""))[0] or secrets.token_hex(16)
+        node = token_secret(agent_token) if agent_token else server
+        users.update(server=(server, "k3s:server"), node=(node, "k3s:agent"))
+        write_passwd(self.passwd_file, users)
+        self.users = dict(users)
+        self.agent_token_set = bool(agent_token)
         with self.store.lock:
-            self.store.extra["token_sha256"] = hashlib.sha256(secret.encode()).hexdigest()
+            self.store.extra.setdefault("bootstrap", bootstrap_key(server))
             self.store.save()
-        full = f"K10{ca_hash}::server:{secret}"
-        write_private(self.data / "server/token", full + "\n")
-        write_private(self.data / "server/node-token", full + "\n")
-        self.secret = secret
+        self.write_token_files(server, node if agent_token else None)
+
+    def write_token_files(self, server: str, agent: str | None) -> None:
+        """server/token (0600, the secure form, user server); node-token, a
+        symlink to it; agent-token: the agent token's own file (user node) when
+        one is set, else a symlink to token (pkg/server printTokens)."""
+        token_file = self.data / "server/token"
+        write_private(token_file, f"K10{self.ca_hash()}::server:{server}\n")
+        for name, own in (("node-token", None), ("agent-token", agent)):
+            path = self.data / "server" / name
+            if own is not None:
+                if path.is_symlink():
+                    path.unlink()
+                write_private(path, f"K10{self.ca_hash()}::node:{own}\n")
+            elif not path.is_symlink():
+                path.unlink(missing_ok=True)
+                path.symlink_to(token_file)
+
+    def rotate_token(self, new: str) -> None:
+        """k3s token rotate (pkg/server/handlers/token.go tokenRotate): user
+        server takes NEW in cred/passwd, and user node too when it had the old
+        password and no agent token is set; server/token is rewritten and the
+        bootstrap data re-encrypted under NEW. The running server's
+        authenticator is not rebuilt: NEW is taken from the next start on."""
+        with self.store.lock:
+            users = read_passwd(self.passwd_file)
+            old = users["server"][0]
+            new = new or secrets.token_hex(16)
+            users["server"] = (new, "k3s:server")
+            if users.get("node", ("", ""))[0] == old and not self.agent_token_set:
+                users["node"] = (new, "k3s:agent")
+            write_passwd(self.passwd_file, users)
+            write_private(self.data / "server/token", f"K10{self.ca_hash()}::server:{new}\n")
+            self.store.extra["bootstrap"] = bootstrap_key(new)
+            self.store.save()
 
     def check_node_password(self, name: str, password: str) -> None:
         """k3s keeps a hash of each node's password in kube-system/NAME.node-password.k3s:
@@ -525,7 +696,7 @@ class Server:
 
     def register(self, name: str, password: str, labels: dict, address: str, role: str) -> None:
         self.check_node_password(name, password)
-        node = ready_node(name, labels, address, role)
+        node = new_node(name, labels, address, role)
         old = self.store.get("nodes", "", name)
         if role == "agent":      # the kubelet registers its Node with its own identity: NodeRestriction
             if not old:
@@ -537,9 +708,58 @@ class Server:
                 why = "is not allowed to modify labels: "
             if claimed:
                 raise forbidden("nodes", name, why + ", ".join(claimed))
-        if old:
+        if old:      # a kubelet that registers again finds its Node as it was: conditions, taints
             node["metadata"]["labels"] = {**old["metadata"].get("labels", {}), **node["metadata"]["labels"]}
-        self.store.put("nodes", "", node, status=True)
+            node["spec"] = old.get("spec") or node["spec"]
+            node["status"]["conditions"] = (old.get("status") or {}).get("conditions") or node["status"]["conditions"]
+        with self.store.lock:
+            self.store.put("nodes", "", node, status=True)
+            self.heard.setdefault(name, time.monotonic())    # the node monitor's grace starts
+
+    # --- node status: kubelets' heartbeats and the node lifecycle controller ---
+
+    def heartbeat(self, name: str) -> None:
+        """A kubelet posts its node's status: Ready, and the unreachable taints
+        the node lifecycle controller put on it go."""
+        with self.store.lock:
+            self.heard[name] = time.monotonic()
+            node = self.store.get("nodes", "", name)
+            if node is None:
+                raise status.not_found("nodes", name, "")
+            ready = _ready_condition(node)
+            taints = (node.get("spec") or {}).get("taints") or []
+            if ready.get("status") == "True" and not any(t["key"] == UNREACHABLE for t in taints):
+                return
+            node = copy.deepcopy(node)
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            ready.clear()
+            ready.update(type="Ready", status="True", reason="KubeletReady", message="kubelet is posting ready status",
+                         lastHeartbeatTime=now, lastTransitionTime=now)
+            node["status"]["conditions"] = [c for c in node["status"]["conditions"] if c["type"] != "Ready"] + [ready]
+            _set_taints(node, [t for t in taints if t["key"] != UNREACHABLE])
+            self.store.put("nodes", "", node, status=True)
+        log(f"node {name} is Ready")
+
+    def monitor_nodes(self) -> None:
+        """kube-controller-manager's node lifecycle controller: a node whose
+        kubelet posted nothing for --node-monitor-grace-period (40 s in
+        Kubernetes v1.31; K3S_STANDIN_NODE_GRACE) gets Ready Unknown
+        (NodeStatusUnknown, "Kubelet stopped posting node status.") and the
+        node.kubernetes.io/unreachable taints. It looks every
+        --node-monitor-period (5 s)."""
+        while True:
+            time.sleep(min(NODE_MONITOR_PERIOD, self.node_grace / 4))
+            with self.store.lock:
+                for node in self.store.list("nodes"):
+                    name = node["metadata"]["name"]
+                    silent = time.monotonic() - self.heard.setdefault(name, time.monotonic())
+                    if silent > self.node_grace and _ready_condition(node).get("status") != "Unknown":
+                        self.store.put("nodes", "", unreachable(node), status=True)
+                        log(f"node {name}: Kubelet stopped posting node status")
+
+    def own_kubelet(self) -> None:
+        """The kubelet k3s runs beside the server posts its node's status."""
+        post_status(lambda: self.heartbeat(self.node_name))
 
     def write_kubeconfig(self) -> None:
         def b64(name):
@@ -634,6 +854,11 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
                 return self.rotate()
             if not self.authenticated():
                 raise ApiError(401, "Unauthorized", "Unauthorized")
+            if url.path == "/v1-k3s/standin-heartbeat" and method == "POST":
+                if not self.node:
+                    raise ApiError(403, "Forbidden", "forbidden: only a kubelet posts its node's status")
+                state.heartbeat(self.node)
+                return self.send_json(200, {})
             if url.path in ("/readyz", "/livez", "/healthz"):
                 return self.send_text(200, "ok")
             if url.path == "/version":
@@ -650,20 +875,24 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
     do_PATCH = lambda self: self.handle_any("PATCH")      # noqa: E731
     do_DELETE = lambda self: self.handle_any("DELETE")    # noqa: E731
 
-    def check_join_token(self) -> None:
-        """The token in basic auth: the server token (user node or server), or
-        the agent token (user node: it joins agents, never servers)."""
-        state = self.server_state
+    def check_join_token(self, role: str = "k3s:agent") -> None:
+        """Basic auth against cred/passwd as the server read it at start
+        (k3s's passwordfile authenticator): user node with the agent token, or
+        with the server's password when no agent token is set; user server
+        with the server token. A wrong password is 401; a user without role
+        (the join endpoints want k3s:agent: user server is not let in there,
+        and a k3s agent always presents user node) is 403, as k3s's
+        auth.HasRole answers."""
         auth = self.headers.get("Authorization", "")
         try:
-            user, _, secret = base64.b64decode(auth.removeprefix("Basic ")).decode().partition(":")
+            user, _, secret = base64.b64decode(auth.removeprefix("Basic "), validate=True).decode().partition(":")
         except ValueError:
             user, secret = "", ""
-        accepted = secrets.compare_digest(secret, state.secret) and user in ("node", "server")
-        if state.agent_secret and user == "node":
-            accepted = accepted or secrets.compare_digest(secret, state.agent_secret)
-        if not accepted:
+        password, has = self.server_state.users.get(user, ("", ""))
+        if not password or not secrets.compare_digest(secret.encode(), password.encode()):
             raise ApiError(401, "Unauthorized", "Unauthorized")
+        if has != role:
+            raise ApiError(403, "Forbidden", "forbidden")
 
     def client_kubelet_cert(self) -> None:
         """k3s's /v1-k3s/client-kubelet.crt: the join token, and the node's name
@@ -688,16 +917,9 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
         self.send_json(200, {"node": name, "token": bearer})
 
     def rotate(self) -> None:
-        state = self.server_state
-        auth = self.headers.get("Authorization", "")
-        try:
-            user, _, secret = base64.b64decode(auth.removeprefix("Basic ")).decode().partition(":")
-        except ValueError:
-            user, secret = "", ""
-        if user != "server" or not secrets.compare_digest(secret, state.secret):
-            raise ApiError(401, "Unauthorized", "Unauthorized")
-        new = token_secret(json.loads(self.body())["token"])
-        state.set_token(new)
+        self.check_join_token("k3s:server")
+        new = json.loads(self.body() or b"{}").get("newToken") or ""
+        self.server_state.rotate_token(token_secret(new) if new else "")
         log("token rotated; restart servers and agents with the new token")
         self.send_json(200, {})
 
@@ -851,6 +1073,9 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
 # --- the agent ---------------------------------------------------------------
 
 def run_agent(config: dict) -> None:
+    """k3s agent: join with the token once, at start (the kubelet's identity
+    and the node's registration), then post the node's status with that
+    identity: a running agent needs no token again, as with k3s."""
     server = str(config.get("server") or "")
     if not server:
         fatal("--server is required for the agent")
@@ -860,37 +1085,70 @@ def run_agent(config: dict) -> None:
     name = str(config.get("node-name") or socket.gethostname())
     labels = labels_from(config)
     check_kubelet_labels(labels)
-    password = node_password()
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    ready = False
+    identity = Path(str(config.get("data-dir") or "/var/lib/rancher/k3s")) / "agent"
+    join_cluster(server, token, {"name": name, "labels": labels, "address": str(config.get("node-ip", ""))},
+                 node_password(), identity)
+    log(f"k3s stand-in {VERSION} agent: node {name} joined {server}")
+    kubelet = ssl.create_default_context(cafile=identity / "server-ca.crt")
+    kubelet.check_hostname = False
+    kubelet.load_cert_chain(identity / "client-kubelet.crt", identity / "client-kubelet.key")
+
+    def post() -> None:
+        request = urllib.request.Request(f"{server}/v1-k3s/standin-heartbeat", method="POST", data=b"{}",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, context=kubelet, timeout=10):
+            pass
+
+    if kubelet_delay() == 0:
+        try:
+            post()
+        except (urllib.error.URLError, OSError) as err:
+            log(f"Error updating node status, will retry: {err}")
+    sd_notify("READY=1")
+    post_status(post)
+    while True:          # a kubelet that never posts: the agent runs on
+        time.sleep(3600)
+
+
+PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----\n?", re.S)
+
+
+def join_cluster(server: str, token: str, node: dict, password: str, identity: Path) -> None:
+    """Until the server takes the node: its CA (pinned when the token has the
+    CA's hash), the kubelet's client certificate (identity/client-kubelet.crt
+    and .key, as k3s keeps them), the node registered. The token goes as user
+    node, whatever user it names (k3s: clientaccess.WithUser("node"))."""
+    unverified = ssl.create_default_context()
+    unverified.check_hostname, unverified.verify_mode = False, ssl.CERT_NONE
     while True:
         try:
-            with urllib.request.urlopen(f"{server}/cacerts", context=context, timeout=10) as response:
+            with urllib.request.urlopen(f"{server}/cacerts", context=unverified, timeout=10) as response:
                 ca = response.read()
             want = parse_token(token)[0]
-            if want:
-                if hashlib.sha256(ca).hexdigest() != want:
-                    fatal(f"token CA hash does not match the Cluster CA certificate hash: {server}/cacerts")
+            if want and hashlib.sha256(ca).hexdigest() != want:
+                fatal(f"token CA hash does not match the Cluster CA certificate hash: {server}/cacerts")
             pinned = ssl.create_default_context(cadata=ca.decode())
             pinned.check_hostname = False
+            headers = {"Authorization": "Basic " + base64.b64encode(f"node:{token_secret(token)}".encode()).decode(),
+                       "k3s-Node-Name": node["name"], "k3s-Node-Password": password}
+            with urllib.request.urlopen(urllib.request.Request(f"{server}/v1-k3s/client-kubelet.crt",
+                                                               headers=headers), context=pinned, timeout=30) as answer:
+                pem = answer.read().decode()
+            key = PRIVATE_KEY.search(pem).group(0)
+            write_private(identity / "client-kubelet.key", key)
+            write_private(identity / "client-kubelet.crt", pem.replace(key, ""), 0o644)
+            write_private(identity / "server-ca.crt", ca.decode(), 0o644)
             request = urllib.request.Request(
-                f"{server}/v1-k3s/standin-join", method="POST",
-                data=json.dumps({"labels": labels, "address": str(config.get("node-ip", ""))}).encode(),
-                headers={"Authorization": "Basic " + base64.b64encode(f"node:{token_secret(token)}".encode()).decode(),
-                         "k3s-Node-Name": name, "k3s-Node-Password": password,
-                         "Content-Type": "application/json"})
+                f"{server}/v1-k3s/standin-join", method="POST", headers={**headers, "Content-Type": "application/json"},
+                data=json.dumps({"labels": node["labels"], "address": node["address"]}).encode())
             with urllib.request.urlopen(request, context=pinned, timeout=10):
-                pass
-            if not ready:
-                log(f"k3s stand-in {VERSION} agent: node {name} joined {server}")
-                sd_notify("READY=1")
-                ready = True
-            time.sleep(10)
+                return
         except urllib.error.HTTPError as err:
-            message = json.loads(err.read() or b"{}").get("message", err.reason)
-            log(f"Waiting to retrieve agent configuration; server is not ready: {message}")
+            try:
+                message = json.loads(err.read() or b"{}").get("message", err.reason)
+            except ValueError:
+                message = err.reason
+            log(f"Waiting to retrieve agent configuration; server is not ready: {err.code} {message}")
             time.sleep(5)
         except (urllib.error.URLError, OSError) as err:
             log(f"Waiting to retrieve agent configuration; server is not ready: {getattr(err, 'reason', err)}")
@@ -909,7 +1167,7 @@ def rotate_token(argv: list[str]) -> int:
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     request = urllib.request.Request(
         f"{options['server']}/v1-k3s/token", method="PUT",
-        data=json.dumps({"token": options["new-token"]}).encode(),
+        data=json.dumps({"newToken": options["new-token"]}).encode(),
         headers={"Authorization": "Basic " + base64.b64encode(
             f"server:{token_secret(options['token'])}".encode()).decode(), "Content-Type": "application/json"})
     try:
