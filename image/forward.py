@@ -7,6 +7,11 @@ and it is asked to die with rackboot (PR_SET_PDEATHSIG) so that even a killed
 attach leaves no forward behind. It is ready when a TLS handshake through it
 reaches a server whose certificate the rack's CA signed for 127.0.0.1: the
 forward accepts, and the API behind it is the rack's.
+
+It is the one command rackboot leaves running in the background, so it is
+started here rather than by firstboot.commands.run (which waits), under the
+same rules: argv list, stdin from /dev/null, the whitelisted environment
+(with the operator's SSH_AUTH_SOCK), `+ argv` logged at debug.
 """
 
 import ctypes
@@ -46,9 +51,13 @@ class Forward:
         argv = ssh.argv(target, "-N", "-n", "-o", "ExitOnForwardFailure=yes",
                         "-L", f"127.0.0.1:{local_port}:127.0.0.1:{remote_port}")
         log.debug("+ %s &", shlex.join(argv))
-        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=self._stderr, env=commands.environment(ssh.environment()),
-                                        start_new_session=True, preexec_fn=_die_with_parent)
+        try:
+            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                            stderr=self._stderr, env=commands.environment(ssh.environment()),
+                                            start_new_session=True, preexec_fn=_die_with_parent)
+        except OSError as err:
+            self._stderr.close()
+            raise RackbootError(f"cannot run ssh: {err.strerror}", hint="apt-get install openssh-client") from None
 
     def stderr(self) -> str:
         self._stderr.seek(0)

@@ -7,8 +7,10 @@ prompt or `kubectl config current-context` says which rack a shell is on) and
 points the server at the local end of the forward, https://127.0.0.1:PORT.
 TLS is still verified against the cluster's CA: k3s's serving certificate
 names 127.0.0.1 (as the k3s stand-in's does). A kubeconfig without a CA, or
-one that skips verification, is refused. Its client key is a cluster-admin
-credential: nothing here ever shows a value of it.
+one that skips verification, is refused. So is a user that is more than
+credentials (an `exec` or `auth-provider` plugin, files named by path): the
+operator's kubectl would run or read what the jumphost wrote there. Its
+client key is a cluster-admin credential: nothing here ever shows a value.
 """
 
 import base64
@@ -19,8 +21,22 @@ import yaml
 from firstboot.errors import RackbootError
 
 
+# What k3s's admin user holds, and a bearer token: credentials, nothing that runs.
+USER_KEYS = {"client-certificate-data", "client-key-data", "token"}
+
+
 class NotK3sKubeconfig(RackbootError):
     pass
+
+
+def _credentials(user: dict) -> dict:
+    other = sorted(set(user) - USER_KEYS)
+    if other:
+        raise NotK3sKubeconfig(f"its user has {', '.join(other)}, which attach does not pass on (only "
+                               f"{', '.join(sorted(USER_KEYS))})")
+    if not user:
+        raise NotK3sKubeconfig("its user has no credentials")
+    return user
 
 
 def _named(entries, name: str, what: str) -> dict:
@@ -52,7 +68,7 @@ def for_rack(text: str, rack: str, port: int) -> tuple[bytes, str]:
         raise NotK3sKubeconfig("it is not a kubeconfig (kind: Config)")
     context = _named(config.get("contexts"), config.get("current-context"), "context")
     cluster = _named(config.get("clusters"), context.get("cluster"), "cluster")
-    user = _named(config.get("users"), context.get("user"), "user")
+    user = _credentials(_named(config.get("users"), context.get("user"), "user"))
     ca = _ca_pem(cluster)
     ours = {
         "apiVersion": "v1", "kind": "Config", "preferences": {},

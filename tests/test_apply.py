@@ -204,3 +204,26 @@ def test_a_manifest_that_is_not_yaml_or_not_there_is_bad_input(tmp_path):
     with pytest.raises(BadInput) as caught:
         apply.load_documents((missing,))
     assert str(caught.value) == f"{missing}: No such file or directory"
+
+
+def test_a_refusal_without_a_message_is_named_by_its_reason():
+    err = ApiException(status=422, reason="Unprocessable Entity")
+    err.body = json.dumps(["not", "a", "Status"])
+    error = apply._api_error("doc", err)
+    assert type(error) is BadInput
+    assert str(error) == "doc: the API refused it (422): Unprocessable Entity"
+    assert error.hint == "fix the document and rebuild the image; objects before it were applied"
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 409, 415, 422])
+def test_each_refusal_status_is_bad_input(status):
+    error = apply._api_error("doc", api_exception(status, {"message": "no"}))
+    assert type(error) is BadInput and str(error) == f"doc: the API refused it ({status}): no"
+
+
+def test_a_create_in_a_terminating_namespace_says_why_and_that_it_is_tried_again():
+    body = {"message": "unable to create new content in namespace gone because it is being terminated",
+            "details": {"causes": [{"reason": "NamespaceTerminating"}]}}
+    error = apply._api_error("doc", api_exception(403, body))
+    assert error.hint == ("its namespace is being deleted (Terminating) and not in the profile, or deleted by "
+                          "someone else; the agent tries again at its next run")

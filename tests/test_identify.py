@@ -284,19 +284,20 @@ ARP = """IP address       HW type     Flags       HW address            Mask    
 
 
 class Netifaces:
-    """What netifaces reports of a jumphost: lo, two NICs, a default route."""
+    """What netifaces reports of a jumphost: lo, two NICs, a tunnel, a default route."""
     AF_LINK, AF_INET = 17, 2
 
     def __init__(self, gateway="192.168.1.1"):
         self.gateway = gateway
 
     def interfaces(self):
-        return ["lo", "eno1", "eno2"]
+        return ["lo", "eno1", "eno2", "tun0"]
 
     def ifaddresses(self, name):
         return {"lo": {17: [{"addr": "00:00:00:00:00:00"}], 2: [{"addr": "127.0.0.1"}]},
                 "eno1": {17: [{"addr": "3C:EC:EF:10:44:02"}], 2: [{"addr": "192.168.1.8"}]},
-                "eno2": {17: [{"addr": "3c:ec:ef:10:44:03"}, {"addr": ""}]}}[name]
+                "eno2": {17: [{"addr": "3c:ec:ef:10:44:03"}, {"addr": ""}]},
+                "tun0": {17: [{"addr": "00:00:00:00:00:00"}]}}[name]      # no MAC of its own
 
     def gateways(self):
         return {"default": {2: (self.gateway, "eno1")}} if self.gateway else {}

@@ -231,6 +231,8 @@ def test_idle_connections_inside_are_bounded_and_cut(loaded, capfd):
         assert handler_threads() == join.MAX_CONNECTIONS       # no more threads than that
         busy = [read_all(sock, 1) for sock in idle[join.MAX_CONNECTIONS:]]
         assert all(answer.startswith(b"HTTP/1.0 503 Service Unavailable") for answer in busy), busy
+        # The README's number: at most 32 at once.
+        assert all(answer.endswith(b"\r\n\r\nbusy: 32 connections at once; try again\n") for answer in busy), busy
         start = time.monotonic()
         cut = [read_all(sock, join.CONNECTION_SECONDS + 2) for sock in idle[:join.MAX_CONNECTIONS]]
         assert time.monotonic() - start < join.CONNECTION_SECONDS + 1.5
@@ -301,7 +303,8 @@ def test_the_agent_token_is_as_it_always_was():
         b"rackboot-agent-58e6184b5e06e3b2631df8d05bd0c2492426b4b0d721b66f073bbfaf2f7a7d39")
 
 
-def test_fetch_retries_every_five_seconds_and_says_what_it_last_got(monkeypatch):
+@pytest.mark.parametrize("step, waits", [(4, [5, 5]), (5, [5])])      # the deadline itself is the end
+def test_fetch_retries_every_five_seconds_and_says_what_it_last_got(monkeypatch, step, waits):
     """The jumphost answers 503 until its token step has run: the Pi waits
     RETRY_SECONDS between tries and, at its deadline, names the last answer."""
     rack = profile("127.0.0.0/8", 8677)
@@ -310,12 +313,12 @@ def test_fetch_retries_every_five_seconds_and_says_what_it_last_got(monkeypatch)
     def unavailable(url, timeout):
         raise urllib.error.HTTPError(url, 503, "Service Unavailable", {}, io.BytesIO(body))
     monkeypatch.setattr(join.urllib.request, "urlopen", unavailable)
-    clock = iter(range(0, 10_000, 4))             # each try takes 4 seconds
+    clock = iter(range(0, 10_000, step))          # each try takes step seconds
     monkeypatch.setattr(join, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
-    waits = []
+    slept = []
     with pytest.raises(RackbootError) as failed:
-        join.fetch(rack, timeout=10, sleep=waits.append)
-    assert waits == [5, 5]
+        join.fetch(rack, timeout=10, sleep=slept.append)
+    assert slept == waits
     assert str(failed.value) == ("no agent token from the jumphost at http://127.0.0.1:8677/v1/agent-token "
                                  "within 10 s; last: HTTP 503 (the jumphost has no agent token yet (its token "
                                  "step has not run))")
@@ -370,3 +373,89 @@ def test_how_long_a_pi_waits_for_its_jumphost_is_set_by_the_environment(environm
                            cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True,
                            check=True)
     assert shown.stdout.split() == [str(seconds), str(seconds)]
+
+
+def answering(monkeypatch, answer):
+    """urlopen answering every request with answer(url): bytes, or raising it."""
+    class Answer:
+        def __init__(self, body):
+            self.body = body
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self):
+            return self.body
+    monkeypatch.setattr(join.urllib.request, "urlopen", lambda url, timeout: Answer(answer(url)))
+
+
+def test_a_jumphost_that_only_answers_empty_is_named_so(monkeypatch):
+    answering(monkeypatch, lambda url: b"")
+    with pytest.raises(RackbootError) as failed:
+        join.fetch(profile("127.0.0.0/8", 8677), timeout=0, sleep=lambda s: None)
+    assert str(failed.value).endswith("within 0 s; last: an empty answer")
+
+
+def test_answers_that_are_not_utf8_are_shown_not_fatal(monkeypatch):
+    def refuse(code):
+        def answer(url):
+            raise urllib.error.HTTPError(url, code, "", {}, io.BytesIO(b"caf\xe9 \xff"))
+        return answer
+    answering(monkeypatch, refuse(503))
+    with pytest.raises(RackbootError) as failed:
+        join.fetch(profile("127.0.0.0/8", 8677), timeout=0, sleep=lambda s: None)
+    assert str(failed.value).endswith("last: HTTP 503 (caf\ufffd \ufffd)")
+    answering(monkeypatch, refuse(403))
+    with pytest.raises(RackbootError) as failed:
+        join.fetch(profile("127.0.0.0/8", 8677), timeout=0, sleep=lambda s: None)
+    assert str(failed.value).endswith("refused this Pi: caf\ufffd \ufffd")
+
+
+def test_no_jumphost_listening_is_named_by_the_systems_reason():
+    rack = profile("127.0.0.0/8", free_port())      # nothing listens there
+    with pytest.raises(RackbootError) as failed:
+        join.fetch(rack, timeout=0, sleep=lambda s: None)
+    assert str(failed.value).endswith("within 0 s; last: [Errno 111] Connection refused")
+
+
+def raw_get(rack, path: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", rack.netboot.join_port), timeout=5) as sock:
+        sock.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        return read_all(sock)
+
+
+def test_answers_are_plain_text_never_cached_and_logged_without_the_token(service, capfd):
+    rack, token_file = service("127.0.0.0/8")
+    head, _, body = raw_get(rack, join.PATH).partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0] == b"HTTP/1.0 503 Service Unavailable"
+    assert body == b"the jumphost has no agent token yet (its token step has not run)\n"
+    token_file.write_bytes(b"agent-token-value\n")
+    head, _, body = raw_get(rack, join.PATH).partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.0 200 OK" and body == b"agent-token-value\n"
+    headers = dict(line.split(b": ", 1) for line in lines[1:])
+    assert headers[b"Server"].startswith(b"rackboot-join ")
+    assert (headers[b"Content-Type"], headers[b"Content-Length"], headers[b"Cache-Control"]) == \
+        (b"text/plain", b"18", b"no-store")
+    head, _, body = raw_get(rack, "/v1/other").partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0] == b"HTTP/1.0 404 Not Found" and body == b"not found\n"
+    log = service_log(capfd, "/v1/other")
+    assert '127.0.0.1 "GET /v1/agent-token HTTP/1.0" 200 -\n' in log
+    assert "agent-token-value" not in log
+
+
+def test_a_request_read_at_its_deadline_is_cut(monkeypatch):
+    """_DeadlineReader: no time left (to the instant) is no more reading."""
+    left, right = socket.socketpair()
+    try:
+        monkeypatch.setattr(join, "time", types.SimpleNamespace(monotonic=lambda: 100.0))
+        reader = join._DeadlineReader(left, 100.0)
+        with pytest.raises(TimeoutError) as caught:
+            reader.readinto(bytearray(10))
+        assert str(caught.value) == "no whole request within 5 s"
+    finally:
+        left.close()
+        right.close()

@@ -145,6 +145,15 @@ def assert_invalid(answer, kind: str, name: str, field: str, message: str, group
 
 # --- validation --------------------------------------------------------------
 
+def test_version_answers_with_and_without_the_slash(api):
+    """The API server's /version route (a go-restful web service at /version
+    with GET "/") answers both paths; the Python client's VersionApi asks for
+    /version/, kubectl for /version."""
+    for path in ("/version", "/version/"):
+        code, _, body = api.call("GET", path)
+        assert code == 200 and body["major"] == "1" and body["gitVersion"].startswith("v1."), (path, code, body)
+
+
 def test_deployment_without_selector_or_template_is_invalid(api):
     ns = namespace(api, "v-required")
     bare = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": ns},

@@ -123,7 +123,7 @@ def test_a_pi_installs_the_agent_with_its_own_config_and_password(tmp_path, monk
     assert calls == [("systemctl", "daemon-reload"), ("ensure_running", "k3s-agent.service", True)]
     assert layout.unit("k3s-agent.service").read_bytes() == k3s.unit_text(Role.PI)
     assert layout.k3s_config.read_text() == "# pi config\n"
-    assert layout.node_password.read_bytes() == PI_PASSWORD + b"\n"
+    assert layout.node_password.read_bytes() == PI_PASSWORD + b"\n" and mode(layout.node_password) == 0o600
     # Rewritten at every run: a Pi must present the same password under the same name.
     layout.node_password.write_bytes(b"something else\n")
     assert install(layout, Role.PI, "pi-1")["changed"] == ["node-password"]
@@ -191,7 +191,12 @@ def test_a_version_the_image_does_not_have_is_named_with_those_it_has(tmp_path, 
     missing = layout.k3s_bundle("v1.32.0+k3s1")
     assert str(caught.value) == (f"k3s v1.32.0+k3s1: not in this image ({missing} missing; the image has "
                                  f"{VERSION})")
-    assert "--k3s-bundle DIR" in caught.value.hint
+    assert caught.value.hint == ("build the image with --k3s-bundle DIR holding that version (./build.py "
+                                 "fetch-k3s VERSION -o DIR), or set k3s.version in the profile to one it has")
+    k3s_standin_bundle.make(layout.k3s_bundles, "v1.30.8+k3s1")
+    with pytest.raises(RackbootError) as caught:
+        install(layout, version="v1.32.0+k3s1")
+    assert f"the image has v1.30.8+k3s1, {VERSION})" in str(caught.value)
     empty = Layout(tmp_path / "bare")
     with pytest.raises(RackbootError) as caught:
         k3s.find_bundle(empty.k3s_bundles, VERSION, "amd64")
@@ -248,3 +253,12 @@ def test_a_command_the_distribution_has_in_usr_bin_or_bin_is_not_linked(tmp_path
     k3s._install_files(layout, RACK, Role.JUMPHOST, "jump-1", *k3s.find_bundle(layout.k3s_bundles, VERSION, "amd64"))
     assert not os.path.lexists(layout.bin_dir / "sh")
     assert os.readlink(layout.bin_dir / "rackboot-test-no-such-command") == "k3s"
+    # Only those two directories count, not the agent's PATH (install.sh's rule).
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "rackboot-test-on-path").write_text("#!/bin/sh\n")
+    (elsewhere / "rackboot-test-on-path").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{elsewhere}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    monkeypatch.setattr(k3s, "LINKS", ("rackboot-test-on-path",))
+    k3s._install_files(layout, RACK, Role.JUMPHOST, "jump-1", *k3s.find_bundle(layout.k3s_bundles, VERSION, "amd64"))
+    assert os.readlink(layout.bin_dir / "rackboot-test-on-path") == "k3s"
