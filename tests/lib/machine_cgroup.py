@@ -90,6 +90,10 @@ class MachineCgroup:
         kill_tree(self.path)
         remove_tree(self.path)
         remove_tree(self.holder)
+        try:
+            self.path.parent.rmdir()     # the run's, once its last machine is gone
+        except OSError:
+            pass
 
 
 def kill_tree(cgroup: Path, timeout: float = 30) -> None:
