@@ -245,10 +245,13 @@ def test_secrets_come_from_their_references_and_never_touch_disk(rack):
 
 
 def test_malformed_manifest_fails_apply_naming_file_and_document(rack):
+    """`check` refuses such a file (tests/test_manifest_check.py); the agent
+    still names it should one reach a machine: a file changed after the build."""
     bad = rack.profiles / "kube/example/20-bad.yaml"
-    bad.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: fine, namespace: rack-apps}\n---\n"
-                   "- just\n- a list\n")
+    fine = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: fine, namespace: rack-apps}\n"
+    bad.write_text(fine)
     rack.rebuild()
+    bad.write_text(fine + "---\n- just\n- a list\n")
     done = rack.agent()
     assert done.returncode == 2
     text = rack.status_text()

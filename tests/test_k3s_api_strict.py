@@ -469,10 +469,13 @@ def rack(tmp_path):
 
 
 def test_a_manifest_with_an_unknown_field_is_bad_input(rack):
+    """`check` refuses the typo (tests/test_manifest_check.py); the API
+    server still does, should one reach a machine: a file changed after the build."""
     typo = rack.profiles / "kube/example/20-typo.yaml"
-    typo.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: typo, namespace: rack-apps}\n"
-                    "spec:\n  ports: [{port: 80}]\n  selectr: {app: x}\n")
+    fine = "apiVersion: v1\nkind: Service\nmetadata: {name: typo, namespace: rack-apps}\nspec:\n  ports: [{port: 80}]\n"
+    typo.write_text(fine)
     rack.rebuild()                 # a new manifest file: a new image
+    typo.write_text(fine + "  selectr: {app: x}\n")
     done = rack.agent()
     error = rack.status()["steps"]["apply"]["error"]
     assert f"{typo}: document 1 (Service rack-apps/typo)" in error

@@ -55,7 +55,7 @@ def test_digest_follows_content(tmp_path):
     (tmp_path / "a.yaml").write_text((REPO / "tests/profiles/broken/defaults.yaml").read_text() + "rack: a\n")
     [first] = load_profiles([tmp_path / "a.yaml"])
     [again] = load_profiles([tmp_path / "a.yaml"])
-    (tmp_path / "a.yaml").write_text((tmp_path / "a.yaml").read_text() + "host_aliases: [metadata]\n")
+    (tmp_path / "a.yaml").write_text((tmp_path / "a.yaml").read_text() + "description: changed\n")
     [changed] = load_profiles([tmp_path / "a.yaml"])
     assert first.digest == again.digest != changed.digest
 

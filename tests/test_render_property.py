@@ -113,10 +113,23 @@ def mutation(draw):
     return path, value
 
 
+def _write_kube(kube: Path, alias) -> None:
+    """The manifests: a namespace, and what answers the host alias (check refuses an alias with nothing behind it)."""
+    kube.mkdir(parents=True)
+    (kube / "00-ns.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: ns}\n")
+    backend = {"service": {"name": "web", "port": {"number": 80}}}
+    (kube / "10-web.yaml").write_text(yaml.safe_dump_all([
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "ns"},
+         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}},
+        {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "web", "namespace": "ns"},
+         "spec": {"rules": [{"host": alias, "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                                                               "backend": backend}]}}]}}]))
+
+
 def _write_profile(directory: Path, doc: dict) -> Path:
     shutil.rmtree(directory, ignore_errors=True)
-    (directory / "kube").mkdir(parents=True)
-    (directory / "kube" / "00-ns.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: ns}\n")
+    directory.mkdir(parents=True)
+    _write_kube(directory / "kube", doc["host_aliases"][0])
     text = yaml.safe_dump(doc, allow_unicode=False, sort_keys=False)
     assert yaml.safe_load(text) == doc        # the profile carries exactly the generated string
     (directory / "prop.yaml").write_text(text)
@@ -306,8 +319,7 @@ def test_any_file_name_is_refused_or_rendered_nowhere(work, name):
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir()
     (directory / name).write_text(yaml.safe_dump(BASE))
-    (directory / "kube").mkdir()
-    (directory / "kube" / "00-ns.yaml").write_text("kind: Namespace\n")
+    _write_kube(directory / "kube", BASE["host_aliases"][0])
     try:
         [profile] = load_profiles([directory / name])
     except ProfileError as err:

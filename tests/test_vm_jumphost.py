@@ -4,21 +4,25 @@ The image carries a k3s bundle: the stand-in's (tests/doubles/k3s_standin.py),
 or real k3s when RACKBOOT_K3S_BUNDLE names one. The guest judges itself: the
 first-boot agent writes its report (identity, steps, cloud-init outcome,
 failed units, host key fingerprints) to a virtio-serial port, and these tests
-read that report. One boot is also inspected from outside while it runs: ssh
-in as the profile's admin, take k3s's kubeconfig, and read the applied
-objects back through a forwarded API port, as attach.sh did. Each boot's
-serial log is kept under tests/artifacts/.
+read that report. One jumphost lives through several boots of its own disk
+(tests/lib/vm.py's Jumphost): a power cut in its k3s step, the boot that
+finishes the run, and a reboot that must change nothing; it is also
+inspected from outside while it runs: ssh in as the profile's admin, take
+k3s's kubeconfig, and read the applied objects back through a forwarded API
+port, as attach.sh did. Each boot's serial log is kept under tests/artifacts/.
 """
 
 import dataclasses
+import json
 import subprocess
 
 import pytest
-import yaml
 
+from firstboot import state
+from firstboot.layout import MACHINE
 from tests.doubles.secret_manager import SecretManagerDouble
-from tests.lib.vm import (ALL_DONE, ARTIFACTS, boot, debugfs, dump_file, file_type, free_port, root_filesystem,
-                      squashfs_entries)
+from tests.lib.vm import (ALL_DONE, ARTIFACTS, Jumphost, admin_ssh, api_client, boot, debugfs, dump_file, file_type,
+                          free_port, root_filesystem, squashfs_entries)
 
 pytestmark = pytest.mark.vm
 
@@ -97,11 +101,51 @@ def test_image_holds_no_machine_state_and_the_whole_agent(built, tmp_path):
     assert pi_root["/etc/machine-id"]["size"] == 0
 
 
-def test_two_boots_of_one_image_reach_rack_ready(built, secret_manager, tmp_path):
+def applied_objects(status: dict) -> list[tuple[str, str, str, str]]:
+    """What the agent's apply step recorded it applied, as (apiVersion, kind,
+    namespace, name): its "Kind ns/name" list, with apiVersions from its inventory."""
+    result = status["steps"]["apply"]["result"]
+    api_versions = dict((kind, api_version) for api_version, kind in result["inventory"])
+    objects = []
+    for entry in result["applied"]:
+        kind, _, where = entry.partition(" ")
+        namespace, _, name = where.rpartition("/")
+        objects.append((api_versions[kind], kind, namespace, name))
+    return objects
+
+
+def datastore_view(dyn, objects) -> dict:
+    """uid and resourceVersion of each object, read through the API: the
+    same after a reboot only if the datastore was kept and nothing wrote to them."""
+    view = {}
+    for api_version, kind, namespace, name in objects:
+        meta = dyn.get(dyn.resources.get(api_version=api_version, kind=kind), name=name,
+                       namespace=namespace or None).metadata
+        view[f"{kind} {namespace}/{name}"] = (meta.uid, meta.resourceVersion)
+    return view
+
+
+# An object of the test's own, made through the API during a boot: the datastore must keep it as it was.
+TEST_OBJECT = ("v1", "ConfigMap", "default", "made-by-the-vm-test")
+# The agent's step results that say what a run changed, on a machine where nothing needed changing.
+NOTHING_CHANGED = {"serve": [], "token": False, "k3s": []}
+
+
+def test_two_jumphosts_of_one_image_reach_rack_ready_through_a_power_cut_and_a_reboot(
+        built, secret_manager, tmp_path):
     """Seeded boots: cloud-init clean, no failed unit, rack identified, the
     token fetched by the image's own Secret Manager client, k3s installed and
     ready, the rack's YAML applied; two jumphosts flashed from the same image
-    get different ssh host keys. The first boot is read from outside."""
+    get different ssh host keys.
+
+    The first jumphost's power is cut in its first boot's k3s step (QEMU
+    killed once the console shows the token step done); its next boot from the
+    same disk finishes the run, and is read from outside: ssh in, take k3s's
+    kubeconfig, read the applied objects back and make one of the test's own
+    through a forwarded API port. Then it reboots (systemctl reboot) from the
+    same disk: that boot changes nothing (the agent's steps say so), k3s is
+    started once, by systemd at boot, and never restarted, and the datastore
+    is kept (every object keeps its uid and resourceVersion)."""
     profile, out, _ = built
     port = secret_manager.address.rsplit(":", 1)[1]
     env = {"SECRET_MANAGER_EMULATOR_HOST": f"{profile.network.router}:{port}"}
@@ -112,38 +156,63 @@ def test_two_boots_of_one_image_reach_rack_ready(built, secret_manager, tmp_path
     ssh_port, api_port = free_port(), free_port()
     seen = {}
 
+    def ssh(*command, check=True):
+        return admin_ssh(key, ssh_port, *command, check=check)
+
+    def agent_status():
+        return json.loads(ssh("sudo", "cat", str(state.status_path(MACHINE))))
+
     def read_back(report):
-        ssh = ["ssh", "-i", str(key), "-p", str(ssh_port), "-o", "StrictHostKeyChecking=no",
-               "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "rackboot@127.0.0.1"]
-        kubeconfig = yaml.safe_load(subprocess.run([*ssh, "sudo", "cat", "/etc/rancher/k3s/k3s.yaml"],
-                                                   capture_output=True, text=True, check=True, timeout=120).stdout)
-        kubeconfig["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{api_port}"
-        from kubernetes import config
-        from kubernetes.dynamic import DynamicClient
-        dyn = DynamicClient(config.new_client_from_config_dict(kubeconfig))
+        dyn = api_client(ssh, api_port)
         def get(api_version, kind, name, namespace=None):
             return dyn.get(dyn.resources.get(api_version=api_version, kind=kind), name=name, namespace=namespace)
         seen["configmap"] = get("v1", "ConfigMap", "rack-info", "rack-apps").to_dict()
         seen["service"] = get("v1", "Service", "metadata", "rack-apps").to_dict()
         seen["node"] = get("v1", "Node", "jumphost-example").to_dict()
-        seen["status"] = subprocess.run([*ssh, "sudo", "env", "PYTHONPATH=/usr/lib/rackboot", "python3", "-m",
-                                         "firstboot", "status"], capture_output=True, text=True, timeout=120).stdout
-        seen["k3s_journal"] = subprocess.run([*ssh, "sudo", "journalctl", "-u", "k3s", "-u", "rackboot-firstboot",
-                                              "--no-pager"], capture_output=True, text=True, timeout=120).stdout
+        seen["status"] = ssh("sudo", "env", "PYTHONPATH=/usr/lib/rackboot", "python3", "-m", "firstboot", "status",
+                             check=False)
+        seen["k3s_journal"] = ssh("sudo", "journalctl", "-u", "k3s", "-u", "rackboot-firstboot", "--no-pager",
+                                  check=False)
+        seen["applied"] = applied_objects(agent_status())
+        api_version, kind, namespace, name = TEST_OBJECT
+        dyn.create(dyn.resources.get(api_version=api_version, kind=kind), namespace=namespace,
+                   body={"apiVersion": api_version, "kind": kind, "metadata": {"name": name},
+                         "data": {"made": "before the reboot"}})
+        seen["before_reboot"] = datastore_view(dyn, [*seen["applied"], TEST_OBJECT])
+        seen["node_uid"] = seen["node"]["metadata"]["uid"]
+        jumphost.reboot(ssh)
 
-    reports = [boot(admin, out / "jumphost.img", "jumphost-boot-1", env, while_running=read_back,
-                    ssh_port=ssh_port, api_port=api_port),
-               boot(profile, out / "jumphost.img", "jumphost-boot-2", env)]
-    for n, report in enumerate(reports, start=1):
+    def read_after_reboot(report):
+        dyn = api_client(ssh, api_port)
+        seen["after_reboot"] = datastore_view(dyn, [*seen["applied"], TEST_OBJECT])
+        seen["node_uid_after_reboot"] = dyn.get(dyn.resources.get(api_version="v1", kind="Node"),
+                                                name="jumphost-example").metadata.uid
+        seen["status_after_reboot"] = agent_status()
+        seen["k3s_unit"] = ssh("systemctl", "show", "k3s.service", "-p", "ActiveState,NRestarts")
+        seen["k3s_this_boot"] = ssh("sudo", "journalctl", "-b", "-u", "k3s", "--no-pager", "-o", "cat")
+
+    jumphost = Jumphost(admin, out / "jumphost.img", tmp_path / "jumphost-1", env, ssh_port=ssh_port,
+                        api_port=api_port)
+    try:
+        cut_console = jumphost.power_cut_at("jumphost-1-power-cut", "step token: done")
+        reports = [jumphost.boot("jumphost-1-after-power-cut", read_back)]
+        rebooted = jumphost.boot("jumphost-1-rebooted", read_after_reboot)
+    finally:
+        jumphost.remove()
+    reports.append(boot(profile, out / "jumphost.img", "jumphost-2", env))
+    for name, report in (("jumphost-1-after-power-cut", reports[0]), ("jumphost-1-rebooted", rebooted),
+                         ("jumphost-2", reports[1])):
+        console = ARTIFACTS / name / "serial.log"
         assert report["identity"] == {"rack": "example", "role": "jumphost",
-                                      "node": "jumphost-example", "source": "seed"}
-        assert report["cloud_init"]["status"] == "done", report["cloud_init"]
-        assert report["cloud_init"]["errors"] == []
-        assert report["failed_units"] == []
-        assert report["steps"] == ALL_DONE, report["errors"]
-        assert len(report["ssh_host_keys"]) == 3
-        assert TOKEN not in (ARTIFACTS / f"jumphost-boot-{n}" / "serial.log").read_bytes()
-    assert secret_manager.calls == ["projects/rackboot-example/secrets/k3s-node-token/versions/latest"] * 2
+                                      "node": "jumphost-example", "source": "seed"}, console
+        assert report["cloud_init"]["status"] == "done", (report["cloud_init"], console)
+        assert report["cloud_init"]["errors"] == [], console
+        assert report["failed_units"] == [], console
+        assert report["steps"] == ALL_DONE, (report["errors"], console)
+        assert len(report["ssh_host_keys"]) == 3, console
+    for name in ("jumphost-1-power-cut", "jumphost-1-after-power-cut", "jumphost-1-rebooted", "jumphost-2"):
+        assert TOKEN not in (ARTIFACTS / name / "serial.log").read_bytes(), name
+    assert secret_manager.calls == ["projects/rackboot-example/secrets/k3s-node-token/versions/latest"] * 4
     first, second = (r["ssh_host_keys"] for r in reports)
     assert set(first.values()).isdisjoint(second.values())
     # Read back from outside the guest.
@@ -155,6 +224,31 @@ def test_two_boots_of_one_image_reach_rack_ready(built, secret_manager, tmp_path
     assert "apply      done" in seen["status"] and "failed" not in seen["status"]
     assert TOKEN.decode() not in seen["k3s_journal"] + seen["status"]
     assert "step apply: done" in seen["k3s_journal"]
+
+    # The power cut came in the first boot's k3s step: the token step was done, the k3s step was not.
+    cut_log = ARTIFACTS / "jumphost-1-power-cut" / "serial.log"
+    assert "step token: done" in cut_console and "step k3s:" not in cut_console, f"see {cut_log}"
+    # The reboot from the same disk: the same machine, and its run changed nothing.
+    rebooted_log = ARTIFACTS / "jumphost-1-rebooted" / "serial.log"
+    assert rebooted["ssh_host_keys"] == first, rebooted_log
+    results = {name: record.get("result", {}) for name, record in seen["status_after_reboot"]["steps"].items()}
+    changed = {name: result["changed"] for name, result in results.items() if "changed" in result}
+    assert changed == NOTHING_CHANGED, (results, f"see {rebooted_log}")
+    assert results["k3s"]["started"] != "restarted", (results["k3s"], f"see {rebooted_log}")
+    assert results["apply"]["placement"]["changed"] is False and results["apply"]["pruned"] == [], results["apply"]
+    assert applied_objects(seen["status_after_reboot"]) == seen["applied"]
+    # k3s: started once, by systemd at boot; never stopped or restarted, by the agent or by Restart=.
+    unit = dict(line.split("=", 1) for line in seen["k3s_unit"].split())
+    assert unit == {"ActiveState": "active", "NRestarts": "0"}, (unit, f"see {rebooted_log}")
+    k3s_lines = seen["k3s_this_boot"].splitlines()
+    assert len([line for line in k3s_lines if line.startswith("Started k3s.service")]) == 1, \
+        (seen["k3s_this_boot"], f"see {rebooted_log}")
+    assert not [line for line in k3s_lines if line.startswith(("Stopping k3s.service", "Stopped k3s.service"))], \
+        (seen["k3s_this_boot"], f"see {rebooted_log}")
+    # The datastore was kept: every object as it was, the test's own included, and the same Node.
+    assert {name for _, _, _, name in seen["applied"]} >= {"rack-apps", "rack-info", "metadata"}
+    assert seen["after_reboot"] == seen["before_reboot"], f"see {rebooted_log}"
+    assert seen["node_uid_after_reboot"] == seen["node_uid"]
 
 
 def test_unseeded_jumphost_recognises_its_network(built):

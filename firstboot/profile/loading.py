@@ -14,6 +14,7 @@ from firstboot.errors import BadInput, ProfileError
 from firstboot.profile.checks import semantic_problems
 from firstboot.profile.construct import digest, rack_profile
 from firstboot.profile.cross import cross_profile_problems
+from firstboot.profile.manifest_check import manifest_problems
 from firstboot.profile.manifests import resolve_manifests
 from firstboot.profile.model import RackProfile
 from firstboot.profile.problems import Keys, Problem, Unreadable, shown
@@ -79,6 +80,8 @@ def _checked(doc: dict, source: Path) -> tuple[RackProfile | None, list[Problem]
     complete = with_defaults(doc)
     manifests, problems = resolve_manifests(complete["manifests"], source.parent)
     problems += semantic_problems(complete)
+    if not problems:
+        problems = manifest_problems(complete, manifests, source)   # read only from files that resolved
     if problems:
         return None, problems
     return rack_profile(complete, source, digest(doc), manifests), []
@@ -95,7 +98,9 @@ def load_one(path: Path) -> tuple[RackProfile | None, list[Problem]]:
         return None, err.problems
     profile, problems = _checked(merge(defaults_doc, rack_doc), path)
     files = {"rack": path, "defaults": defaults_path}
-    located = {problem.located(files[origin(problem.path, rack_doc, defaults_doc)]) for problem in problems}
+    # A problem inside a manifest already names its file.
+    located = {problem if problem.file else problem.located(files[origin(problem.path, rack_doc, defaults_doc)])
+               for problem in problems}
     return profile, sorted(located, key=str)      # each once, in the order of their places
 
 

@@ -1,12 +1,17 @@
 """Booting the built images in QEMU, for the VM tests and the benchmarks: a
-jumphost from a fresh copy of its image, reading the root filesystem of an
-image without mounting it, and the virtual rack (a jumphost, its router and
-its Pis on one switch). Each boot's serial log is kept under tests/artifacts/.
+jumphost from a fresh copy of its image (or one machine booted again from its
+own disk, and its power cut), reading the root filesystem of an image without
+mounting it, and the virtual rack (a jumphost, its router and its Pis on one
+switch). Each boot's serial log is kept under tests/artifacts/.
+
+Waits are on events (the status port's report, a line on the serial
+console), never on how long a TCG guest is expected to take.
 """
 
 import dataclasses
 import json
 import re
+import shutil
 import socket
 import subprocess
 import time
@@ -14,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from firstboot.errors import RackbootError
 from image import qemu, seed
 from tests.doubles.secret_manager import SecretManagerDouble
 from tests.lib import virtual_rack
@@ -36,16 +42,103 @@ def free_port() -> int:
 def boot(profile, image: Path, name: str, agent_env: dict | None = None, with_seed: bool = True,
          while_running=None, **ports) -> dict:
     """Boot a fresh copy of the image; return the guest's report."""
-    files = qemu.BootFiles(ARTIFACTS / name)
-    qemu.prepare(files)
-    disk = files.workdir / "disk.img"
-    subprocess.run(["cp", "--sparse=always", str(image), str(disk)], check=True)
-    seed_image = seed.make_seed(profile, files.workdir, agent_env) if with_seed else None
+    machine = Jumphost(profile, image, ARTIFACTS / name, agent_env, with_seed, **ports)
     try:
-        return qemu.boot_until_report(qemu.qemu_argv(profile, disk, seed_image, files, **ports), files,
-                                      BOOT_TIMEOUT, while_running)
+        return machine.boot(name, while_running)
     finally:
-        disk.unlink(missing_ok=True)   # keep the logs, not 2 GB of disk
+        machine.remove()   # keep the logs, not 2 GB of disk
+
+
+class Jumphost:
+    """One jumphost across boots, as a real one keeps what it has: its disk
+    (a copy of the image, flashed once), its seed stick and its firmware's
+    variables stay from one boot to the next. Each boot has its own serial
+    log and report under tests/artifacts/NAME."""
+
+    def __init__(self, profile, image: Path, workdir: Path, agent_env: dict | None = None,
+                 with_seed: bool = True, **ports):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.profile, self.ports = profile, ports
+        self.disk = workdir / "disk.img"
+        subprocess.run(["cp", "--sparse=always", str(image), str(self.disk)], check=True)
+        self.seed = seed.make_seed(profile, workdir, agent_env) if with_seed else None
+        self.files: qemu.BootFiles | None = None     # the last boot's
+
+    def _power_on_files(self, name: str) -> list[str]:
+        """Set up boot NAME's files (the firmware variables the last boot
+        left); QEMU's command line."""
+        files = qemu.BootFiles(ARTIFACTS / name)
+        qemu.prepare(files)
+        if self.files is not None:
+            shutil.copyfile(self.files.vars, files.vars)
+        self.files = files
+        return qemu.qemu_argv(self.profile, self.disk, self.seed, files, **self.ports)
+
+    def boot(self, name: str, while_running=None) -> dict:
+        """Power on, return the agent's report once it is sent (while_running(report)
+        is called before the power goes off)."""
+        argv = self._power_on_files(name)
+        try:
+            return qemu.boot_until_report(argv, self.files, BOOT_TIMEOUT, while_running)
+        except RackbootError as err:
+            raise AssertionError(f"{name}: {err} ({err.hint})") from None
+
+    def power_cut_at(self, name: str, line: str) -> str:
+        """Power on, and cut the power (SIGKILL QEMU: no shutdown, no flush) as
+        soon as the serial console shows line; the console up to the cut."""
+        argv = self._power_on_files(name)
+        with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) as proc:
+            try:
+                wait_for_console(self.files, line, proc)
+            finally:
+                proc.kill()
+                proc.wait()
+        return self.files.serial_log.read_text(errors="replace")
+
+    def reboot(self, ssh) -> None:
+        """From inside, while a boot runs: `systemctl reboot` as the admin
+        (ssh(*command, check=...)), then wait for the kernel's last line; with
+        -no-reboot QEMU then stops, and the next boot() is the reboot."""
+        ssh("sudo", "systemctl", "reboot", check=False)      # ssh may lose the connection: not an error
+        wait_for_console(self.files, "reboot: Restarting system")
+
+    def remove(self) -> None:
+        self.disk.unlink(missing_ok=True)
+
+
+def wait_for_console(files: qemu.BootFiles, line: str, proc: subprocess.Popen | None = None,
+                     timeout: float = BOOT_TIMEOUT) -> None:
+    """Until the guest's serial console shows line (polled often: a power cut
+    aimed at one step of the agent must land in it)."""
+    deadline = time.monotonic() + timeout
+    while line not in (files.serial_log.read_text(errors="replace") if files.serial_log.exists() else ""):
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"QEMU exited ({proc.returncode}) before the console showed {line!r}: "
+                                 f"{proc.stderr.read().strip()[-2000:]}; see {files.serial_log}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the console did not show {line!r} within {timeout:.0f} s; "
+                                 f"see {files.serial_log}")
+        time.sleep(0.05)
+
+
+def admin_ssh(key: Path, port: int, *command: str, check: bool = True) -> str:
+    """command on the guest as the profile's admin (rackboot), logged in with key
+    through the forwarded ssh port; its output."""
+    argv = ["ssh", "-i", str(key), "-p", str(port), "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+            "rackboot@127.0.0.1", *command]
+    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=120).stdout
+
+
+def api_client(ssh, api_port: int):
+    """A dynamic Kubernetes client for the guest's k3s, through the forwarded
+    API port, with k3s's admin kubeconfig (read over ssh), as attach.sh did."""
+    from kubernetes import config
+    from kubernetes.dynamic import DynamicClient
+    kubeconfig = yaml.safe_load(ssh("sudo", "cat", "/etc/rancher/k3s/k3s.yaml"))
+    kubeconfig["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{api_port}"
+    return DynamicClient(config.new_client_from_config_dict(kubeconfig))
 
 
 def partitions(image: Path) -> dict:
@@ -233,19 +326,12 @@ class VirtualRack:
         return self.router is not None and self.router.returncode == -9
 
     def ssh(self, *command: str, check: bool = True) -> str:
-        argv = ["ssh", "-i", str(self.key), "-p", str(self.ssh_port), "-o", "StrictHostKeyChecking=no",
-                "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
-                "rackboot@127.0.0.1", *command]
-        return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=120).stdout
+        return admin_ssh(self.key, self.ssh_port, *command, check=check)
 
     def cluster(self) -> dict:
         """The nodes (name -> labels) and node-password hashes, read through
         the forwarded API port with k3s's admin kubeconfig."""
-        kubeconfig = yaml.safe_load(self.ssh("sudo", "cat", "/etc/rancher/k3s/k3s.yaml"))
-        kubeconfig["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{self.api_port}"
-        from kubernetes import config
-        from kubernetes.dynamic import DynamicClient
-        dyn = DynamicClient(config.new_client_from_config_dict(kubeconfig))
+        dyn = api_client(self.ssh, self.api_port)
         nodes = dyn.get(dyn.resources.get(api_version="v1", kind="Node")).items
         secrets = dyn.get(dyn.resources.get(api_version="v1", kind="Secret"), namespace="kube-system").items
         return {"nodes": {n.metadata.name: dict(n.metadata.labels) for n in nodes},
