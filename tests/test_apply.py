@@ -147,18 +147,10 @@ def test_a_document_names_its_file_position_and_object():
         cluster.index = 5
 
 
-@pytest.mark.parametrize("environment, seconds", [({}, 300.0), ({"RACKBOOT_APPLY_TIMEOUT": "12.5"}, 12.5)])
+@pytest.mark.parametrize("environment, seconds", [({}, "300.0"), ({"RACKBOOT_APPLY_TIMEOUT": "12.5"}, "12.5")])
 def test_how_long_apply_waits_is_set_by_the_environment(environment, seconds):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-    env = {k: v for k, v in os.environ.items() if k != "RACKBOOT_APPLY_TIMEOUT"} | environment
-    shown = subprocess.run([sys.executable, "-c", "from firstboot import apply; import inspect; "
-                            "print(apply.TIMEOUT, inspect.signature(apply.apply).parameters['timeout'].default)"],
-                           cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True,
-                           check=True)
-    assert shown.stdout.split() == [str(seconds), str(seconds)]
+    from tests.test_join import defaults_under
+    assert defaults_under(environment, "apply", "TIMEOUT", "apply") == [seconds, seconds]
 
 
 GOOD = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: ns}\n"

@@ -102,12 +102,14 @@ def test_prune_deletes_only_what_this_rack_applied_and_no_longer_has(api, tmp_pa
 
 def test_namespaces_are_pruned_after_what_is_in_them(api, tmp_path):
     rack = "ns-last-rack"
-    first = apply.apply(api.kubeconfig, profile(tmp_path, rack, namespace("ns-last"),
-                                                configmap("inside", "ns-last"), configmap("stays", "default")),
-                        timeout=30)
+    # A Secret: a kind listed after Namespace (v1 kinds in order), pruned before it all the same.
+    secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+              "metadata": {"name": "inside-secret", "namespace": "ns-last"}, "data": {}}
+    first = apply.apply(api.kubeconfig, profile(tmp_path, rack, namespace("ns-last"), configmap("inside", "ns-last"),
+                                                secret, configmap("stays", "default")), timeout=30)
     result = apply.apply(api.kubeconfig, profile(tmp_path, rack, configmap("stays", "default")),
                          previous_inventory=first["inventory"], timeout=30)
-    assert result["pruned"] == ["ConfigMap ns-last/inside", "Namespace ns-last"]
+    assert result["pruned"] == ["ConfigMap ns-last/inside", "Secret ns-last/inside-secret", "Namespace ns-last"]
     assert gone_or_going(api, "Namespace", "ns-last")
     assert get(api, "ConfigMap", "stays", "default") is not None
 
@@ -124,10 +126,13 @@ def test_kinds_of_an_earlier_run_are_pruned_though_no_document_has_them_now(api,
     assert result["pruned"] == ["ConfigMap default/old-kind"]
     assert result["inventory"] == [["v1", "ConfigMap"], ["v1", "Namespace"]]
     assert gone_or_going(api, "ConfigMap", "old-kind", "default")
-    # A kind the cluster no longer serves (its CRD gone) is skipped, not an error.
+    # A kind the cluster no longer serves (its CRD gone) is skipped, not an
+    # error, and the kinds after it are pruned still.
+    apply.apply(api.kubeconfig, profile(tmp_path, rack, configmap("later-kind", "default"), name="later.yaml"),
+                timeout=30)
     result = apply.apply(api.kubeconfig, only_namespace, timeout=30,
                          previous_inventory=[["example.com/v1", "Gone"], ["v1", "ConfigMap"]])
-    assert result["pruned"] == []
+    assert result["pruned"] == ["ConfigMap default/later-kind"]
     assert result["inventory"] == [["example.com/v1", "Gone"], ["v1", "ConfigMap"], ["v1", "Namespace"]]
 
 

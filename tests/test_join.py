@@ -328,10 +328,9 @@ def test_fetch_retries_every_five_seconds_and_says_what_it_last_got(monkeypatch,
                                  "status; systemctl status rackboot-join")
 
 
-def test_an_empty_answer_is_waited_past(tmp_path, monkeypatch):
-    rack = profile("127.0.0.0/8", 8677)
-    answers = [b"\n", b"agent-token\n"]
-
+def answering(monkeypatch, answer):
+    """urlopen answering every request with answer(url): bytes, or raising it;
+    returns the (url, timeout) of each request."""
     class Answer:
         def __init__(self, body):
             self.body = body
@@ -344,12 +343,17 @@ def test_an_empty_answer_is_waited_past(tmp_path, monkeypatch):
 
         def read(self):
             return self.body
-
     opened = []
     monkeypatch.setattr(join.urllib.request, "urlopen",
-                        lambda url, timeout: opened.append((url, timeout)) or Answer(answers.pop(0)))
+                        lambda url, timeout: opened.append((url, timeout)) or Answer(answer(url)))
+    return opened
+
+
+def test_an_empty_answer_is_waited_past(monkeypatch):
+    answers = [b"\n", b"agent-token\n"]
+    opened = answering(monkeypatch, lambda url: answers.pop(0))
     waits = []
-    assert join.fetch(rack, timeout=60, sleep=waits.append) == b"agent-token"
+    assert join.fetch(profile("127.0.0.0/8", 8677), timeout=60, sleep=waits.append) == b"agent-token"
     assert waits == [5]
     assert opened == [("http://127.0.0.1:8677/v1/agent-token", 10)] * 2
 
@@ -364,34 +368,23 @@ def test_a_refused_pi_is_told_its_address_and_the_racks_subnet(service):
     assert caught.value.hint == "the Pi's address must be in the rack's subnet 10.77.0.0/24"
 
 
-@pytest.mark.parametrize("environment, seconds", [({}, 1800.0), ({"RACKBOOT_JOIN_TIMEOUT": "7.5"}, 7.5)])
-def test_how_long_a_pi_waits_for_its_jumphost_is_set_by_the_environment(environment, seconds):
+def defaults_under(environment: dict, module: str, constant: str, function: str) -> list[str]:
+    """module.constant and function's timeout default, as a fresh agent
+    process with environment (and none of the variables it names) sees them."""
     import os
     import subprocess
     import sys
-    env = {k: v for k, v in os.environ.items() if k != "RACKBOOT_JOIN_TIMEOUT"} | environment
-    shown = subprocess.run([sys.executable, "-c", "from firstboot import join; import inspect; "
-                            "print(join.FETCH_TIMEOUT, inspect.signature(join.fetch).parameters['timeout'].default)"],
-                           cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True,
-                           check=True)
-    assert shown.stdout.split() == [str(seconds), str(seconds)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RACKBOOT_")} | environment
+    code = (f"from firstboot import {module} as m; import inspect; "
+            f"print(m.{constant}, inspect.signature(m.{function}).parameters['timeout'].default)")
+    shown = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent, env=env,
+                           capture_output=True, text=True, check=True)
+    return shown.stdout.split()
 
 
-def answering(monkeypatch, answer):
-    """urlopen answering every request with answer(url): bytes, or raising it."""
-    class Answer:
-        def __init__(self, body):
-            self.body = body
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def read(self):
-            return self.body
-    monkeypatch.setattr(join.urllib.request, "urlopen", lambda url, timeout: Answer(answer(url)))
+@pytest.mark.parametrize("environment, seconds", [({}, "1800.0"), ({"RACKBOOT_JOIN_TIMEOUT": "7.5"}, "7.5")])
+def test_how_long_a_pi_waits_for_its_jumphost_is_set_by_the_environment(environment, seconds):
+    assert defaults_under(environment, "join", "FETCH_TIMEOUT", "fetch") == [seconds, seconds]
 
 
 def test_a_jumphost_that_only_answers_empty_is_named_so(monkeypatch):
@@ -461,3 +454,27 @@ def test_a_request_read_at_its_deadline_is_cut(monkeypatch):
     finally:
         left.close()
         right.close()
+
+
+def test_refusals_are_logged_once_then_counted_every_ten_seconds(monkeypatch, capsys):
+    """The refusal log of verify_request: the first refusal is a line; then
+    one line per REFUSAL_LOG_SECONDS (10) at most, with the count so far."""
+    now = [5.0]
+    monkeypatch.setattr(join, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    handler = type("Handler", (join._Handler,), {"token_file": Path("/nonexistent")})
+    server = join._Server(("127.0.0.1", 0), handler, ipaddress.IPv4Network("127.0.0.0/8"))
+    try:
+        def refuse(at: float) -> str:
+            now[0] = at
+            ours, theirs = socket.socketpair()
+            with ours, theirs:
+                assert server.verify_request(ours, ("10.9.8.7", 4242)) is False
+                assert theirs.recv(4096).startswith(b"HTTP/1.0 403 Forbidden\r\n")
+            return capsys.readouterr().err
+        assert refuse(5.0) == "10.9.8.7 refused: not in the rack's subnet 127.0.0.0/8\n"
+        assert refuse(9.0) == ""
+        assert refuse(14.9) == ""
+        assert refuse(15.0) == "10.9.8.7 refused: not in the rack's subnet 127.0.0.0/8 (4 refused in all)\n"
+        assert refuse(16.0) == ""
+    finally:
+        server.server_close()

@@ -1,5 +1,8 @@
 """VM tier: the virtual rack (tests/lib/vm.py's VirtualRack). The example rack's
-jumphost image boots in QEMU (x86-64, UEFI, TCG) and two Pis boot as arm64
+jumphost image boots in QEMU (x86-64, UEFI, TCG), a fresh flash with its seed
+that must reach rack ready in one boot (cloud-init clean, no failed unit,
+identified from its seed, the token fetched once from the Secret Manager
+double and never on its console), and two Pis boot as arm64
 `virt` machines on one layer-2 segment with it: every NIC is a port of a
 learning switch (tests/lib/rack_switch.py, UDP cables on the host's loopback),
 and the rack router (DHCP, the host at the router's address, forwarded
@@ -33,8 +36,8 @@ import pytest
 
 from firstboot import join
 from tests.conftest import REPLACEMENT_PI
-from tests.lib.vm import (ALL_DONE, PiVM, VirtualRack, debugfs, ext4_header, extract_partition, file_type, partitions,
-                      sdcard_boot_files)
+from tests.lib.vm import (ALL_DONE, ARTIFACTS, PiVM, VirtualRack, debugfs, ext4_header, extract_partition,
+                          file_type, partitions, sdcard_boot_files)
 
 pytestmark = pytest.mark.vm
 
@@ -61,6 +64,7 @@ def test_virtual_rack_joins_a_power_cycled_pi_rejoins_and_a_replacement_boots_fr
 
     def with_jumphost_ready(report):
         assert report["steps"] == ALL_DONE, report["errors"]
+        seen["jumphost"] = report
         # What the jumphost exports to the Pis: its mount, and the device numbers of it and of /.
         seen["pi_root_mount"] = rack.ssh("findmnt", "-n", "-J", "-o", "SOURCE,FSTYPE,OPTIONS,FSROOT",
                                          "--mountpoint", "/srv/rackboot/pi-root")
@@ -95,6 +99,16 @@ def test_virtual_rack_joins_a_power_cycled_pi_rejoins_and_a_replacement_boots_fr
         rack.close()
     assert rack.router_ran_until_stopped()
 
+    # The jumphost: a fresh flash of the image, with its seed, at rack ready in one uninterrupted first boot.
+    jumphost, console = seen["jumphost"], ARTIFACTS / "rack-jumphost" / "serial.log"
+    assert jumphost["identity"] == {"rack": "example", "role": "jumphost", "node": "jumphost-example",
+                                    "source": "seed"}, console
+    assert jumphost["cloud_init"]["status"] == "done" and jumphost["cloud_init"]["errors"] == [], \
+        (jumphost["cloud_init"], console)
+    assert jumphost["failed_units"] == [], console
+    assert len(jumphost["ssh_host_keys"]) == 3, console
+    assert TOKEN not in console.read_bytes()
+    assert rack.secret_manager.calls == ["projects/rackboot-example/secrets/k3s-node-token/versions/latest"]
     pis = profile.pis[:2]
     for pi, report in zip(pis, seen["pis"]):
         assert report["identity"] == {"rack": "example", "role": "pi", "node": pi.name, "source": "MAC"}, report

@@ -308,8 +308,9 @@ class VirtualRack:
         once the jumphost's agent has reported; return that report."""
         port = self.secret_manager.address.rsplit(":", 1)[1]
         env = {"SECRET_MANAGER_EMULATOR_HOST": f"{self.profile.network.router}:{port}"}
-        admin = dataclasses.replace(self.profile, jumphost=dataclasses.replace(
-            self.profile.jumphost, ssh_authorized_keys=(self.key.with_suffix(".pub").read_text().strip(),)))
+        jumphost = self.profile.jumphost    # its own keys stay in the seed; the test's is one more
+        admin = dataclasses.replace(self.profile, jumphost=dataclasses.replace(jumphost, ssh_authorized_keys=(
+            *jumphost.ssh_authorized_keys, self.key.with_suffix(".pub").read_text().strip())))
         self.router = subprocess.Popen(
             virtual_rack.router_argv(self.profile, self.switch.plug(), self.ssh_port, self.api_port),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
