@@ -90,8 +90,9 @@ def api(tmp_path_factory):
     machine = Machine(root / "machine", "console=ttyS0")
     port = free_port()
     log = (root / "k3s.log").open("w")
-    server = subprocess.Popen(["nsenter", "-t", str(machine.holder.pid), "-m", "--", str(binary), "server",
-                               f"--https-listen-port={port}", "--node-name=strict-api", "--token=strict-api-token"],
+    server = subprocess.Popen(machine.command([str(binary), "server", f"--https-listen-port={port}",
+                                               "--node-name=strict-api", f"--node-ip={machine.address}",
+                                               "--token=strict-api-token"]),
                               env=machine.env(K3S_STANDIN_NAMESPACE_DELAY=NAMESPACE_DELAY),
                               stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     try:
@@ -101,7 +102,7 @@ def api(tmp_path_factory):
             assert server.poll() is None, (root / "k3s.log").read_text()
             assert time.monotonic() < deadline, "the stand-in wrote no kubeconfig"
             time.sleep(0.1)
-        client = Api(kubeconfig, root)
+        client = Api(machine.kubeconfig(root / "test-host"), root)
         while client.call("GET", "/api/v1/namespaces/default")[0] != 200:
             assert time.monotonic() < deadline, "the stand-in's API does not answer"
             time.sleep(0.1)
@@ -567,7 +568,10 @@ def test_a_rollout_is_waited_for_until_the_new_pods_are_ready(loop_rack):
     loop_rack.machine.set_service_environment(K3S_STANDIN_READY_DELAY=5)
     assert loop_rack.agent().returncode == 0
     manifest = loop_rack.profiles / "kube/00-rack.yaml"
-    manifest.write_text(manifest.read_text().replace("metadata-server:1", "metadata-server:2"))
+    first = manifest.read_text()
+    second = first.replace("labels: {app: metadata-server}", "labels: {app: metadata-server, rollout: second}")
+    assert second != first        # a new pod template: a rollout (the image is air-gap k3s's own, fixed)
+    manifest.write_text(second)
     done = loop_rack.agent()
     assert done.returncode == 0, done.stderr
     status = loop_rack.get("apps/v1", "Deployment", "metadata-server", "loop-apps").status

@@ -25,7 +25,7 @@ from tests import test_pi_join
 from tests.doubles import k3s_standin_bundle
 from tests.lib.machine import Machine
 from tests.lib.rack import VERSION
-from tests.test_pi_join import API, TOKEN, eventually, join, ready_condition
+from tests.test_pi_join import TOKEN, api, eventually, join, ready_condition
 
 rack = test_pi_join.rack      # the same fixture: a pretend rack whose jumphost reached rack ready
 pytestmark = pytest.mark.machine     # (built in test_pi_join, out of the tier rules' sight)
@@ -34,7 +34,7 @@ NEW_TOKEN = b"loop-rack-token-rotated-77c0"
 SERVER = "/var/lib/rancher/k3s/server"
 
 
-def kubelet_certificate(user: bytes, password: bytes, name: str, node_password: bytes, server: str = API) -> int:
+def kubelet_certificate(user: bytes, password: bytes, name: str, node_password: bytes, server: str) -> int:
     """The HTTP status k3s answers a request for a kubelet's identity
     (/v1-k3s/client-kubelet.crt) made with these basic-auth credentials."""
     unverified = ssl.create_default_context()
@@ -72,9 +72,9 @@ def test_a_pi_presenting_the_server_token_is_refused(rack):
     server may not use the agents' endpoints at all."""
     pi_name, password = "loop-pi-01", k3s.node_password("loop", "loop-pi-01")
     agent_token = join_module.agent_token(TOKEN, "loop")
-    assert kubelet_certificate(b"node", TOKEN, pi_name, password) == 401
-    assert kubelet_certificate(b"server", TOKEN, pi_name, password) == 403
-    assert kubelet_certificate(b"node", agent_token, pi_name, password) == 200
+    assert kubelet_certificate(b"node", TOKEN, pi_name, password, api(rack)) == 401
+    assert kubelet_certificate(b"server", TOKEN, pi_name, password, api(rack)) == 403
+    assert kubelet_certificate(b"node", agent_token, pi_name, password, api(rack)) == 200
     # A Pi whose token file holds the rack's token (short, then as k3s writes it in server/token):
     secure = rack.machine.path(f"{SERVER}/token").read_bytes()
     for number, token in enumerate((TOKEN + b"\n", secure)):
@@ -82,7 +82,7 @@ def test_a_pi_presenting_the_server_token_is_refused(rack):
         config = stranger.path("/etc/rancher/k3s")
         config.mkdir(parents=True)
         (config / "token").write_bytes(token)
-        (config / "config.yaml").write_text(f"server: {API}\ntoken-file: /etc/rancher/k3s/token\n"
+        (config / "config.yaml").write_text(f"server: {api(rack)}\ntoken-file: /etc/rancher/k3s/token\n"
                                             f"node-name: {pi_name}\n")
         stranger.path("/etc/rancher/node").mkdir(parents=True)
         stranger.path("/etc/rancher/node/password").write_bytes(password + b"\n")
@@ -120,7 +120,7 @@ def test_a_rotation_survives_two_server_restarts_and_the_pi_rejoins(rack):
     m = rack.machine
     pi = rack.add_pi("pi1", "0b0b0b01")
     join(rack, pi)
-    rotate = m.run(["k3s", "token", "rotate", "--server", API, "--token", TOKEN.decode(),
+    rotate = m.run(["k3s", "token", "rotate", "--server", api(rack), "--token", TOKEN.decode(),
                     "--new-token", NEW_TOKEN.decode()])
     assert rotate.returncode == 0, rotate.stderr
     assert NEW_TOKEN in m.path(f"{SERVER}/token").read_bytes()
@@ -135,8 +135,8 @@ def test_a_rotation_survives_two_server_restarts_and_the_pi_rejoins(rack):
     pi_name, password = "loop-pi-01", k3s.node_password("loop", "loop-pi-01")
     old_agent_token = pi.path("/etc/rancher/k3s/token").read_bytes().strip()
     assert old_agent_token == join_module.agent_token(TOKEN, "loop")
-    assert kubelet_certificate(b"node", old_agent_token, pi_name, password) == 401
-    assert kubelet_certificate(b"node", TOKEN, pi_name, password) == 401
+    assert kubelet_certificate(b"node", old_agent_token, pi_name, password, api(rack)) == 401
+    assert kubelet_certificate(b"node", TOKEN, pi_name, password, api(rack)) == 401
     # Restart 2: the jumphost boots again; k3s starts on the same datastore.
     m.power_off()
     done = rack.agent()
@@ -163,7 +163,7 @@ def test_k3s_refuses_to_start_with_the_token_it_was_rotated_from(rack):
     """What the token step guards against: k3s itself, given the old token
     after a rotation, does not start on its datastore."""
     m = rack.machine
-    rotate = m.run(["k3s", "token", "rotate", "--server", API, "--token", TOKEN.decode(),
+    rotate = m.run(["k3s", "token", "rotate", "--server", api(rack), "--token", TOKEN.decode(),
                     "--new-token", NEW_TOKEN.decode()])
     assert rotate.returncode == 0, rotate.stderr
     assert m.run(["systemctl", "stop", "k3s.service"]).returncode == 0
@@ -193,10 +193,11 @@ def test_without_an_agent_token_user_node_follows_the_server_token(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    url, first, second = f"https://127.0.0.1:{port}", "first-token-0a1", "second-token-9f2"
+    url, first, second = f"https://{machine.address}:{port}", "first-token-0a1", "second-token-9f2"
 
     def server(token: str, wait: bool = True):
-        argv = [str(binary), "server", f"--https-listen-port={port}", "--node-name=solo", f"--token={token}"]
+        argv = [str(binary), "server", f"--https-listen-port={port}", "--node-name=solo",
+                f"--node-ip={machine.address}", f"--token={token}"]
         if not wait:
             return machine.run(argv, timeout=60)
         process = machine.popen(argv)

@@ -25,8 +25,9 @@ from tests.lib.machine import REPO
 from tests.lib.rack import Rack
 
 TOKEN = b"loop-rack-token-4c9e"
-API = "https://127.0.0.2:16443"
 JUMPHOST_LABEL = "node-restriction.kubernetes.io/rackboot-role"
+# Pods here run on real kubelets with RACKBOOT_K3S_BUNDLE: an image of k3s's air-gap tarball.
+PAUSE_IMAGE = "docker.io/rancher/mirrored-pause:3.6"
 
 
 @pytest.fixture
@@ -40,6 +41,11 @@ def rack(tmp_path):
     yield rack
     rack.destroy()
     sm.stop()
+
+
+def api(rack) -> str:
+    """The jumphost's k3s API, at its address on the rack's bridge (tests/lib/rack.py)."""
+    return f"https://{rack.machine.address}:16443"
 
 
 def nodes(rack) -> dict:
@@ -71,9 +77,9 @@ def test_pis_join_with_their_labels(rack):
     assert labels["rackboot.dev/model"] == "pi4" and labels["example.dev/device-pool"] == "android"
     assert "example.dev/device-pool" not in found["loop-pi-02"].metadata.labels
     assert first.path("/etc/systemd/system/k3s-agent.service").read_text().count("ExecStart=/usr/local/bin/k3s agent")
-    assert "server: https://127.0.0.2:16443" in first.path("/etc/rancher/k3s/config.yaml").read_text()
+    assert f"server: {api(rack)}" in first.path("/etc/rancher/k3s/config.yaml").read_text()
     # The Pis hold the agent token (from the join service), never the rack's token.
-    assert status["steps"]["token"]["result"]["source"] == "http://127.0.0.2:6442/v1/agent-token"
+    assert status["steps"]["token"]["result"]["source"] == f"http://{rack.machine.address}:6442/v1/agent-token"
     for pi in (first, second):
         assert pi.path("/etc/rancher/k3s/token").read_bytes() == join_module.agent_token(TOKEN, "loop") + b"\n"
         assert (pi.path("/etc/rancher/k3s/token").stat().st_mode & 0o777) == 0o600
@@ -114,7 +120,7 @@ def test_k3s_random_node_password_would_be_rejected(rack):
     config = stranger.path("/etc/rancher/k3s")
     config.mkdir(parents=True)
     (config / "token").write_bytes(join_module.agent_token(TOKEN, "loop") + b"\n")
-    (config / "config.yaml").write_text("server: https://127.0.0.2:16443\ntoken-file: /etc/rancher/k3s/token\n"
+    (config / "config.yaml").write_text(f"server: {api(rack)}\ntoken-file: /etc/rancher/k3s/token\n"
                                         "node-name: loop-pi-01\n")
     bundle = next(stranger.path("/usr/lib/rackboot/k3s").iterdir())
     agent = stranger.popen([str(bundle / "k3s"), "agent"])
@@ -163,7 +169,7 @@ def test_rotating_the_token_as_the_readme_says(rack, tmp_path):
     assert rack.machine.path("/etc/rancher/k3s/token").read_bytes() == TOKEN + b"\n"
     assert rack.k3s_pid() == pid
     # README: 1. rotate in k3s, 2. (stored above), 3. re-run the jumphost's agent, then the Pi's.
-    rotate = rack.machine.run(["k3s", "token", "rotate", "--server", "https://127.0.0.2:16443",
+    rotate = rack.machine.run(["k3s", "token", "rotate", "--server", api(rack),
                                "--token", TOKEN.decode(), "--new-token", "rotated-token-1e77"])
     assert rotate.returncode == 0, rotate.stderr
     done = rack.agent()
@@ -229,10 +235,10 @@ def test_the_agent_token_cannot_make_a_jumphost(rack, tmp_path):
     password = rack.machine.path("/etc/rancher/node/password").read_bytes()
     assert password == k3s.server_node_password(TOKEN, "loop", "jumphost-loop") + b"\n"
     with pytest.raises(urllib.error.HTTPError) as refused:
-        kubelet_identity(tmp_path, API, "jumphost-loop", k3s.node_password("loop", "jumphost-loop"), agent_token)
+        kubelet_identity(tmp_path, api(rack), "jumphost-loop", k3s.node_password("loop", "jumphost-loop"), agent_token)
     assert refused.value.code == 403 and "Node password rejected" in refused.value.read().decode()
     # Under a Pi's name (whose password is public, see firstboot/k3s.py) it is that Pi's kubelet:
-    kubelet = kubelet_identity(tmp_path, API, "loop-pi-01", k3s.node_password("loop", "loop-pi-01"), agent_token)
+    kubelet = kubelet_identity(tmp_path, api(rack), "loop-pi-01", k3s.node_password("loop", "loop-pi-01"), agent_token)
     nodes = kubelet.resources.get(api_version="v1", kind="Node")
     merge = {"content_type": "application/merge-patch+json"}
     kubelet.patch(nodes, name="loop-pi-01", body={"metadata": {"labels": {"example.dev/mine": "yes"}}}, **merge)
@@ -263,7 +269,7 @@ def test_the_agent_token_cannot_make_a_jumphost(rack, tmp_path):
                               ("on-the-jumphost", "jumphost-loop", "for-the-jumphost")):
         dyn.create(dyn.resources.get(api_version="v1", kind="Pod"), namespace="loop-apps", body={
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod},
-            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "registry.example/c:1"}],
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": PAUSE_IMAGE, "imagePullPolicy": "Never"}],
                      "volumes": [{"name": "s", "secret": {"secretName": secret}}]}})
     assert kubelet.get(secret_api, name="for-the-pi", namespace="loop-apps").data["k"] == "dg=="
     assert refusal(lambda: kubelet.get(secret_api, name="for-the-jumphost", namespace="loop-apps"))["code"] == 403
@@ -277,7 +283,7 @@ def test_a_kubelet_may_not_label_itself_for_the_jumphost(rack, tmp_path):
     config = stranger.path("/etc/rancher/k3s")
     config.mkdir(parents=True)
     (config / "token").write_bytes(join_module.agent_token(TOKEN, "loop") + b"\n")
-    (config / "config.yaml").write_text("server: https://127.0.0.2:16443\ntoken-file: /etc/rancher/k3s/token\n"
+    (config / "config.yaml").write_text(f"server: {api(rack)}\ntoken-file: /etc/rancher/k3s/token\n"
                                         f"node-name: loop-pi-02\nnode-label:\n  - {JUMPHOST_LABEL}=jumphost\n")
     bundle = next(stranger.path("/usr/lib/rackboot/k3s").iterdir())
     agent = stranger.popen([str(bundle / "k3s"), "agent"])
@@ -293,7 +299,7 @@ def test_a_kubelet_may_not_label_itself_for_the_jumphost(rack, tmp_path):
         return     # the rest speaks the stand-in's own join request
     unverified = ssl.create_default_context()
     unverified.check_hostname, unverified.verify_mode = False, ssl.CERT_NONE
-    request = urllib.request.Request(f"{API}/v1-k3s/standin-join", method="POST", data=json.dumps(
+    request = urllib.request.Request(f"{api(rack)}/v1-k3s/standin-join", method="POST", data=json.dumps(
         {"labels": {JUMPHOST_LABEL: "jumphost"}}).encode(), headers={
         "Authorization": "Basic " + base64.b64encode(b"node:" + join_module.agent_token(TOKEN, "loop")).decode(),
         "k3s-Node-Name": "loop-pi-02", "k3s-Node-Password": k3s.node_password("loop", "loop-pi-02").decode()})
@@ -318,7 +324,7 @@ def test_a_pi_of_one_rack_is_refused_by_another(rack, tmp_path):
     document["k3s"]["api_port"] = 16444
     (profiles / "loop.yaml").unlink()
     (profiles / "loop-b.yaml").write_text(yaml.safe_dump(document))
-    other = Rack(tmp_path / "rack-b", profiles, "loop-b", rack.sm.address)
+    other = Rack(tmp_path / "rack-b", profiles, "loop-b", rack.sm.address, network=rack.network)   # one segment
     try:
         done = other.agent()
         assert done.returncode == 0, done.stderr + other.status_text()
@@ -328,7 +334,7 @@ def test_a_pi_of_one_rack_is_refused_by_another(rack, tmp_path):
         assert token_b == join_module.agent_token(TOKEN, "loop-b") + b"\n" and token_b != token_a
         # The Pi's own k3s agent, pointed at rack B with the token it holds:
         (pi.path("/etc/rancher/k3s") / "rack-b.yaml").write_text(
-            "server: https://127.0.0.3:16444\ntoken-file: /etc/rancher/k3s/token\nnode-name: loop-pi-01\n")
+            f"server: https://{other.machine.address}:16444\ntoken-file: /etc/rancher/k3s/token\nnode-name: loop-pi-01\n")
         bundle = next(pi.path("/usr/lib/rackboot/k3s").iterdir())
         agent = pi.popen([str(bundle / "k3s"), "agent", "--config", "/etc/rancher/k3s/rack-b.yaml"])
         try:
@@ -346,7 +352,7 @@ def test_a_pi_of_one_rack_is_refused_by_another(rack, tmp_path):
         assert b_nodes == {"jumphost-loop-b"}
         # The same refusal at the door where a kubelet gets its identity: 401, as k3s answers a bad token.
         with pytest.raises(urllib.error.HTTPError) as refused:
-            kubelet_identity(tmp_path, "https://127.0.0.3:16444", "loop-pi-01",
+            kubelet_identity(tmp_path, f"https://{other.machine.address}:16444", "loop-pi-01",
                              k3s.node_password("loop-b", "loop-pi-01"), token_a.strip())
         assert refused.value.code == 401
     finally:

@@ -36,10 +36,15 @@ def rack(tmp_path):
     sm.stop()
 
 
+def from_test_host(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """As a Pi asks: from outside the jumphost, at its address on the rack's bridge."""
+    return subprocess.run(argv, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+
+
 def tftp_fetch(rack: Rack, names: list[str], out: Path) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
-    result = rack.machine.run([sys.executable, "-m", "tests.lib.tftp_client", "127.0.0.1", *names, "--out", str(out)],
-                              timeout=120)
+    result = from_test_host([sys.executable, "-m", "tests.lib.tftp_client", str(rack.machine.address), *names,
+                             "--out", str(out)], timeout=120)
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines()]
 
@@ -48,8 +53,8 @@ def wait_for_tftp(rack: Rack, out: Path) -> None:
     """Until dnsmasq (started with --no-block) answers."""
     out.mkdir(parents=True, exist_ok=True)
     for _ in range(50):
-        probe = rack.machine.run([sys.executable, "-m", "tests.lib.tftp_client", "127.0.0.1", "config.txt",
-                                  "--out", str(out)], timeout=60)
+        probe = from_test_host([sys.executable, "-m", "tests.lib.tftp_client", str(rack.machine.address),
+                                "config.txt", "--out", str(out)], timeout=60)
         if probe.returncode == 0 and json.loads(probe.stdout)["ok"]:
             return
         time.sleep(0.2)
@@ -105,7 +110,7 @@ def test_jumphost_serves_its_pis(rack, tmp_path):
     assert st_dev(m, "/srv/rackboot/pi-root") != st_dev(m, "/etc/rancher")
     # The real exportfs loaded the rendered export into the machine's export table.
     etab = m.path("/var/lib/nfs/etab").read_text()
-    assert etab.startswith("/srv/rackboot/pi-root\t127.0.0.0/8(ro,") and "no_root_squash" in etab
+    assert etab.startswith(f"/srv/rackboot/pi-root\t{rack.network.subnet}(ro,") and "no_root_squash" in etab
     assert ",mountpoint," in etab and ",fsid=" in etab
 
     # Again: nothing changes, dnsmasq keeps running as it was.
@@ -117,12 +122,12 @@ def test_jumphost_serves_its_pis(rack, tmp_path):
 
     # A changed profile (full DHCP now) reaches dnsmasq: new file, restarted.
     def full_dhcp(profile):
-        profile["netboot"] = {"dhcp": "full", "dhcp_range": {"start": "127.0.9.1", "end": "127.0.9.50"}}
+        profile["netboot"] = {"dhcp": "full", "dhcp_range": {"start": rack.ip("127.0.9.1"), "end": rack.ip("127.0.9.50")}}
     rack.edit_profile(full_dhcp)
     changed = rack.agent()
     assert changed.returncode == 0, changed.stderr + rack.status_text()
     assert rack.status()["steps"]["serve"]["result"]["changed"] == ["dnsmasq-config", "dnsmasq-unit"]
-    assert "dhcp-range=127.0.9.1,127.0.9.50" in m.path("/etc/dnsmasq.d/rackboot-netboot.conf").read_text()
+    assert f"dhcp-range={rack.ip('127.0.9.1')},{rack.ip('127.0.9.50')}" in m.path("/etc/dnsmasq.d/rackboot-netboot.conf").read_text()
     assert dnsmasq_pid(rack) != pid
     wait_for_tftp(rack, tmp_path / "after-restart")
 
@@ -136,7 +141,8 @@ def test_a_run_that_fails_at_exportfs_is_finished_by_the_next(rack, tmp_path):
     assert rack.agent().returncode == 0
     pid = dnsmasq_pid(rack)
     rack.edit_profile(lambda p: p.update(netboot={"dhcp": "full",
-                                                    "dhcp_range": {"start": "127.0.9.1", "end": "127.0.9.50"}}))
+                                                    "dhcp_range": {"start": rack.ip("127.0.9.1"),
+                                                                   "end": rack.ip("127.0.9.50")}}))
     faulty = tmp_path / "faulty-bin"
     faulty.mkdir()
     (faulty / "exportfs").write_text("#!/bin/sh\necho 'exportfs: could not open /var/lib/nfs/.etab.lock' >&2\n"
@@ -151,7 +157,7 @@ def test_a_run_that_fails_at_exportfs_is_finished_by_the_next(rack, tmp_path):
     done = rack.agent()
     assert done.returncode == 0, done.stderr + rack.status_text()
     assert rack.status()["steps"]["serve"]["result"]["changed"] == ["dnsmasq-config", "dnsmasq-unit"]
-    assert "dhcp-range=127.0.9.1,127.0.9.50" in rack.machine.path("/etc/dnsmasq.d/rackboot-netboot.conf").read_text()
+    assert f"dhcp-range={rack.ip('127.0.9.1')},{rack.ip('127.0.9.50')}" in rack.machine.path("/etc/dnsmasq.d/rackboot-netboot.conf").read_text()
     assert dnsmasq_pid(rack) != pid
     assert not rack.machine.need_daemon_reload("rackboot-dnsmasq.service")
 

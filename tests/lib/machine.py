@@ -2,16 +2,26 @@
 
 The agent keeps its real paths (/etc/rancher, /var/lib/rancher,
 /usr/local/bin, /etc/systemd/system, ...). A private mount namespace
-(`unshare --mount`) binds a per-test directory over each of them and a file
-over /proc/cmdline, so the agent, the k3s it installs and the services it
-starts see a machine of their own, and the host is untouched apart from
-empty mount points. systemctl is the stand-in in tests/doubles/bin (as
-strict as systemd: units as loaded until daemon-reload, services with only
-their unit's environment; set_service_environment for a double's knobs); the
-network is the host's, so the test reaches the k3s API on 127.0.0.1 (and a
-pretend jumphost's dnsmasq serves TFTP there: its profile's uplink is lo).
+(`unshare --mount`) binds a per-test directory over each of them (BINDS,
+which also has what a real k3s keeps outside /var/lib/rancher: /run/k3s,
+the kubelet's, CNI's and flannel's state, the pods' logs) and a file over
+/proc/cmdline, so the agent, the k3s it installs and the services it starts
+see a machine of their own, and the host is untouched apart from empty
+mount points. systemctl is the stand-in in tests/doubles/bin (as strict as
+systemd: units as loaded until daemon-reload, services with only their
+unit's environment; set_service_environment for a double's knobs).
+
+Each machine has a network namespace of its own, cabled to its rack's
+bridge (tests/lib/rack_net.py) at its address, with a default route through
+the rack router (the test host), and a sysfs of that namespace at /sys: the
+test reaches its k3s API and TFTP at machine.address. It has a cgroup of its
+own too (tests/lib/machine_cgroup.py), with a cgroup namespace rooted there
+and cgroup2 mounted at /sys/fs/cgroup, so a real kubelet in it manages only
+its own subtree, and a power cut kills every process of it at once.
 """
 
+import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -20,13 +30,15 @@ import sys
 import time
 from pathlib import Path
 
+from tests.lib import machine_cgroup, rack_net
+
 REPO = Path(__file__).resolve().parents[2]
 DOUBLES_BIN = REPO / "tests/doubles/bin"
-# Each live machine: a file named by its holder's pid, holding the test
-# process's pid and the namespace. A test run that was killed cannot destroy
-# its machines; the next run reaps them (reap_orphans) before their daemons
-# (k3s, dnsmasq, the join service) hold its ports.
-REGISTRY = Path("/run/rackboot-test-machines")
+# Each live machine: a file named by its holder's pid, holding (JSON) the
+# test process's pid and the mount namespace (each rack bridge has a file
+# too: tests/lib/rack_net.py). A test run that was killed cannot destroy its
+# machines; the next run reaps them (reap_orphans), their cgroups and bridges too.
+REGISTRY = rack_net.REGISTRY
 
 # Machine path -> directory name under the machine's root.
 BINDS = {
@@ -49,34 +61,82 @@ BINDS = {
     # systemctl finds its manager (/run/systemd/private): at a fixed path of
     # the machine, not through anyone's environment.
     "/run/systemctl-standin": "run/systemctl",
+    # What a real k3s keeps outside /var/lib/rancher (its containerd's
+    # sockets, the kubelet's pods and plugins, CNI's address leases and
+    # config, flannel's subnet file, the pods' logs) and where containerd pins
+    # pods' network namespaces: two k3s on one host must not share them.
+    "/run/k3s": "run/k3s",
+    "/var/lib/kubelet": "var/lib/kubelet",
+    "/var/lib/cni": "var/lib/cni",
+    "/run/flannel": "run/flannel",
+    "/etc/cni": "etc/cni",
+    "/var/log/pods": "var/log/pods",
+    "/var/log/containers": "var/log/containers",
+    "/run/netns": "run/netns",
 }
+# The machine's /run: a tmpfs on a real machine, empty after a power cut.
+VOLATILE = ("/run/k3s", "/run/flannel", "/run/netns")
 
 
 class Machine:
-    def __init__(self, root: Path, cmdline: str, cpuinfo: str | None = None, image_files: dict | None = None):
+    def __init__(self, root: Path, cmdline: str, cpuinfo: str | None = None, image_files: dict | None = None,
+                 network: "rack_net.RackNetwork | None" = None, address=None):
         """image_files: machine path -> host directory, bound as they are (the
-        agent and profiles where the image has them, for units that run them)."""
+        agent and profiles where the image has them, for units that run them).
+        network and address: the rack's bridge and this machine's address on
+        it; without them the machine is alone on a network of its own."""
         self.root = root
         self.systemctl_state = root / BINDS["/run/systemctl-standin"]
         for path in BINDS.values():
             (root / path).mkdir(parents=True, exist_ok=True)
         (root / "proc-cmdline").write_text(cmdline + "\n")
-        self.holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sleep", "infinity"])
-        ours = os.readlink("/proc/self/ns/mnt")
+        self.own_network = network is None
+        self.network = network or rack_net.RackNetwork()
+        self.address = ipaddress.IPv4Address(address) if address else self.network.router + 1
+        self.cgroup = machine_cgroup.MachineCgroup(root.name)
+        self.holder = subprocess.Popen(self.cgroup.enter_root(
+            ["unshare", "--mount", "--net", "--cgroup", "--propagation", "private", "sleep", "infinity"]))
+        ours = os.readlink("/proc/self/ns/cgroup")
         for _ in range(100):
-            if os.readlink(f"/proc/{self.holder.pid}/ns/mnt") != ours:
+            if os.readlink(f"/proc/{self.holder.pid}/ns/cgroup") != ours:
                 break
             time.sleep(0.02)
         self.namespace = os.readlink(f"/proc/{self.holder.pid}/ns/mnt")
+        self.cgroup.hold(self.holder.pid)
         REGISTRY.mkdir(parents=True, exist_ok=True)
-        (REGISTRY / str(self.holder.pid)).write_text(f"{os.getpid()} {self.namespace}\n")
-        mounts = [f"mkdir -p {target} && mount --bind {root / source} {target}" for target, source in BINDS.items()]
-        mounts += [f"mkdir -p {target} && mount --bind {source} {target}" for target, source in (image_files or {}).items()]
-        mounts.append(f"mount --bind {root / 'proc-cmdline'} /proc/cmdline")
+        (REGISTRY / str(self.holder.pid)).write_text(json.dumps({"owner": os.getpid(), "namespace": self.namespace}))
+        self.cable = None
+        self._own_mounts: set[int] | None = None
+        try:
+            self._set_up(cpuinfo, image_files)
+        except BaseException:
+            self.destroy()      # nothing of a half-made machine stays
+            raise
+
+    def _set_up(self, cpuinfo: str | None, image_files: dict | None) -> None:
+        root = self.root
+        self.cable = self.network.attach(self.holder.pid, self.address)
+        binds = [(str(root / source), target) for target, source in BINDS.items()]
+        binds += [(str(source), target) for target, source in (image_files or {}).items()]
+        binds.append((str(root / "proc-cmdline"), "/proc/cmdline"))
         if cpuinfo is not None:      # a Pi's serial number, as its kernel shows it
             (root / "proc-cpuinfo").write_text(cpuinfo)
-            mounts.append(f"mount --bind {root / 'proc-cpuinfo'} /proc/cpuinfo")
-        self._nsenter(["sh", "-ec", " && ".join(mounts)], check=True)
+            binds.append((str(root / "proc-cpuinfo"), "/proc/cpuinfo"))
+        # sysfs shows the network devices of the namespace that mounts it;
+        # cgroup2 mounted from inside the cgroup namespace shows the machine's
+        # cgroup as its root. Paths go to the script as arguments, never into its text.
+        script = ('mount -t sysfs sysfs /sys && mount -t cgroup2 cgroup2 /sys/fs/cgroup\n'
+                  'while [ $# -gt 1 ]; do [ -e "$2" ] || mkdir -p "$2"; mount --bind "$1" "$2"; shift 2; done')
+        self._nsenter(["sh", "-ec", script, "sh", *(path for pair in binds for path in pair)], check=True)
+        self._own_mounts = {mount_id for mount_id, _ in self._mounts()}
+
+    def _mounts(self) -> list[tuple[int, str]]:
+        """(mount id, mount point) of every mount the machine sees, in the order they were made."""
+        mounts = []
+        for line in Path(f"/proc/{self.holder.pid}/mountinfo").read_text().splitlines():
+            fields = line.split()
+            mounts.append((int(fields[0]), fields[4].encode().decode("unicode_escape")))
+        return mounts
 
     def env(self, **extra) -> dict:
         env = dict(os.environ)
@@ -86,20 +146,41 @@ class Machine:
         env.update({k: str(v) for k, v in extra.items()})
         return env
 
+    def command(self, argv: list[str]) -> list[str]:
+        """argv as the machine runs it: in its cgroup, mount, network and cgroup namespaces."""
+        return self.cgroup.enter(["nsenter", "-t", str(self.holder.pid), "-m", "-n", "-C", "--", *argv])
+
     def _nsenter(self, argv, **kwargs):
-        return subprocess.run(["nsenter", "-t", str(self.holder.pid), "-m", "--", *argv], **kwargs)
+        return subprocess.run(self.command(argv), **kwargs)
 
     def run(self, argv: list[str], timeout: float = 300, **env) -> subprocess.CompletedProcess:
         return self._nsenter(argv, env=self.env(**env), cwd=REPO, stdin=subprocess.DEVNULL,
                              capture_output=True, text=True, timeout=timeout)
 
     def popen(self, argv: list[str], **env) -> subprocess.Popen:
-        return subprocess.Popen(["nsenter", "-t", str(self.holder.pid), "-m", "--", *argv],
+        return subprocess.Popen(self.command(argv),
                                 env=self.env(**env), cwd=REPO, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    def agent(self, role: str = "jumphost", timeout: float = 300, **env) -> subprocess.CompletedProcess:
+    def agent(self, role: str = "jumphost", timeout: float = 900, **env) -> subprocess.CompletedProcess:
         return self.run([sys.executable, "-m", "firstboot", "run", f"--role={role}"], timeout=timeout, **env)
+
+    def kubeconfig(self, scratch: Path, machine_path: str = "/etc/rancher/k3s/k3s.yaml") -> Path:
+        """The machine's kubeconfig as the test host uses it: k3s writes its
+        API as https://127.0.0.1:PORT, which the machine reaches and the test
+        host reaches at the machine's address (k3s puts its node IPs in its
+        serving certificate's names: pkg/cli/server/server.go)."""
+        import yaml
+        config = yaml.safe_load(self.path(machine_path).read_text())
+        for cluster in config["clusters"]:
+            scheme, rest = cluster["cluster"]["server"].split("://", 1)
+            port = rest.rsplit(":", 1)[1]
+            cluster["cluster"]["server"] = f"{scheme}://{self.address}:{port}"
+        scratch.mkdir(parents=True, exist_ok=True)
+        out = scratch / "kubeconfig"
+        out.write_text(yaml.safe_dump(config))
+        out.chmod(0o600)
+        return out
 
     def path(self, machine_path: str) -> Path:
         """Where a machine path lives on the host (only under the bound directories)."""
@@ -134,16 +215,32 @@ class Machine:
         return log.read_text(errors="replace") if log.exists() else ""
 
     def processes(self) -> list[int]:
-        return _processes_in(self.namespace)
+        return sorted(set(_processes_in(self.namespace)) | set(self.cgroup.pids()))
 
     def power_off(self) -> None:
-        """Every process of the machine dies at once, as in a power cut."""
-        for _ in range(50):      # until none is left: a service's supervisor may have restarted it
-            pids = [pid for pid in self.processes() if pid != self.holder.pid]
+        """Every process of the machine dies at once, as in a power cut: its
+        cgroup is killed (services, k3s, containers), then anything that
+        entered its mount namespace from outside the cgroup."""
+        self.cgroup.kill()
+        for _ in range(50):      # until none is left
+            pids = [pid for pid in _processes_in(self.namespace) if pid != self.holder.pid]
             if not pids:
                 break
             _kill(pids)
             time.sleep(0.01)
+        # What the machine mounted while it ran (a mount unit's squashfs, a
+        # container's root and volumes, a pod's network namespace) goes with
+        # the kernel that held it, and /run with its tmpfs.
+        if self._own_mounts is not None and self.holder.poll() is None:
+            made = [point for mount_id, point in self._mounts() if mount_id not in self._own_mounts]
+            if made:     # children first: each was made after its parent
+                self._nsenter(["umount", "--lazy", *reversed(made)], capture_output=True)
+        for target in VOLATILE:
+            for child in self.path(target).iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
         # systemd's memory goes with it: loaded units, reloads, failed units,
         # restart counts, set-environment. The journal (UNIT.log) stays.
         for entry in self.systemctl_state.iterdir():
@@ -154,8 +251,13 @@ class Machine:
 
     def destroy(self) -> None:
         self.power_off()
+        if self.cable:
+            self.network.detach(self.cable)
         self.holder.kill()
         self.holder.wait()
+        self.cgroup.remove()
+        if self.own_network:
+            self.network.destroy()
         (REGISTRY / str(self.holder.pid)).unlink(missing_ok=True)
 
 
@@ -187,17 +289,22 @@ def _alive(pid: int) -> bool:
 
 
 def reap_orphans() -> list[int]:
-    """Destroy the machines of test runs that died without destroying them;
-    return their holders' pids."""
+    """Destroy the machines of test runs that died without destroying them
+    (their processes, cgroups, and the bridges they made in this network
+    namespace); return their holders' pids."""
     reaped = []
-    for entry in REGISTRY.glob("*") if REGISTRY.is_dir() else []:
+    for entry in REGISTRY.glob("[0-9]*") if REGISTRY.is_dir() else []:
         try:
-            owner, namespace = entry.read_text().split()
-        except (OSError, ValueError):
+            text = entry.read_text()
+            record = json.loads(text) if text.startswith("{") else dict(zip(("owner", "namespace"), text.split()))
+            owner, namespace = int(record["owner"]), record["namespace"]
+        except (OSError, ValueError, KeyError):
             continue
-        if _alive(int(owner)):
+        if _alive(owner):
             continue          # its test run is alive
         _kill(_processes_in(namespace))
         entry.unlink(missing_ok=True)
         reaped.append(int(entry.name))
+    machine_cgroup.reap(_alive)
+    rack_net.reap(_alive)
     return reaped
