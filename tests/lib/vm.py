@@ -21,6 +21,7 @@ import yaml
 
 from firstboot.errors import RackbootError
 from image import qemu, seed
+from tests.doubles import k3s_standin_bundle
 from tests.doubles.secret_manager import SecretManagerDouble
 from tests.lib import virtual_rack
 from tests.lib.rack_switch import RackSwitch
@@ -47,6 +48,13 @@ def boot(profile, image: Path, name: str, agent_env: dict | None = None, with_se
         return machine.boot(name, while_running)
     finally:
         machine.remove()   # keep the logs, not 2 GB of disk
+
+
+# A Pi VM's /var/lib/rancher is a tmpfs capped at half its memory. Real k3s's
+# arm64 air-gap bundle needs an estimated 600-700 MiB there (its extracted
+# userspace, the copied image tarball, containerd's content and snapshots),
+# which 1 GiB (512 MiB of tmpfs) cannot hold; the stand-in needs a few MiB.
+PI_MEMORY_REAL_K3S_MB = 2048
 
 
 class Jumphost:
@@ -253,7 +261,8 @@ class PiVM:
                  card: Path | None = None):
         self.name = name
         self.files = qemu.BootFiles(ARTIFACTS / name)
-        self.argv = virtual_rack.pi_argv(boot_files, mac, cable, self.files, card=card)
+        self.argv = virtual_rack.pi_argv(boot_files, mac, cable, self.files, card=card,
+                                         memory_mb=PI_MEMORY_REAL_K3S_MB if k3s_standin_bundle.real_bundle() else 1024)
         self.process = None
 
     def power_on(self) -> None:
