@@ -97,11 +97,16 @@ class Machine:
         self.holder = subprocess.Popen(self.cgroup.enter_root(
             ["unshare", "--mount", "--net", "--cgroup", "--propagation", "private", "sleep", "infinity"]))
         ours = os.readlink("/proc/self/ns/cgroup")
-        for _ in range(100):
-            if os.readlink(f"/proc/{self.holder.pid}/ns/cgroup") != ours:
-                break
+        deadline = time.monotonic() + 60      # unshare on a loaded machine can take seconds
+        while os.readlink(f"/proc/{self.holder.pid}/ns/cgroup") == ours:
+            if self.holder.poll() is not None or time.monotonic() > deadline:
+                self.holder.kill()
+                raise RuntimeError(f"unshare did not make the pretend machine {root.name}'s namespaces "
+                                   f"(exit status {self.holder.poll()})")
             time.sleep(0.02)
         self.namespace = os.readlink(f"/proc/{self.holder.pid}/ns/mnt")
+        # Never the test's own: destroy() and reap_orphans() kill every process in this namespace.
+        assert self.namespace != os.readlink("/proc/self/ns/mnt"), "the pretend machine shares the test's mounts"
         self.cgroup.hold(self.holder.pid)
         REGISTRY.mkdir(parents=True, exist_ok=True)
         (REGISTRY / str(self.holder.pid)).write_text(json.dumps({"owner": os.getpid(), "namespace": self.namespace}))
@@ -302,7 +307,8 @@ def reap_orphans() -> list[int]:
             continue
         if _alive(owner):
             continue          # its test run is alive
-        _kill(_processes_in(namespace))
+        if namespace != os.readlink("/proc/self/ns/mnt"):     # never this run's (the host's) own processes
+            _kill(_processes_in(namespace))
         entry.unlink(missing_ok=True)
         reaped.append(int(entry.name))
     machine_cgroup.reap(_alive)
