@@ -140,11 +140,32 @@ def _machine() -> str | None:
     missing = _missing_tool(MACHINE_TOOLS)
     if missing:
         return missing
-    for flags in (["--mount", "--propagation", "private"], ["--net"]):
+    for flags in (["--mount", "--propagation", "private"], ["--net"], ["--cgroup"]):
         result = subprocess.run(["unshare", *flags, "true"], stdin=subprocess.DEVNULL, capture_output=True,
                                 text=True, timeout=30)
         if result.returncode != 0:
             return f"`unshare {' '.join(flags)}` fails here: {result.stderr.strip() or result.returncode}"
+    return _machine_cgroups() or _machine_bridges()
+
+
+def _machine_cgroups() -> str | None:
+    """Each pretend machine lives in a cgroup2 subtree of its own (tests/lib/machine_cgroup.py)."""
+    from tests.lib import machine_cgroup
+    try:
+        machine_cgroup.hierarchy()
+    except (OSError, subprocess.CalledProcessError) as err:
+        return f"no cgroup2 hierarchy here (pretend machines need one): {getattr(err, 'stderr', None) or err}"
+    return None
+
+
+def _machine_bridges() -> str | None:
+    """Each pretend rack's machines are cabled to a bridge (tests/lib/rack_net.py)."""
+    name = f"rbt-probe{os.getpid() % 100000}"
+    result = subprocess.run(["ip", "link", "add", name, "type", "bridge"], stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        return f"`ip link add NAME type bridge` fails here (pretend racks need bridges): {result.stderr.strip()}"
+    subprocess.run(["ip", "link", "del", name], stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
     return None
 
 
