@@ -3,6 +3,8 @@
 run          the steps, in order (the rackboot-firstboot unit runs this at boot)
 status       which step it is on, what failed and why
 access       print one secret's value to stdout, like `berglas access`
+bundle       install a pushed rack bundle, roll back to the previous one, list
+             them (build.py push runs these; firstboot/bundle_install.py)
 join-server  the jumphost's service that gives its Pis their k3s agent token
              (rackboot-join.service runs it; see firstboot/join.py)
 """
@@ -21,7 +23,7 @@ VENDORED = Path(__file__).resolve().parent.parent / "site-packages"
 if VENDORED.is_dir():
     sys.path.insert(0, str(VENDORED))
 
-from firstboot import agent, join, secretref, secrets  # noqa: E402
+from firstboot import agent, bundle_install, join, secretref, secrets  # noqa: E402
 from firstboot.errors import RackbootError  # noqa: E402
 from firstboot.layout import Layout, Role  # noqa: E402
 
@@ -35,6 +37,27 @@ def access(reference: str, key: str | None) -> int:
     sys.stdout.buffer.write(value)
     sys.stdout.buffer.flush()
     return 0
+
+
+def _bundle_parser(verbs) -> None:
+    bundles = verbs.add_parser("bundle", help="rack bundles on this jumphost").add_subparsers(dest="action",
+                                                                                             required=True)
+    install = bundles.add_parser("install", help="verify a pushed bundle (a tar file) and use it")
+    install.add_argument("archive", type=Path, metavar="FILE")
+    rollback = bundles.add_parser("rollback", help="withdraw the newest pushed revision in use")
+    listing = bundles.add_parser("list", help="the rack's bundles that verify, newest first")
+    for sub in (install, rollback):
+        sub.add_argument("--dry-run", action="store_true", help="show what would change; change nothing")
+    for sub in (rollback, listing):
+        sub.add_argument("--rack", required=True)
+
+
+def _bundle(args, layout: Layout) -> str:
+    if args.action == "install":
+        return bundle_install.install(layout, args.archive, args.dry_run)
+    if args.action == "rollback":
+        return bundle_install.rollback(layout, args.rack, args.dry_run)
+    return bundle_install.listing(layout, args.rack)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     get.add_argument("--key", help="the value is a Kubernetes Secret YAML: print base64-decoded .data[KEY]")
     server = verbs.add_parser("join-server", help="serve the k3s agent token to the rack's Pis")
     server.add_argument("--rack", required=True, help="the rack this jumphost serves")
+    _bundle_parser(verbs)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if getattr(args, "verbose", False):
@@ -62,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
             return agent.run(Role(args.role), layout)
         if args.verb == "access":
             return access(args.reference, args.key)
+        if args.verb == "bundle":
+            print(_bundle(args, layout))
+            return 0
         if args.verb == "join-server":
             join.serve_forever(agent.rack_profile(layout, args.rack), layout.agent_token_file)
             return 0

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from firstboot import apply, identify, k3s, rack_model, ready, report, serve, state, token
+from firstboot import apply, bundle, identify, k3s, rack_model, ready, report, serve, state, token
 from firstboot.errors import RackbootError
 from firstboot.layout import Layout, Role
 from firstboot.profile import RackProfile
@@ -76,6 +76,7 @@ def _notify(text: str) -> None:
 
 
 def step_identify(ctx: Context) -> dict:
+    ctx.layout, bundles = bundle.choose_all(ctx.layout)    # each rack's newest verified bundle
     profiles = rack_model.read_all(ctx.layout)
     cmdline = CMDLINE.read_text()
     if ctx.role is Role.JUMPHOST:
@@ -83,6 +84,8 @@ def step_identify(ctx: Context) -> dict:
     else:
         ctx.identity = identify.identify_pi(profiles, identify.pi_serial(), identify.NetworkView.read().macs,
                                             identify.rack_from_cmdline(cmdline))
+    used = bundles.get(ctx.identity.rack)     # the status file says which (bundle install reads it)
+    ctx.status["bundle"] = used and {"rack": used.rack, "revision": used.revision, "digest": used.digest}
     return ctx.identity.to_json()
 
 

@@ -31,6 +31,7 @@ What the machine keeps (k3s's own paths are k3s's install.sh's):
     srv/rackboot/pi-root                  where the Pis' root is mounted (jumphost)
     etc/dnsmasq.d/, etc/exports.d/        the netboot service's configuration
     var/lib/rackboot/                     the agent's status file
+    var/lib/rackboot/bundles/RACK/REV/    rack bundles pushed to it (firstboot/bundle.py)
     etc/rackboot/{agent.env,credentials.json}   written by cloud-init's seed
 """
 
@@ -62,6 +63,7 @@ OVERRIDES = {"profiles": "RACKBOOT_PROFILES", "racks": "RACKBOOT_RACKS",
 class Layout:
     root: Path = Path("/")
     moved: tuple[tuple[str, Path], ...] = ()   # (part, path): parts of OVERRIDES put elsewhere
+    chosen: tuple[tuple[str, Path], ...] = ()  # (rack, bundle directory) the agent uses (firstboot/bundle.py)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> "Layout":
@@ -119,7 +121,15 @@ class Layout:
         return self._part("racks", "/usr/share/rackboot/racks")
 
     def rack(self, rack: str) -> Path:
-        return self.racks / rack
+        """The rack's bundle in use: the one chosen, else the image's."""
+        return dict(self.chosen).get(rack) or self.racks / rack
+
+    def choosing(self, bundles: Mapping[str, Path]) -> "Layout":
+        return replace(self, chosen=tuple(sorted(bundles.items())))
+
+    @property
+    def pushed_bundles(self) -> Path:
+        return self.state_dir / "bundles"
 
     def rack_model(self, rack: str) -> Path:
         return self.rack(rack) / RACK_MODEL

@@ -16,7 +16,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from firstboot import files
+from firstboot import bundle, files
 from firstboot.errors import BadInput
 from firstboot.layout import RACK_MODEL, Layout
 from firstboot.profile import RackProfile, from_json, to_json
@@ -49,21 +49,27 @@ def loads(text: str, profiles: Path, where: Path) -> RackProfile:
 
 
 def read_all(layout: Layout) -> list[RackProfile]:
-    """Every rack model the machine has, sorted by rack."""
-    paths = sorted(layout.racks.glob(f"*/{RACK_MODEL}"))
+    """Every rack model the machine has, sorted by rack: each from the rack's
+    bundle in use (layout.chosen, else the newest verified: firstboot/bundle.py),
+    its manifests from the bundle's own profiles when it has them."""
+    if not layout.chosen:
+        layout = bundle.choose_all(layout)[0]
+    paths = [(rack, directory) for rack, directory in layout.chosen if (directory / RACK_MODEL).exists()]
     if not paths:
         raise BadInput(f"no rack models ({layout.racks}/RACK/{RACK_MODEL}) on this machine",
                        hint="the image was built without its racks: build it again with ./build.py image")
     models = []
-    for path in paths:
+    for rack, directory in paths:
+        path = directory / RACK_MODEL
         try:
             text = files.read_regular(path, MAX_BYTES).decode("utf-8")
         except (OSError, UnicodeDecodeError, files.NotRegularFile, files.TooLarge) as err:
             raise BadInput(f"{path}: cannot read the rack model: {err}",
                            hint="the image is damaged: reflash or rebuild it") from None
-        model = loads(text, layout.profiles, path)
-        if model.rack != path.parent.name:
-            raise BadInput(f"{path}: holds rack {model.rack!r}, not {path.parent.name!r}",
+        own = directory / bundle.PROFILES
+        model = loads(text, own if own.is_dir() else layout.profiles, path)
+        if model.rack != rack:
+            raise BadInput(f"{path}: holds rack {model.rack!r}, not {rack!r}",
                            hint="the image is damaged: reflash or rebuild it")
         models.append(model)
     return models

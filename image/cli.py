@@ -125,6 +125,18 @@ ATTACH = (
                                    help="ssh's configuration file (ssh -F) instead of ~/.ssh/config, e.g. a "
                                         "team's file with the jumphosts' Host entries")),
 )
+REVISION = Option(("--revision",), dict(type=int, metavar="N",
+                                          help="the bundle's revision (default: the profile repository's commit "
+                                               "count; needs its rack inputs committed)"))
+PUSH = (
+    Option(("--to",), dict(required=True, metavar="HOST", help="the jumphost to push to (ssh host name)")),
+    Option(("--dry-run",), dict(action="store_true", help="show the files and objects that would change; "
+                                                          "change nothing")),
+    Option(("--rollback",), dict(action="store_true", help="go back to the jumphost's previous revision "
+                                                           "(nothing is sent)")),
+    REVISION,
+    ATTACH[2],
+)
 DESCRIPTION = "rackboot: build the images of racks of lab machines from their profiles."
 ROOT_FOR_ROOTFS = "mmdebstrap in root mode, unpacking the root filesystem with its owners"
 
@@ -163,6 +175,11 @@ VERBS = (
                    "the rack's API, run CMD or $SHELL, then take the forward down and remove the kubeconfig; "
                    "exits with CMD's status", needs_output=False, takes_profiles=False, takes_command=True,
          options=ATTACH),
+    Verb("bundle", "write the rack's bundle (its model, profile files, rendered files and TFTP tree, with a "
+                   "revision and a digest in BUNDLE.json) into DIR/RACK/", options=(REVISION,)),
+    Verb("push", "send the rack's bundle to its running jumphost over ssh (as its admin user), which verifies "
+                 "it, refuses another rack's or an older one, puts it in place and runs its agent again",
+         needs_output=False, options=PUSH),
 )
 
 

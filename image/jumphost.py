@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from firstboot.profile import RackProfile
-from image import atomic, disk, netboot, payload, progress, render, rootfs
+from image import atomic, bundle_seal, disk, netboot, payload, progress, render, rootfs
 from firstboot.commands import run
 
 IMAGE_NAME = "jumphost.img"
@@ -93,6 +93,7 @@ def build(profiles: list[RackProfile], options: ImageOptions) -> list[Path]:
         if pi_rootfs is not None:
             with progress.step("the Pis' netboot: NFS root (squashfs) and TFTP trees"):
                 netboot.install_into_image(profiles, rendered, pi_rootfs, tree, options.k3s_bundle)
+        bundle_seal.seal_racks(profiles, tree / payload.RACKS_DIR)    # each rack's tree: its bundle
         kernel, initrd = rootfs.kernel_and_initrd(base)
         disk.esp_tree(work / "esp", tree / "usr/lib/systemd/boot/efi/systemd-bootx64.efi",
                       kernel, initrd, disk.KERNEL_CMDLINE)

@@ -40,7 +40,7 @@ from pathlib import Path, PurePosixPath
 from firstboot.layout import MACHINE, PI_ROOT_UNIT, Layout
 from firstboot.errors import RackbootError
 from firstboot.profile import BootDirBy, RackProfile
-from image import payload, render, rootfs
+from image import bundle_seal, payload, render, rootfs
 from image import progress
 from image.atomic import staged_directory
 from firstboot.commands import run
@@ -192,6 +192,7 @@ def write_pi_root(profiles: list[RackProfile], rendered: dict[str, render.Render
     payload.install_agent(target, "arm64")
     payload.install_profiles(profiles, target)
     payload.install_racks(rendered, target)
+    bundle_seal.seal_racks(profiles, target / payload.RACKS_DIR)
     payload.install_units(with_pis, target, "pi", PI_UNITS)
     if k3s_bundle is not None:
         payload.install_k3s(k3s_bundle, target, "arm64")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from firstboot.errors import BadInput
 from firstboot.profile import RackProfile, load_profiles
-from image import (agent_env, attach, clusters, jumphost, k3s_bundle, k3s_fetch, k3s_pins, netboot, output, payload,
-                   progress, qemu, render, sdcard, seed)
+from image import (agent_env, attach, bundle_build, bundle_seal, clusters, jumphost, k3s_bundle, k3s_fetch, k3s_pins, netboot, output, payload,
+                   progress, push, qemu, render, sdcard, seed)
 from image.output import Kind, Output
 
 log = logging.getLogger("rackboot")
@@ -271,3 +271,33 @@ def preflight_attach(args) -> Ready:
 def run_attach(args, ready: Ready) -> int:
     [profile] = ready.profiles
     return attach.attach(profile, args.command, ssh_config=args.ssh_config)
+
+
+# ------------------------------------------------------------------ bundle, push
+
+
+def preflight_bundle(args) -> Ready:
+    [profile] = _one_profile(args)
+    payload.profile_files([profile])
+    revision = bundle_seal.revision(profile, args.revision)
+    return Ready([profile], output.check(args.output, {profile.rack: Kind.DIRECTORY}), versions=[revision])
+
+
+def run_bundle(args, ready: Ready) -> int:
+    [profile], [(number, commit)] = ready.profiles, ready.versions
+    made = bundle_build.write(profile, ready.output.claim() / profile.rack, number, commit)
+    print(f"{made.directory}: {made.describe()}")
+    return 0
+
+
+def preflight_push(args) -> Ready:
+    [profile] = _one_profile(args)
+    attach.check_ssh_config(args.ssh_config)
+    push.check_host(args.to)
+    revision = None if args.rollback else bundle_seal.revision(profile, args.revision)
+    return Ready([profile], versions=[revision])
+
+
+def run_push(args, ready: Ready) -> int:
+    [profile], [revision] = ready.profiles, ready.versions
+    return push.push(profile, push.Request(args.to, args.ssh_config, args.dry_run, args.rollback, revision))

@@ -1,0 +1,124 @@
+"""build.py push PROFILE --to HOST [--dry-run] [--rollback]: a rack's new
+bundle onto its running jumphost, over ssh as the admin user (image/ssh.py).
+
+1. the bundle is built here (image/bundle_build.py) and packed as one tar
+   file (regular files, directories and the TFTP tree's links; owners root,
+   times 0, sorted: the same bundle gives the same bytes);
+2. scp copies it into ~rackboot/.rackboot-push/ on the jumphost;
+3. `sudo -n python3 -m firstboot bundle install FILE` there unpacks it into a
+   root-owned staging directory, verifies it, refuses another rack's or an
+   older revision than the jumphost uses, moves it into place atomically and
+   runs the agent again (firstboot/bundle_install.py). With --dry-run it
+   prints the files and objects that would change and changes nothing;
+4. the tar file is removed, whatever happened.
+
+--rollback sends nothing: `firstboot bundle rollback` on the jumphost
+withdraws its newest pushed revision, so the one before is used again.
+
+Every remote command is a fixed argv of rackboot's, the values in it (the
+rack, a file name made of the rack and revision) checked names; ssh.argv
+quotes it with shlex.join for the remote shell.
+"""
+
+import io
+import logging
+import re
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from firstboot import commands
+from firstboot.errors import BadInput
+from firstboot.layout import MACHINE
+from firstboot.profile import RackProfile
+from image import bundle_build, ssh
+
+log = logging.getLogger("rackboot")
+
+STAGING = ".rackboot-push"          # in the admin user's home on the jumphost
+AGENT = ["sudo", "-n", "env", f"PYTHONPATH={MACHINE.agent_dir}", "python3", "-m", "firstboot", "bundle"]
+HOST = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
+                  r"[A-Za-z0-9])?)*")
+REMOTE_TIMEOUT = 600                # the agent's run after an install may wait for k3s
+
+
+@dataclass(frozen=True)
+class Request:
+    host: str
+    ssh_config: Path | None
+    dry_run: bool
+    rollback: bool
+    revision: tuple[int, str | None] | None     # (revision, commit); None for a rollback
+
+
+def check_host(host: str) -> None:
+    if not HOST.fullmatch(host):
+        raise BadInput(f"--to {host!r}: not a host name or IPv4 address",
+                       hint="the jumphost's ssh name, as in the profile's jumphost.ssh_host")
+
+
+def pack(directory: Path) -> bytes:
+    """directory as a tar (its entries under the bundle's own paths)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in [directory, *sorted(directory.rglob("*"))]:
+            info = tar.gettarinfo(str(path), arcname=path.relative_to(directory).as_posix())
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            info.mtime = 0
+            with open(path, "rb") if info.isreg() else _nothing() as data:
+                tar.addfile(info, data)
+    return out.getvalue()
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *_):
+        return False
+
+
+def _scp(target: ssh.Target, local: Path, remote_name: str) -> None:
+    words = ["scp", *(["-F", str(target.config)] if target.config else [])]
+    for option in ssh.OPTIONS:
+        words += ["-o", option]
+    words += ["-q", "--", str(local), f"{target.user}@{target.host}:{remote_name}"]
+    result = commands.run(words, capture=True, check=False, env=ssh.environment(), timeout=REMOTE_TIMEOUT)
+    if result.returncode != 0:
+        raise ssh.SshFailed(target, result.returncode, result.stderr)
+
+
+def _show(text: str) -> None:
+    sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+    sys.stdout.flush()
+
+
+def rollback(profile: RackProfile, request: Request) -> int:
+    target = ssh.Target(request.host, config=request.ssh_config)
+    command = [*AGENT, "rollback", "--rack", profile.rack, *(["--dry-run"] if request.dry_run else [])]
+    _show(ssh.remote(target, command, timeout=REMOTE_TIMEOUT))
+    return 0
+
+
+def push(profile: RackProfile, request: Request) -> int:
+    if request.rollback:
+        return rollback(profile, request)
+    number, commit = request.revision
+    target = ssh.Target(request.host, config=request.ssh_config)
+    with tempfile.TemporaryDirectory(prefix="rackboot-push-") as work:
+        made = bundle_build.write(profile, Path(work) / profile.rack, number, commit)
+        log.info("bundle %s", made.describe())
+        archive = Path(work) / f"{profile.rack}-r{number}.tar"
+        archive.write_bytes(pack(made.directory))
+        remote_file = f"{STAGING}/{archive.name}"
+        ssh.remote(target, ["mkdir", "-p", "-m", "0700", "--", STAGING])
+        try:
+            _scp(target, archive, remote_file)
+            command = [*AGENT, "install", *(["--dry-run"] if request.dry_run else []), "--", remote_file]
+            _show(ssh.remote(target, command, timeout=REMOTE_TIMEOUT))
+        finally:
+            ssh.remote(target, ["rm", "-f", "--", remote_file])
+    return 0
