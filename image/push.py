@@ -96,10 +96,25 @@ def _show(text: str) -> None:
     sys.stdout.flush()
 
 
+def on_jumphost(target: ssh.Target, command: list[str]) -> str:
+    """A firstboot bundle command's output; its refusal (exit 2: the
+    jumphost's error and hint) is bad input here too, anything else SshFailed."""
+    result = commands.run(ssh.argv(target, "-T", "-o", "ClearAllForwardings=yes", command=command), capture=True,
+                          check=False, env=ssh.environment(), timeout=REMOTE_TIMEOUT)
+    if result.returncode == 2:
+        said = {kind: [line.removeprefix(kind).strip() for line in result.stderr.splitlines()
+                       if line.startswith(kind)] for kind in ("error:", "hint:")}
+        if said["error:"]:
+            raise BadInput("\n".join(said["error:"]), hint="\n".join(said["hint:"]) or None)
+    if result.returncode != 0:
+        raise ssh.SshFailed(target, result.returncode, result.stderr, command)
+    return result.stdout
+
+
 def rollback(profile: RackProfile, request: Request) -> int:
     target = ssh.Target(request.host, config=request.ssh_config)
     command = [*AGENT, "rollback", "--rack", profile.rack, *(["--dry-run"] if request.dry_run else [])]
-    _show(ssh.remote(target, command, timeout=REMOTE_TIMEOUT))
+    _show(on_jumphost(target, command))
     return 0
 
 
@@ -118,7 +133,7 @@ def push(profile: RackProfile, request: Request) -> int:
         try:
             _scp(target, archive, remote_file)
             command = [*AGENT, "install", *(["--dry-run"] if request.dry_run else []), "--", remote_file]
-            _show(ssh.remote(target, command, timeout=REMOTE_TIMEOUT))
+            _show(on_jumphost(target, command))
         finally:
             ssh.remote(target, ["rm", "-f", "--", remote_file])
     return 0

@@ -100,7 +100,8 @@ class SshJumphost:
         (root / "ssh/sshd_config").write_text(
             f"ListenAddress {self.address}\nHostKey {host_key}\nPidFile none\nUsePAM no\n"
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
-            "PermitRootLogin no\nStrictModes yes\nAllowTcpForwarding yes\nLogLevel VERBOSE\n")
+            "PermitRootLogin no\nStrictModes yes\nAllowTcpForwarding yes\nLogLevel VERBOSE\n"
+            "Subsystem sftp /usr/lib/openssh/sftp-server\n")     # as Debian's sshd_config: scp uses it
         self.ssh_config = root / "operator/ssh_config"
         known_hosts = root / "operator/known_hosts"
         known_hosts.write_text(f"{self.address} {self.host_public_key}\n")
