@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from firstboot import apply, bundle, identify, k3s, rack_model, ready, report, serve, state, token
+from firstboot import apply, bundle, identify, k3s, nodes, rack_model, ready, report, serve, state, token
 from firstboot.errors import RackbootError
 from firstboot.layout import Layout, Role
 from firstboot.profile import RackProfile
@@ -123,6 +123,7 @@ def step_apply(ctx: Context) -> dict:
     result = apply.apply(ctx.layout.kubeconfig, ctx.profile, ctx.inventory)
     ctx.inventory = tuple(map(tuple, result["inventory"]))
     ctx.status["inventory"] = result["inventory"]   # what to look through when pruning next time
+    result["nodes_removed"] = nodes.remove_departed_pis(ctx.layout.kubeconfig, ctx.profile)
     return result
 
 

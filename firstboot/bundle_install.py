@@ -58,26 +58,42 @@ def _safe_name(name: str) -> PurePosixPath:
     return path
 
 
+def _place(staging: Path, name: str) -> Path:
+    """Where member name goes: under staging, through no link, not there yet
+    (a link first and a file through it, or twice one name, would write
+    outside staging)."""
+    target = staging / _safe_name(name)
+    for parent in [*reversed(target.relative_to(staging).parents)][1:]:
+        if (staging / parent).is_symlink():
+            raise bundle.BundleInvalid(f"the archive holds {name!r}, under a link")
+    if os.path.lexists(target) and (target.is_symlink() or not target.is_dir()):
+        raise bundle.BundleInvalid(f"the archive holds {name!r} twice")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
+    if member.isdir():
+        target.mkdir(exist_ok=True)
+        target.chmod(member.mode & 0o755)
+    elif member.issym():
+        target.symlink_to(member.linkname)     # bundle.verify allows only the TFTP tree's
+    elif member.isreg():
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     member.mode & 0o755)
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(tar.extractfile(member), out)
+    else:
+        raise bundle.BundleInvalid(f"the archive holds {member.name!r}, neither a file, a directory nor a link")
+
+
 def unpack(data: bytes, staging: Path) -> None:
     """The archive's files, directories and links into staging (empty)."""
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             for member in tar:
-                if member.name in (".", "./"):
-                    continue
-                target = staging / _safe_name(member.name)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if member.isdir():
-                    target.mkdir(exist_ok=True)
-                    target.chmod(member.mode & 0o755)
-                elif member.issym():
-                    target.symlink_to(member.linkname)     # bundle.verify allows only the TFTP tree's
-                elif member.isreg():
-                    target.write_bytes(tar.extractfile(member).read())
-                    target.chmod(member.mode & 0o755)
-                else:
-                    raise bundle.BundleInvalid(f"the archive holds {member.name!r}, neither a file, a directory "
-                                               "nor a link")
+                if member.name not in (".", "./"):
+                    _write_member(tar, member, _place(staging, member.name))
     except (tarfile.TarError, EOFError) as err:
         raise bundle.BundleInvalid(f"not a bundle archive: {err}") from None
     staging.chmod(0o755)

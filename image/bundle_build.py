@@ -2,6 +2,7 @@
 what it holds), written whole into DIR/RACK/ or not at all. Its revision:
 image/bundle_seal.py."""
 
+import dataclasses
 from pathlib import Path
 
 from firstboot import bundle
@@ -38,5 +39,5 @@ def write(profile: RackProfile, destination: Path, number: int, commit: str | No
             netboot.write_tftp_tree(profile, rendered, _every_boot_file(), staging,
                                     shared_at=str(MACHINE.pi_boot))
         normalise_modes(staging)
-        bundle.seal(staging, profile.rack, number, profile.k3s.version, commit)
-    return bundle.verify(destination, profile.rack, number)
+        made = bundle.seal(staging, profile.rack, number, profile.k3s.version, commit)
+    return dataclasses.replace(made, directory=destination)

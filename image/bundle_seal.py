@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from firstboot import bundle
-from firstboot.commands import run
+from firstboot.commands import CommandFailed, run
 from firstboot.errors import BadInput
 from firstboot.profile import RackProfile
 from image import payload, render
@@ -29,7 +29,10 @@ UNVERSIONED = 0
 
 
 def _git(directory: Path, *args: str) -> str | None:
-    result = run(["git", "-C", directory, *args], capture=True, check=False)
+    try:
+        result = run(["git", "-C", directory, *args], capture=True, check=False)
+    except CommandFailed:       # no git on this machine: no revision from it
+        return None
     return result.stdout.strip() if result.returncode == 0 else None
 
 

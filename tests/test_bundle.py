@@ -206,3 +206,41 @@ def test_the_revision_is_the_profile_repositorys_commit_count(tmp_path, build):
     assert result.returncode == 2 and "uncommitted changes" in result.stderr and "--revision N" in result.stderr
     assert not (tmp_path / "dirty").exists()
     assert bundle_seal.revision(profile, 40) == (40, None)
+
+
+def tar_of(path: Path, members: list[tuple[str, str, bytes | str]]) -> Path:
+    """A tar of (name, kind, content or link target) as a hostile pusher would make it."""
+    import io
+    import tarfile
+    with tarfile.open(path, "w") as tar:
+        for name, kind, content in members:
+            info = tarfile.TarInfo(name)
+            if kind == "link":
+                info.type, info.linkname = tarfile.SYMTYPE, content
+                tar.addfile(info)
+            elif kind == "dir":
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size, info.mode = len(content), 0o644
+                tar.addfile(info, io.BytesIO(content))
+    return path
+
+
+@pytest.mark.parametrize("members, expected", [
+    ([("tftp", "dir", ""), ("tftp/x", "link", "OUTSIDE"), ("tftp/x/planted", "file", b"x")], "under a link"),
+    ([("tftp", "dir", ""), ("tftp/x", "link", "OUTSIDE/planted"), ("tftp/x", "file", b"x")], "twice"),
+    ([("tftp", "dir", ""), ("tftp/x", "link", "OUTSIDE"), ("tftp/x", "dir", "")], "twice"),
+    ([("../planted", "file", b"x")], "not a plain relative path"),
+    ([("/planted", "file", b"x")], "not a plain relative path"),
+])
+def test_an_archive_cannot_write_outside_its_staging_directory(jumphost, tmp_path, members, expected):
+    layout, reruns = jumphost
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    members = [(n, k, c.replace("OUTSIDE", str(outside)) if isinstance(c, str) else c) for n, k, c in members]
+    with pytest.raises(bundle.BundleInvalid, match=expected):
+        bundle_install.install(layout, tar_of(tmp_path / "hostile.tar", members))
+    assert list(outside.iterdir()) == [] and outside.stat().st_mode & 0o777 == 0o755
+    assert list((layout.pushed_bundles / "example").iterdir()) == [] and reruns == []
+    assert not (layout.pushed_bundles / "planted").exists() and not (layout.pushed_bundles.parent / "planted").exists()
