@@ -23,8 +23,9 @@ inputs give the same digest and the same bytes. It catches a damaged or
 half-copied bundle and one relabelled for another rack or revision; it is not
 a signature (only root writes where bundles live, and push is an admin's).
 
-Links are allowed only in tftp/: to a file of the tree (`../NAME`) or to one
-of the image's shared Pi boot files (Layout.pi_boot/NAME). Anything else (a
+Links are allowed only in tftp/: a Pi's directory to the tree itself
+(`SERIAL -> .`), a file of the tree (`../NAME`, in the image's Pi
+directories) or one of the image's shared Pi boot files (Layout.pi_boot/NAME). Anything else (a
 link elsewhere, a device, a setuid or group/world-writable file) is refused:
 dnsmasq serves the TFTP tree to the rack network and would follow a link.
 """
@@ -87,11 +88,12 @@ def _entry(path: Path, relative: str) -> tuple[str, str, str, str]:
 def _check_link(relative: str, target: str) -> None:
     parts = PurePosixPath(relative).parts
     name = PurePosixPath(target).name
-    fine = parts[0] == "tftp" and NAME.fullmatch(name) and (
-        target == f"../{name}" and len(parts) == 3 or target == f"{MACHINE.pi_boot}/{name}")
+    fine = parts[0] == "tftp" and (
+        target == "." and len(parts) == 2 or                    # a Pi's directory: the tree itself
+        NAME.fullmatch(name) and (target == f"../{name}" and len(parts) == 3 or target == f"{MACHINE.pi_boot}/{name}"))
     if not fine:
         raise BundleInvalid(f"{relative}: a link to {target!r}; a bundle's only links are the TFTP tree's, to "
-                            f"../NAME or {MACHINE.pi_boot}/NAME")
+                            f"., ../NAME or {MACHINE.pi_boot}/NAME")
 
 
 def entries(directory: Path) -> tuple:

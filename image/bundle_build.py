@@ -21,6 +21,25 @@ def _every_boot_file() -> netboot.PiBootFiles:
                                {name: nowhere for name in netboot.DEVICE_TREES})
 
 
+def write_tftp(profile: RackProfile, rendered: render.RenderedTree, tftp: Path) -> None:
+    """The bundle's TFTP tree: the rendered config.txt and cmdline.txt, links
+    to every shared boot file of the image (one a Debian kernel lacks, such as
+    the Pi 5's device tree, is a link to nothing: not found, as if absent),
+    and each Pi's directory as a link to the tree itself (`SERIAL -> .`): one
+    entry per Pi, where the image's tree has a directory of links (a 300-Pi
+    bundle is then 300 links, not 5,000: on a slow disk that is most of its
+    build time). dnsmasq follows it like any link in its TFTP root."""
+    tftp.mkdir()
+    for name in netboot.shared_boot_files(_every_boot_file()):
+        (tftp / name).symlink_to(f"{MACHINE.pi_boot}/{name}")
+    for name in ("config.txt", "cmdline.txt"):
+        netboot.write_rendered(rendered, f"pi/tftp/{name}", tftp / name)
+    for pi in profile.pis:
+        directory = netboot.pi_directory(pi, profile.netboot.boot_dir_by)
+        if directory is not None:     # without one it boots from the TFTP root (netboot.write_tftp_tree says so)
+            (tftp / directory).symlink_to(".")
+
+
 def _write_files(files: render.RenderedTree, destination: Path) -> None:
     for relative, content in sorted(files.items()):
         path = destination / relative
@@ -36,8 +55,7 @@ def write(profile: RackProfile, destination: Path, number: int, commit: str | No
         _write_files(rendered, staging)
         copy_profiles(profile, staging)
         if profile.pis:
-            netboot.write_tftp_tree(profile, rendered, _every_boot_file(), staging,
-                                    shared_at=str(MACHINE.pi_boot))
+            write_tftp(profile, rendered, staging / "tftp")
         normalise_modes(staging)
         made = bundle.seal(staging, profile.rack, number, profile.k3s.version, commit)
     return dataclasses.replace(made, directory=destination)

@@ -40,9 +40,9 @@ def test_a_bundle_holds_the_racks_own_part_and_is_deterministic(tmp_path):
     # the model, its own profile files (manifests included), rendered files, the TFTP tree
     assert {"profile.json", "profiles/example.yaml", "profiles/defaults.yaml",
             "profiles/kube/example/10-hello.yaml", "jumphost/rootfs/etc/dnsmasq.d/rackboot-netboot.conf",
-            "pi/nodes/pi-example-01/etc/rancher/k3s/config.yaml", "tftp/config.txt", "tftp/0a1b2c01/start4.elf",
+            "pi/nodes/pi-example-01/etc/rancher/k3s/config.yaml", "tftp/config.txt", "tftp/0a1b2c01",
             "tftp/start4.elf"} <= names
-    assert os.readlink(one.directory / "tftp/0a1b2c01/start4.elf") == "../start4.elf"
+    assert os.readlink(one.directory / "tftp/0a1b2c01") == "."           # a Pi's directory: the tree itself
     assert os.readlink(one.directory / "tftp/start4.elf") == "/usr/lib/rackboot/pi-boot/start4.elf"
     # another revision is another digest, with the same files
     assert bundle_build.write(EXAMPLE, tmp_path / "three" / "example", 8, None).digest != one.digest
@@ -59,6 +59,7 @@ def test_a_bundle_holds_the_racks_own_part_and_is_deterministic(tmp_path):
     (lambda d: (d / "tftp/config.txt").chmod(0o666), "mode 0666"),
     (lambda d: (d / "tftp/evil").symlink_to("/etc/rancher/k3s/token"), "a link to '/etc/rancher/k3s/token'"),
     (lambda d: (d / "jumphost/x").symlink_to("../profile.json"), "the TFTP tree's"),
+    (lambda d: ((d / "tftp/sub").mkdir(), (d / "tftp/sub/x").symlink_to(".")), "tftp/sub/x: a link to '.'"),
     (lambda d: (d / bundle.META).write_text((d / bundle.META).read_text().replace('"revision": 4', '"revision": 9')),
      "digest sha256:"),
     (lambda d: (d / bundle.META).write_text("{"), "unreadable"),

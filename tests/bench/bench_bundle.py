@@ -28,10 +28,11 @@ ROUNDS = 5
 
 
 def timed(func) -> float:
+    """The median seconds of func(round) (each round writes a directory of its own)."""
     samples = []
-    for _ in range(ROUNDS):
+    for round_number in range(ROUNDS):
         start = time.perf_counter()
-        func()
+        func(round_number)
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
 
@@ -39,12 +40,13 @@ def timed(func) -> float:
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rackboot-bench-bundle-") as work:
         work = Path(work)
-        command = [sys.executable, str(REPO / "build.py"), "bundle", str(PROFILE), "-o", str(work / "cli"),
-                   "--revision", "1"]
-        cli = timed(lambda: subprocess.run(command, check=True, stdin=subprocess.DEVNULL, capture_output=True))
-        written = timed(lambda: bundle_build.write(load_profiles([PROFILE])[0], work / "lib" / "big-rack", 1, None))
-        made = bundle.verify(work / "lib" / "big-rack")
-        verify = timed(lambda: bundle.verify(work / "lib" / "big-rack", "big-rack", 1))
+        command = [sys.executable, str(REPO / "build.py"), "bundle", str(PROFILE), "--revision", "1", "-o"]
+        cli = timed(lambda n: subprocess.run([*command, str(work / f"cli-{n}")], check=True,
+                                             stdin=subprocess.DEVNULL, capture_output=True))
+        written = timed(lambda n: bundle_build.write(load_profiles([PROFILE])[0], work / f"lib-{n}" / "big-rack", 1,
+                                                     None))
+        made = bundle.verify(work / "lib-0" / "big-rack")
+        verify = timed(lambda n: bundle.verify(work / f"lib-{n}" / "big-rack", "big-rack", 1))
         size = sum(p.stat().st_size for p in made.directory.rglob("*") if p.is_file() and not p.is_symlink())
     print(f"profile: {PROFILE.name}, bundle of {len(made.entries)} entries, {size / 1024:.0f} KiB of files, "
           f"median of {ROUNDS}")
