@@ -216,6 +216,8 @@ def describe_status(layout: Layout | None = None) -> str:
     if not status.get("steps"):
         return f"no first-boot run recorded yet ({state.status_path(layout)})"
     lines = [f"role {status.get('role')}, last run started {status.get('started')}"]
+    if status.get("bundle"):
+        lines.append("rack bundle in use: {rack} revision {revision} ({digest})".format(**status["bundle"]))
     for step in STEPS:
         record = status["steps"].get(step.name)
         if not record:

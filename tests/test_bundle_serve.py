@@ -89,6 +89,7 @@ def test_a_pushed_bundle_adds_and_removes_pis_without_a_reboot(rack, tmp_path):
     assert sorted(status["steps"]["serve"]["result"]["changed"]) == ["dnsmasq-config", "tftp-root"]
     assert os.readlink(rack.machine.path("/srv/rackboot/tftp")) == "/var/lib/rackboot/bundles/loop/5/tftp"
     assert dnsmasq_pid(rack) != pid                                   # restarted; the machine was not rebooted
+    assert "rack bundle in use: loop revision 5 (sha256:" in rack.status_text()
     wait_for_tftp(rack, tmp_path / "probe2")
     names = [f"{s}/{leaf}" for s in (one["serial"], two["serial"], three["serial"])
              for leaf in ("start4.elf", "cmdline.txt")]
