@@ -14,8 +14,11 @@ What the image carries:
         k3s/VERSION/                      k3s bundles (binary, images, checksums)
         pi-root.squashfs                  the Pis' shared root (jumphost image)
         pi-boot/                          the Pis' boot files the TFTP trees link to (jumphost image)
-    usr/share/rackboot/racks/RACK/        each rack's rendered tree:
+    usr/share/rackboot/racks/RACK/        each rack's bundle as the image was built with it
+                                          (firstboot/bundle.py; pushed ones: var/lib/rackboot/bundles):
+        BUNDLE.json                       its revision, k3s version, entries and digest
         profile.json                      its validated profile (the model)
+        profiles/                         the profile, defaults and manifests the model names
         jumphost/rootfs/MACHINE-PATH      files the jumphost installs
         pi/rootfs/MACHINE-PATH            files of the Pis' shared root
         pi/nodes/NODE/MACHINE-PATH        files of one Pi
