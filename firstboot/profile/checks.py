@@ -186,6 +186,16 @@ PI5_REFUSAL = ("a Raspberry Pi 5 cannot boot from the network with the Debian ke
                "for, so it could not mount its NFS root; use pi4 (see the README's 'Raspberry Pi 5')")
 
 
+def _check_port_80(doc: dict) -> Iterator[Problem]:
+    """The host aliases are answered on port 80 of the jumphost, which k3s's
+    ServiceLB binds for traefik's LoadBalancer Service: without it nothing does."""
+    disabled = doc["k3s"]["disable"]
+    if "servicelb" in disabled and doc["host_aliases"]:
+        yield Problem(("k3s", "disable", disabled.index("servicelb")),
+                      f"servicelb: nothing would listen on port 80 of the jumphost, where the rack router sends "
+                      f"the host_aliases ({', '.join(doc['host_aliases'])}); keep ServiceLB, or drop the aliases")
+
+
 def _check_models(doc: dict) -> Iterator[Problem]:
     for i, pi in enumerate(doc["pis"]):
         if pi["model"] == "pi5":
@@ -194,7 +204,8 @@ def _check_models(doc: dict) -> Iterator[Problem]:
 
 SEMANTIC_CHECKS: tuple[Callable[[dict], Iterator[Problem]], ...] = (
     _check_addresses, _check_dhcp, _check_names, _check_macs, _check_boot_dirs, _check_labels,
-    _check_yaml_names, _check_netboot_paths, _check_ssh_host, _check_secrets, _check_models)
+    _check_yaml_names, _check_netboot_paths, _check_ssh_host, _check_secrets, _check_models,
+    _check_port_80)
 
 
 def semantic_problems(doc: dict) -> list[Problem]:
