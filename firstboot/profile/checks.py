@@ -36,6 +36,7 @@ def _check_addresses(doc: dict) -> Iterator[Problem]:
     subnet = ipaddress.IPv4Network(doc["network"]["subnet"])
     hosts = [(("network", "router"), doc["network"]["router"]), (("jumphost", "address"), doc["jumphost"]["address"])]
     hosts += [(("pis", i, "address"), pi.get("address")) for i, pi in enumerate(doc["pis"])]
+    hosts.append((("migration", "legacy_address"), doc["migration"].get("legacy_address")))   # on the rack too
     dhcp_range = doc["netboot"].get("dhcp_range") or {}
     ends = [(("netboot", "dhcp_range", end), text) for end, text in dhcp_range.items()]
     for path, text in hosts + ends:
@@ -65,7 +66,9 @@ def _check_dhcp(doc: dict) -> Iterator[Problem]:
         start, end = (ipaddress.IPv4Address(dhcp_range[end]) for end in ("start", "end"))
         if start > end:
             yield Problem(("netboot", "dhcp_range"), f"start {start} is after end {end}")
-        for path in (("network", "router"), ("jumphost", "address")):
+        for path in (("network", "router"), ("jumphost", "address"), ("migration", "legacy_address")):
+            if path[1] not in doc[path[0]]:
+                continue
             address = ipaddress.IPv4Address(doc[path[0]][path[1]])
             if start <= address <= end:
                 yield Problem(("netboot", "dhcp_range"), f"contains {format_path(path)} {address}")

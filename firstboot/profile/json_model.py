@@ -21,7 +21,7 @@ from firstboot.errors import BadInput
 from firstboot.profile.model import RackProfile
 from firstboot.profile.problems import Keys, format_path, kind
 
-FORMAT_VERSION = 2     # 2: jumphost.ssh_host, k3s.attach_port
+FORMAT_VERSION = 3     # 2: jumphost.ssh_host, k3s.attach_port; 3: migration.legacy_address
 VERSION_KEY = "format_version"
 _AS_STRING = (ipaddress.IPv4Address, ipaddress.IPv4Network, Path)   # each made again from its str()
 

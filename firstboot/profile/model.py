@@ -97,6 +97,14 @@ class KubeSecret:
 
 
 @dataclass(frozen=True)
+class Migration:
+    """A rack moving from the original team's jumphost to rackboot's: the old
+    host keeps its own `metadata` service while the new one comes up, and
+    `build.py router --rollback` points the host aliases back at it."""
+    legacy_address: ipaddress.IPv4Address | None
+
+
+@dataclass(frozen=True)
 class RackProfile:
     rack: str
     description: str
@@ -110,3 +118,4 @@ class RackProfile:
     manifests: tuple[Path, ...]    # resolved files, in apply order
     secrets: tuple[KubeSecret, ...]
     host_aliases: tuple[str, ...]
+    migration: Migration
