@@ -70,10 +70,11 @@ def argv(target: Target, *options: str, command: list[str] | None = None) -> lis
     return words + ([shlex.join(command)] if command else [])
 
 
-def remote(target: Target, command: list[str], timeout: float = 120) -> str:
-    """command's standard output on the jumphost; SshFailed on any failure."""
+def remote(target: Target, command: list[str], timeout: float = 120, input: str | None = None) -> str:
+    """command's standard output on the jumphost (input, if given, is its
+    standard input); SshFailed on any failure."""
     result = commands.run(argv(target, "-T", "-o", "ClearAllForwardings=yes", command=command), capture=True,
-                          check=False, env=environment(), timeout=timeout)
+                          check=False, env=environment(), timeout=timeout, input=input)
     if result.returncode != 0:
         raise SshFailed(target, result.returncode, result.stderr, command)
     return result.stdout
