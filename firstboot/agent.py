@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from firstboot import apply, identify, k3s, rack_model, ready, report, serve, state, token
+from firstboot import apply, host_keys, identify, k3s, rack_model, ready, report, serve, state, token
 from firstboot.errors import RackbootError
 from firstboot.layout import Layout, Role
 from firstboot.profile import RackProfile
@@ -103,6 +103,8 @@ def step_token(ctx: Context) -> dict:
         result = token.install_token(ctx.profile.k3s.token, ctx.profile.rack, ctx.layout.token_file,
                                      datastore=ctx.layout.datastore,
                                      agent_token_file=ctx.layout.agent_token_file)
+        # The join service hands the Pis host keys derived from it (firstboot/host_keys.py).
+        host_keys.install_secret(ctx.layout.token_file, ctx.profile.rack, ctx.layout.ssh_host_key_secret)
     ctx.token_changed = result["changed"]
     return result
 
