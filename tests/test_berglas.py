@@ -11,6 +11,8 @@ import base64
 import logging
 import os
 import re
+import subprocess
+import types
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -37,10 +39,11 @@ class RealKms:
 
 
 @pytest.fixture
-def cloud(monkeypatch):
+def google(monkeypatch):
+    """The bucket, the KMS double and the storage double (None against the real services)."""
     if doubles.real_google():
         doubles.use_real_google(monkeypatch)
-        yield secrets._storage_client().bucket(BUCKET), RealKms()
+        yield types.SimpleNamespace(bucket=secrets._storage_client().bucket(BUCKET), kms=RealKms(), storage=None)
         return
     storage_double, kms_double = StorageDouble(), KmsDouble()
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", storage_double.start())
@@ -49,9 +52,14 @@ def cloud(monkeypatch):
     bucket = secrets._storage_client().bucket(BUCKET)
     bucket.versioning_enabled = True            # as `berglas bootstrap` creates its bucket
     bucket.create()
-    yield bucket, kms_double
+    yield types.SimpleNamespace(bucket=bucket, kms=kms_double, storage=storage_double)
     kms_double.stop()
     storage_double.stop()
+
+
+@pytest.fixture
+def cloud(google):
+    return google.bucket, google.kms
 
 
 def berglas_create(bucket, name: str, plaintext: bytes, key: str = KEY) -> int:

@@ -18,6 +18,7 @@ from firstboot.profile.construct import mac, parse_secret
 from firstboot.profile.labels import label_refusal
 from firstboot.profile.model import DhcpMode
 from firstboot.profile.problems import Keys, Problem, format_path
+from firstboot.profile.secret_checks import prefix_problems
 from firstboot.profile.yaml_input import TAG_KIND
 
 
@@ -208,7 +209,7 @@ def _check_models(doc: dict) -> Iterator[Problem]:
 SEMANTIC_CHECKS: tuple[Callable[[dict], Iterator[Problem]], ...] = (
     _check_addresses, _check_dhcp, _check_names, _check_macs, _check_boot_dirs, _check_labels,
     _check_yaml_names, _check_netboot_paths, _check_ssh_host, _check_secrets, _check_models,
-    _check_port_80)
+    _check_port_80, prefix_problems)
 
 
 def semantic_problems(doc: dict) -> list[Problem]:
