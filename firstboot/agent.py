@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from firstboot import apply, host_keys, identify, k3s, rack_model, ready, report, serve, state, token
+from firstboot import apply, host_keys, identify, k3s, metrics, rack_model, ready, report, serve, state, token
 from firstboot.errors import RackbootError
 from firstboot.layout import Layout, Role
 from firstboot.profile import RackProfile
@@ -202,6 +202,7 @@ def run(role: Role | str, layout: Layout | None = None) -> int:
         if exit_status and not failure:
             _notify(f"STATUS=failed at {step.name}: {record['error'].splitlines()[0]}")
             failure = exit_status
+    metrics.write(layout, ctx.status, ctx.identity.rack if ctx.identity else None)
     if failure:
         return failure
     _notify("STATUS=done")

@@ -31,6 +31,7 @@ What the machine keeps (k3s's own paths are k3s's install.sh's):
     srv/rackboot/pi-root                  where the Pis' root is mounted (jumphost)
     etc/dnsmasq.d/, etc/exports.d/        the netboot service's configuration
     var/lib/rackboot/                     the agent's status file
+    var/lib/rackboot/metrics/rackboot.prom   its last run as Prometheus metrics (node-exporter's textfile)
     etc/rackboot/{agent.env,credentials.json}   written by cloud-init's seed
     etc/rackboot/ssh-host-key-secret      the Pis' host keys derive from it (jumphost)
     etc/ssh/ssh_host_ed25519_key[.pub]    a Pi's host key, from its jumphost
@@ -198,6 +199,16 @@ class Layout:
     @property
     def state_dir(self) -> Path:
         return self._part("state_dir", "/var/lib/rackboot")
+
+    @property
+    def metrics_dir(self) -> Path:
+        """The agent's Prometheus textfile directory, node-exporter's only view of the state
+        directory (a hostPath in the rack's node-exporter DaemonSet; not status.json)."""
+        return self.state_dir / "metrics"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.metrics_dir / "rackboot.prom"
 
     @property
     def agent_env(self) -> Path:
