@@ -61,7 +61,7 @@ REQUIRED = ("start4.elf", "fixup4.dat", "bcm2711-rpi-4-b.dtb")
 PI_PACKAGES = (
     "linux-image-arm64", "initramfs-tools", "raspi-firmware",
     "systemd", "systemd-sysv", "udev", "dbus", "systemd-timesyncd",
-    "nfs-common", "iproute2", "openssh-server", "ca-certificates",
+    "nfs-common", "iproute2", "openssh-server", "sudo", "ca-certificates",
     # An SD-card Pi (image/sdcard.py) grows its root partition to the card.
     "cloud-guest-utils", "fdisk", "e2fsprogs",
     *rootfs.AGENT_PACKAGES,
@@ -207,7 +207,7 @@ def write_pi_root(profiles: list[RackProfile], rendered: dict[str, render.Render
     if k3s_bundle is not None:
         payload.install_k3s(k3s_bundle, target, "arm64")
     (target / "etc/hostname").write_text("rackboot-pi\n")
-    payload.make_ssh_host_keys_at_boot(target)
+    payload.install_pi_access(target)
     run(["systemctl", f"--root={target}", "enable", *PI_UNITS, "systemd-timesyncd.service"])
     payload.strip_machine_state(target)
 

@@ -48,6 +48,8 @@ BINDS = {
     "/etc/systemd/system": "etc/systemd/system",
     "/var/lib/rackboot": "var/lib/rackboot",
     "/etc/rackboot": "etc/rackboot",
+    # A Pi's ssh host key and admin keys (firstboot/pi_access.py): never the host's.
+    "/etc/ssh": "etc/ssh",
     # What the image carries: the k3s bundles, and for the jumphost's netboot
     # service (firstboot/serve.py) the Pis' boot files and root (a squashfs).
     "/usr/lib/rackboot": "usr/lib/rackboot",
