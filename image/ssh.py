@@ -84,7 +84,7 @@ class SshFailed(RackbootError):
     """ssh or the remote command failed: what, and what to do, from ssh's stderr."""
 
     def __init__(self, target: Target, status: int, stderr: str, command: list[str] | None = None):
-        self.stderr = stderr
+        self.stderr, self.status = stderr, status
         message, hint = explain(target, status, stderr, command)
         super().__init__(message, hint)
 

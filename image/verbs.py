@@ -18,7 +18,7 @@ from pathlib import Path
 from firstboot.errors import BadInput
 from firstboot.profile import RackProfile, load_profiles
 from image import (agent_env, attach, clusters, jumphost, k3s_bundle, k3s_fetch, k3s_pins, netboot, output, payload,
-                   progress, qemu, render, sdcard, seed)
+                   progress, qemu, render, router, sdcard, seed)
 from image.output import Kind, Output
 
 log = logging.getLogger("rackboot")
@@ -271,3 +271,17 @@ def preflight_attach(args) -> Ready:
 def run_attach(args, ready: Ready) -> int:
     [profile] = ready.profiles
     return attach.attach(profile, args.command, ssh_config=args.ssh_config)
+
+
+# ------------------------------------------------------------------ router
+
+
+def preflight_router(args) -> Ready:
+    attach.check_ssh_config(args.ssh_config)
+    [profile] = _one_profile(args)
+    router.check_request(profile, args)
+    return Ready([profile])
+
+
+def run_router(args, ready: Ready) -> int:
+    return router.run(router.check_request(ready.profiles[0], args))     # checked by preflight: pure, fast

@@ -38,7 +38,7 @@ def test_help_is_quick(build, verb):
 
 # ------------------------------------------------------------ --help installs nothing
 
-VERBS = ["check", "render", "image", "seed", "fetch-k3s", "netboot", "sdcard", "boot", "clusters", "attach"]
+VERBS = ["check", "render", "image", "seed", "fetch-k3s", "netboot", "sdcard", "boot", "clusters", "attach", "router"]
 
 
 def test_every_verb_is_declared_with_its_preflight_and_run():
