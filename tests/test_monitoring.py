@@ -266,6 +266,15 @@ def test_every_alert_carries_the_rack_and_takes_the_v1_api():
     assert re.fullmatch(r"quay\.io/prometheus/prometheus:v2\.\d+\.\d+", prometheus_pod()["containers"][0]["image"])
 
 
+def test_alerts_go_to_the_alert_to_pubsub_service():
+    [alertmanager] = config()["alerting"]["alertmanagers"]
+    [[target]] = [group["targets"] for group in alertmanager["static_configs"]]
+    host, port = target.split(":")
+    service = the("Service", host)
+    assert service["metadata"]["namespace"] == the("Deployment", "prometheus")["metadata"]["namespace"]
+    assert int(port) in [p["port"] for p in service["spec"]["ports"]]
+
+
 def test_node_exporter_reads_the_agents_metrics_directory():
     daemonset = the("DaemonSet", "node-exporter")
     pod = daemonset["spec"]["template"]["spec"]
