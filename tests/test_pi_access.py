@@ -391,3 +391,19 @@ def test_keys_are_bound_to_the_rack_the_node_and_the_token():
         host_keys.load_private(other)
     with pytest.raises(ValueError, match="not an unencrypted OpenSSH private key"):
         host_keys.load_private(b"<html>captive portal</html>")
+
+
+def test_the_pi_roots_units_are_read_as_systemd_does(tmp_path):
+    """rackboot-pi-access.service passes systemd-analyze verify; sshd waits for
+    it (the drop-in), and makes no keys of its own at boot."""
+    unit = tmp_path / payload.PI_ACCESS_UNIT
+    unit.write_text(payload.PI_ACCESS_UNIT_TEXT)
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+    assert "Before=ssh.service\n" in payload.PI_ACCESS_UNIT_TEXT
+    assert "ExecStart=/usr/bin/python3 -m firstboot pi-access\n" in payload.PI_ACCESS_UNIT_TEXT
+    assert payload.PI_SSH_DROPIN == f"[Unit]\nWants={payload.PI_ACCESS_UNIT}\nAfter={payload.PI_ACCESS_UNIT}\n"
+    settings = [line.split(None, 1) for line in payload.PI_SSHD_CONFIG.splitlines() if line and line[0] != "#"]
+    assert settings == [["HostKey", HOST_KEY], ["AuthorizedKeysFile", "/etc/ssh/authorized_keys/%u"],
+                        ["PermitRootLogin", "no"], ["PasswordAuthentication", "no"],
+                        ["KbdInteractiveAuthentication", "no"]]
