@@ -46,6 +46,7 @@ DEFAULT_HOSTS_FILE = "/etc/hosts"
 DEFAULT_PIDFILE = "/var/run/dnsmasq/dnsmasq.pid"    # Debian's and EdgeOS's dnsmasq
 DEFAULT_USER = "ubnt"                                 # EdgeOS's first admin user
 WRAPPER = "/opt/vyatta/sbin/vyatta-cfg-cmd-wrapper"   # EdgeOS's configuration commands for scripts
+NOTHING_TO_COMMIT = "No configuration changes to commit"    # commit's answer to a session that changed nothing
 TEMPLATE = "router/hosts.j2"
 _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
@@ -153,12 +154,12 @@ _ROUTER_HINTS = (
 
 
 def _remote(request: Request, command: list[str], what: str, input: str | None = None,
-            hint: str | None = None) -> str:
+            hint: str | None = None, stdout_in_errors: bool = False) -> str:
     """command's output on the router; a RackbootError saying what failed,
     where: ssh's own failures with what to do about a router, a failed
     command with its stderr's tail and hint."""
     try:
-        return ssh.remote(request.target, command, timeout=60, input=input)
+        return ssh.remote(request.target, command, timeout=60, input=input, stdout_in_errors=stdout_in_errors)
     except ssh.SshFailed as err:
         words = {"user": request.target.user, "host": request.target.host}
         known = next((h.format(**words) for needle, h in _ROUTER_HINTS if needle in err.stderr), None)
@@ -231,8 +232,8 @@ def deliver_edgeos(request: Request, session: str | None = None) -> int:
     session = session or f"rackboot-{os.getpid()}"
 
     def wrapper(*words: str) -> None:
-        _remote(request, ["env", f"CMD_WRAPPER_SESSION_ID={session}", WRAPPER, *words],
-                f"vyatta-cfg-cmd-wrapper {' '.join(words)}")
+        _remote(request, ["env", f"CMD_WRAPPER_SESSION_ID={session}", WRAPPER, *words],     # Vyatta's errors are
+                f"vyatta-cfg-cmd-wrapper {' '.join(words)}", stdout_in_errors=True)           # on its stdout
 
     def quietly(*words: str) -> None:        # clean-up after a failure: its own failure is only logged
         try:
@@ -244,7 +245,12 @@ def deliver_edgeos(request: Request, session: str | None = None) -> int:
     try:
         for words in commands:
             wrapper(*words)
-        wrapper("commit")
+        try:
+            wrapper("commit")
+        except RackbootError as err:
+            if NOTHING_TO_COMMIT not in str(err):       # the router is already as asked
+                raise
+            print(f"router {request.target.host}: already as --{request.direction} makes it: no change")
         wrapper("save")
     except RackbootError:
         quietly("discard")

@@ -11,7 +11,9 @@ address, not only that a file changed. The EdgeOS commands cannot run here
 
 import dataclasses
 import ipaddress
+import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -26,7 +28,7 @@ from firstboot.errors import BadInput
 from firstboot.profile import load_profiles
 from image import hosts_block, router
 from tests.lib.machine import REPO
-from tests.lib.ssh_jumphost import SshJumphost, keygen
+from tests.lib.ssh_jumphost import ADMIN_UID, SshJumphost, keygen
 
 DEFAULTS = """\
 network: {subnet: 10.1.0.0/24, router: 10.1.0.1}
@@ -101,6 +103,21 @@ class PretendRouter:
         while not (self.pidfile.exists() and self.pidfile.read_text().strip()):
             assert self.dnsmasq.poll() is None and time.monotonic() < deadline, self.host.logs()
             time.sleep(0.05)
+
+    def install_edgeos(self) -> Path:
+        """The vyatta-cfg-cmd-wrapper stand-in at /opt/vyatta/sbin on the router
+        (a bind mount in its namespace only); its state directory, the admin's."""
+        opt = self.host.root / "opt"
+        (opt / "vyatta/sbin").mkdir(parents=True)
+        state = opt / "vyatta/state"
+        state.mkdir()
+        os.chown(state, ADMIN_UID, ADMIN_UID)
+        wrapper = opt / "vyatta/sbin/vyatta-cfg-cmd-wrapper"
+        shutil.copyfile(REPO / "tests/doubles/vyatta_cfg_wrapper.py", wrapper)
+        for path in (opt, opt / "vyatta", opt / "vyatta/sbin", wrapper):
+            path.chmod(0o755)
+        self.host.enter("mount", "--bind", str(opt), "/opt")
+        return state
 
     def names(self, *names: str) -> dict[str, list[str]]:
         return {name: resolve(self.host.address, name) for name in names}
@@ -363,3 +380,50 @@ def test_edgeos_dry_run_prints_the_commands_and_connects_nowhere(build, tmp_path
     assert result.stdout.splitlines() == ["set system static-host-mapping host-name jh inet 10.1.0.8",
                                           "set system static-host-mapping host-name metadata inet 10.1.0.9",
                                           "set system static-host-mapping host-name prometheus inet 10.1.0.9"]
+
+
+def wrapper_calls(state: Path) -> list[list[str]]:
+    return [json.loads(line) for line in (state / "calls").read_text().splitlines()]
+
+
+@pytest.mark.machine   # a real sshd in a network namespace; EdgeOS's configuration commands stood in for
+def test_edgeos_static_host_mapping_both_ways(pretend_router, profile):
+    rtr = pretend_router()
+    state = rtr.install_edgeos()
+    cut = rtr.build(profile, "--cutover", "--edgeos")
+    assert cut.returncode == 0, cut.stderr
+    calls = wrapper_calls(state)
+    [session] = {call[0] for call in calls}                     # one configuration session for every command
+    assert session.startswith("rackboot-")
+    assert [call[1:] for call in calls] == [["begin"], *router.edgeos_commands(load_profiles([profile])[0],
+                                                                                router.Direction.CUTOVER),
+                                            ["commit"], ["save"], ["end"]]
+    active = json.loads((state / "active.json").read_text())
+    assert {name: entry["inet"] for name, entry in active.items()} == {
+        "jh": "10.1.0.8", "metadata": "10.1.0.8", "prometheus": "10.1.0.8"}
+    assert json.loads((state / "config.boot.json").read_text()) == active          # saved: survives a reboot
+    assert "10.1.0.8\t metadata  \t #vyatta entry" in (state / "hosts").read_text()
+    assert not list(state.glob("session-*"))
+
+    back = rtr.build(profile, "--rollback", "--edgeos")
+    assert back.returncode == 0, back.stderr
+    active = json.loads((state / "active.json").read_text())
+    assert {name: entry["inet"] for name, entry in active.items()} == {
+        "jh": "10.1.0.8", "metadata": "10.1.0.9", "prometheus": "10.1.0.9"}
+    again = rtr.build(profile, "--rollback", "--edgeos")          # nothing to commit: not a failure
+    assert again.returncode == 0 and "already as --rollback makes it: no change" in again.stdout, again.stderr
+    assert not list(state.glob("session-*"))
+    assert rtr.hosts.read_text() == ROUTER_HOSTS                  # the hosts-file way was not used
+
+
+@pytest.mark.machine   # a real sshd in a network namespace; EdgeOS's configuration commands stood in for
+def test_edgeos_a_failed_commit_is_discarded(pretend_router, profile):
+    rtr = pretend_router()
+    state = rtr.install_edgeos()
+    (state / "commit-fails").touch()
+    result = rtr.build(profile, "--cutover", "--edgeos")
+    assert result.returncode == 1
+    assert "error: router rtr: vyatta-cfg-cmd-wrapper commit failed (exit status 1)" in result.stderr
+    assert "Commit failed" in result.stderr
+    assert [call[1] for call in wrapper_calls(state)][-3:] == ["commit", "discard", "end"]
+    assert not (state / "active.json").exists() and not list(state.glob("session-*"))
