@@ -6,8 +6,9 @@ Debian's sshd and sudo in a network namespace), running a real dnsmasq that
 reads the hosts file build.py changes (as --addn-hosts: dnsmasq reads it and
 /etc/hosts alike, and again on SIGHUP). Each test asks dnsmasq over DNS what
 the names resolve to, so "delivered" means a device on the rack gets the
-address, not only that a file changed. The EdgeOS commands cannot run here
-(no EdgeOS): they are checked as rendered, strictly."""
+address, not only that a file changed. EdgeOS cannot run here: its commands
+are checked as rendered, strictly, and sent over the same ssh to a stand-in
+for its vyatta-cfg-cmd-wrapper (tests/doubles/vyatta_cfg_wrapper.py)."""
 
 import dataclasses
 import ipaddress
