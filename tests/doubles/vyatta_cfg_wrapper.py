@@ -17,6 +17,11 @@ STATE/hosts. Every call is logged (STATE/calls) with its session.
 
 STATE/commit-fails present: commit fails, as a failing commit script would.
 Standard library only: it runs as the router's admin user with the system python.
+
+Against a real EdgeOS router (there is no switch for it in the tests): run
+`./build.py router PROFILE --to ROUTER --edgeos --cutover --dry-run`, then
+without --dry-run, and compare `show system static-host-mapping` on the
+router with what tests/test_router.py expects of this stand-in.
 """
 
 import ipaddress
