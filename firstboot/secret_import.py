@@ -145,14 +145,15 @@ def secret_body(value: bytes, ref, stored_name: str, namespace: str) -> dict:
 def imported_secrets(spec, access=secrets.access, list_prefix=secret_listing.list_prefix) -> list[dict]:
     """The Secrets one secret_imports entry makes (a profile.model.SecretImport), in stored-name order."""
     listing = list_prefix(spec.source)
-    names = [listed.stored_name for listed in listing.secrets]
+    chosen = [listed for listed in listing.secrets if listed.stored_name not in spec.exclude]
+    names = [listed.stored_name for listed in chosen]
     missing = sorted(set(spec.required) - set(names))
     if missing:
         raise BadInput(f"{spec.source}: holds no secret {', '.join(missing)}, which the profile requires "
                        f"(it holds: {', '.join(names) or 'none'})",
                        hint="store it there (kube/secrets/add-secret-from-stdin.sh), or correct the profile")
     bodies = []
-    for listed in listing.secrets:
+    for listed in chosen:
         if not SECRET_NAME.fullmatch(listed.stored_name) or len(listed.stored_name) > MAX_NAME:
             raise BadInput(f"{listed.ref}: its name under {spec.source} ({listed.stored_name!r}) is not a "
                            "Kubernetes Secret name (lower case letters, digits, '-' and '.'; no '/')",

@@ -213,9 +213,10 @@ TEAM_SECRETS = {
 }
 
 
-def rack4_import(namespace: str = "skolo", required=()):
+def rack4_import(namespace: str = "skolo", required=(), exclude=()):
     from firstboot.profile.model import SecretImport
-    return SecretImport(secretref.parse_prefix(f"berglas://{BUCKET}/skolo-rack4/"), namespace, tuple(required))
+    return SecretImport(secretref.parse_prefix(f"berglas://{BUCKET}/skolo-rack4/"), namespace, tuple(required),
+                        tuple(exclude))
 
 
 def test_a_prefix_is_imported_over_several_pages_with_names_and_types(google, caplog):
@@ -306,3 +307,15 @@ def test_a_prefix_in_a_bucket_that_does_not_exist_fails_at_once(google):
         secret_listing.list_prefix(secretref.parse_prefix("berglas://no-such-bucket/skolo-rack4/"),
                                    sleep=pytest.fail)
     assert "objectViewer" in caught.value.hint
+
+
+def test_an_excluded_stored_name_is_neither_read_nor_checked(google):
+    from firstboot import secret_import
+    team_store(google.bucket, "skolo-rack4", "alert-to-pubsub", TEAM_SECRETS["alert-to-pubsub"])
+    team_store(google.bucket, "skolo-rack4", "legacy", kubectl_secret("named-otherwise", a=b"1"))
+    if google.storage:
+        google.kms.decrypts.clear()
+    bodies = secret_import.imported_secrets(rack4_import(exclude=["legacy"]))
+    assert [body["metadata"]["name"] for body in bodies] == ["alert-to-pubsub"]
+    if google.storage:
+        assert len(google.kms.decrypts) == 1                     # the excluded one was not read

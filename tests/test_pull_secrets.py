@@ -47,7 +47,7 @@ def deployment(name: str, ns: str) -> dict:
 
 
 def rack4_import(ns: str, required=()) -> SecretImport:
-    return SecretImport(secretref.parse_prefix(f"berglas://{BUCKET}/skolo-rack4/"), ns, tuple(required))
+    return SecretImport(secretref.parse_prefix(f"berglas://{BUCKET}/skolo-rack4/"), ns, tuple(required), ())
 
 
 def pull_names(api, ns: str) -> list[str]:

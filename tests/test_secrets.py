@@ -244,7 +244,7 @@ def test_secret_manager_import_of_secrets_stored_the_teams_way(sm):
     secret_yaml = b"apiVersion: v1\nkind: Secret\nmetadata:\n  name: power-cycle\ndata:\n  password: " + \
         base64.b64encode(TOKEN) + b"\n"
     sm.add(PROJECT, "skolo-rack4-power-cycle", base64.b64encode(secret_yaml) + b"\n")
-    spec = SecretImport(secretref.parse_prefix(f"sm://{PROJECT}/skolo-rack4-"), "skolo", ("power-cycle",))
+    spec = SecretImport(secretref.parse_prefix(f"sm://{PROJECT}/skolo-rack4-"), "skolo", ("power-cycle",), ())
     [body] = secret_import.imported_secrets(spec)
     assert body == {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                     "metadata": {"name": "power-cycle", "namespace": "skolo"},

@@ -93,7 +93,7 @@ def _migration(raw: dict) -> Migration:
 
 def _secret_import(raw: dict) -> SecretImport:
     return SecretImport(source=secretref.parse_prefix(raw["from"]), namespace=raw["namespace"],
-                        required=tuple(raw["required"]))
+                        required=tuple(raw["required"]), exclude=tuple(raw["exclude"]))
 
 
 def rack_profile(doc: dict, source: Path, digest: str, manifests: tuple[Path, ...]) -> RackProfile:

@@ -102,6 +102,7 @@ class SecretImport:
     source: secretref.SecretPrefix
     namespace: str
     required: tuple[str, ...]      # stored names the rack needs there: checked at build and at apply
+    exclude: tuple[str, ...]       # stored names left out (not imported, not checked)
 
 
 @dataclass(frozen=True)

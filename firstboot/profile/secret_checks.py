@@ -21,6 +21,8 @@ def prefix_problems(doc: dict) -> Iterator[Problem]:
             secretref.parse_prefix(entry["from"])
         except secretref.SecretRefError as err:
             yield Problem(("secret_imports", i, "from"), str(err))
+        for name in sorted(set(entry.get("required", ())) & set(entry.get("exclude", ()))):
+            yield Problem(("secret_imports", i, "exclude"), f"{name!r} is both required and excluded")
 
 
 def profile_secret_names(doc: dict) -> set[tuple[str, str]]:
