@@ -68,7 +68,8 @@ def test_each_alias_and_its_fqdn_form_reach_a_backend(profile):
     assert "traefik" not in profile.k3s.disable
     docs = [d for path in profile.manifests for d in yaml.safe_load_all(path.read_text()) if d]
     ingresses = [{**d, "metadata": {"namespace": "default", **d["metadata"]}} for d in docs if d["kind"] == "Ingress"]
-    services = {(d["metadata"].get("namespace", "default"), d["metadata"]["name"]) for d in docs if d["kind"] == "Service"}
+    services = {(d["metadata"].get("namespace", "default"), d["metadata"]["name"])
+                for d in docs if d["kind"] == "Service"}
     for alias in profile.host_aliases:
         for host in (alias, alias + ".", alias.upper() + ".:80"):
             found = traefik.route(ingresses, host, "/")
@@ -81,7 +82,8 @@ def test_a_profile_without_servicelb_labels_no_node(tmp_path):
     profile_dir = tmp_path / "profiles"
     (profile_dir / "kube").mkdir(parents=True)
     text = (REPO / "tests/profiles/loopback/loop.yaml").read_text() + "\n"
-    (profile_dir / "loop.yaml").write_text(text.replace("  api_port: 16443\n", "  api_port: 16443\n  disable: [servicelb]\n"))
+    disabled = text.replace("  api_port: 16443\n", "  api_port: 16443\n  disable: [servicelb]\n")
+    (profile_dir / "loop.yaml").write_text(disabled)
     (profile_dir / "kube/00.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n")
     (profile_dir / "schema.json").write_text((REPO / "rack-profiles/schema.json").read_text())
     [profile] = load_profiles([profile_dir])

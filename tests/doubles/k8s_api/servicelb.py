@@ -94,7 +94,8 @@ def host_ports(pod: dict) -> set[tuple[int, str]]:
 
 
 def _node_ready(node: dict) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in (node.get("status") or {}).get("conditions") or [])
+    conditions = (node.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
 def _internal_ip(node: dict) -> str:
@@ -117,7 +118,8 @@ def new_pod(service: dict, node: dict) -> dict:
             "metadata": {"name": f"{ds}-" + "".join(_SUFFIX_LETTERS[b % len(_SUFFIX_LETTERS)] for b in digest[:5]),
                          "namespace": LB_NAMESPACE,
                          "labels": {"app": ds, SVC_NAME: meta["name"], SVC_NAMESPACE: meta["namespace"]}},
-            "spec": {"containers": containers, "serviceAccountName": "svclb", "priorityClassName": "system-node-critical",
+            "spec": {"containers": containers, "serviceAccountName": "svclb",
+                     "priorityClassName": "system-node-critical",
                      "automountServiceAccountToken": False,
                      "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
                          "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In",
@@ -140,7 +142,8 @@ def _pending(pod: dict, node_count: int) -> dict:
     others = node_count - 1
     message = (f"0/{node_count} nodes are available: 1 node(s) didn't have free ports for the requested pod ports"
                + (f", {others} node(s) didn't match Pod's node affinity/selector" if others else "")
-               + ". preemption: 0/{0} nodes are available: {0} Preemption is not helpful for scheduling.".format(node_count))
+               + f". preemption: 0/{node_count} nodes are available: {node_count} Preemption is not helpful "
+               "for scheduling.")
     pod["status"] = {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
                                                          "reason": "Unschedulable", "message": message}]}
     return pod
@@ -203,7 +206,8 @@ class ServiceLB:
         """Each Service's pods on its eligible nodes; a pod already running keeps
         its node's ports, a new one gets them only if they are free there."""
         nodes = self.store.list("nodes")
-        plan = [(service, node, new_pod(service, node)) for service in services for node in eligible_nodes(service, nodes)]
+        plan = [(service, node, new_pod(service, node))
+                for service in services for node in eligible_nodes(service, nodes)]
         taken: dict[str, set] = {}
         for _, node, pod in plan:
             old = existing.get(pod["metadata"]["name"])
