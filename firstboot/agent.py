@@ -19,6 +19,7 @@ Context, typed; the status file is only their record.
 """
 
 import logging
+import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -128,6 +129,7 @@ def step_apply(ctx: Context) -> dict:
 def step_report(ctx: Context) -> dict:
     summary = {
         "identity": ctx.identity.to_json() if ctx.identity else None,
+        "hostname": socket.gethostname(),
         "cloud_init": report.cloud_init(),
         # Seconds since the kernel started: when cloud-init finished, and now (the rack is
         # ready when every step before this one is done).

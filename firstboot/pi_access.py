@@ -6,7 +6,11 @@
     shared root's drop-in, image/payload.py, says so): the shared root
     serves every rack of the image, so it cannot carry one rack's keys;
   - the Pi's own host key from its jumphost (firstboot/host_keys.py) at
-    Layout.ssh_host_key, the only host key sshd uses.
+    Layout.ssh_host_key, the only host key sshd uses;
+  - its hostname: its node name. The shared root's /etc/hostname
+    (rackboot-pi) is every Pi's, so the kernel's hostname is set here, before
+    sshd, the agent and k3s start (the unit is ordered before them), and
+    systemd-hostnamed reports it as the transient hostname.
 
 A Pi that cannot get its key still gets ssh: it keeps the key it has (an
 SD-card Pi's, from an earlier boot) or makes a fresh one, and says so, once,
@@ -20,6 +24,7 @@ in its output.
 
 import logging
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -127,6 +132,14 @@ def ensure_host_key(layout: Layout, profile, node: str, timeout: float = FETCH_T
     return "fresh"
 
 
+def set_hostname(node: str) -> bool:
+    """The kernel's hostname: node (a checked DNS-1123 label, the profile's Pi name)."""
+    if socket.gethostname() == node:
+        return False
+    socket.sethostname(node)
+    return True
+
+
 def run(layout: Layout | None = None, timeout: float = FETCH_TIMEOUT) -> int:
     """The unit's work; exit status 1 when the Pi was not identified (it
     still gets a host key, and no admin keys)."""
@@ -137,6 +150,8 @@ def run(layout: Layout | None = None, timeout: float = FETCH_TIMEOUT) -> int:
         log.error("ssh access: %s; no admin keys on this Pi", err)
         ensure_host_key(layout, None, "unknown", timeout)
         return 1
+    if set_hostname(identity.node):
+        log.info("hostname: %s", identity.node)
     changed = write_authorized_keys(layout, identity.profile)
     source = ensure_host_key(layout, identity.profile, identity.node, timeout)
     log.info("ssh access for %s of rack %s: %d admin key(s)%s; host key %s", identity.node, identity.rack,

@@ -148,7 +148,8 @@ PI_ACCESS_UNIT_TEXT = f"""\
 Description=rackboot: this Pi's admin keys and ssh host key
 Wants=network-online.target
 After=network-online.target
-Before=ssh.service
+# The agent and k3s start with the Pi's hostname, its node name, set.
+Before=ssh.service rackboot-firstboot.service
 
 [Service]
 Type=oneshot

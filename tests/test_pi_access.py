@@ -109,8 +109,12 @@ def assert_no_key_in(text: str, *keys) -> None:
 @pytest.mark.machine
 def test_a_pi_gets_the_admin_keys_and_the_same_host_key_at_every_boot(rack):
     pi = rack.add_pi("pi1", "0b0b0b01")
+    host = socket.gethostname()
     done = access(rack, pi)
     assert done.returncode == 0, done.stderr
+    # Its hostname is its node name (in its own UTS namespace: the host's is untouched).
+    assert pi.run(["hostname"]).stdout == "loop-pi-01\n" and socket.gethostname() == host
+    assert "hostname: loop-pi-01" in done.stderr
     assert "ssh access for loop-pi-01 of rack loop: 2 admin key(s) (changed); host key from the jumphost" in done.stderr
     keys = pi.path(ADMIN_KEYS)
     assert keys.read_text() == "".join(f"{key}\n" for key in rack.profile().jumphost.ssh_authorized_keys)
@@ -125,6 +129,7 @@ def test_a_pi_gets_the_admin_keys_and_the_same_host_key_at_every_boot(rack):
     inode = pi.path(HOST_KEY).stat().st_ino
     again = access(rack, pi)
     assert again.returncode == 0 and "2 admin key(s); host key from the jumphost" in again.stderr
+    assert "hostname:" not in again.stderr
     assert pi.path(HOST_KEY).stat().st_ino == inode
     # A power cut: a netbooted Pi's /etc was in RAM. Its next boot gets the same key.
     pi.power_off()
@@ -400,7 +405,7 @@ def test_the_pi_roots_units_are_read_as_systemd_does(tmp_path):
     unit.write_text(payload.PI_ACCESS_UNIT_TEXT)
     result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True)
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
-    assert "Before=ssh.service\n" in payload.PI_ACCESS_UNIT_TEXT
+    assert "Before=ssh.service rackboot-firstboot.service\n" in payload.PI_ACCESS_UNIT_TEXT
     assert "ExecStart=/usr/bin/python3 -m firstboot pi-access\n" in payload.PI_ACCESS_UNIT_TEXT
     assert payload.PI_SSH_DROPIN == f"[Unit]\nWants={payload.PI_ACCESS_UNIT}\nAfter={payload.PI_ACCESS_UNIT}\n"
     settings = [line.split(None, 1) for line in payload.PI_SSHD_CONFIG.splitlines() if line and line[0] != "#"]
