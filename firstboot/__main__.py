@@ -1,4 +1,4 @@
-"""python -m firstboot {run,status,access,join-server}: the first-boot agent.
+"""python -m firstboot {run,status,access,join-server,pi-access}: the first-boot agent.
 
 run          the steps, in order (the rackboot-firstboot unit runs this at boot)
 status       which step it is on, what failed and why
@@ -7,6 +7,8 @@ bundle       install a pushed rack bundle, roll back to the previous one, list
              them (build.py push runs these; firstboot/bundle_install.py)
 join-server  the jumphost's service that gives its Pis their k3s agent token
              (rackboot-join.service runs it; see firstboot/join.py)
+pi-access    a Pi's admin keys and ssh host key, before sshd starts
+             (rackboot-pi-access.service runs it; see firstboot/pi_access.py)
 """
 
 import argparse
@@ -23,7 +25,7 @@ VENDORED = Path(__file__).resolve().parent.parent / "site-packages"
 if VENDORED.is_dir():
     sys.path.insert(0, str(VENDORED))
 
-from firstboot import agent, bundle_install, join, secretref, secrets  # noqa: E402
+from firstboot import agent, bundle_install, join, pi_access, secretref, secrets  # noqa: E402
 from firstboot.errors import RackbootError  # noqa: E402
 from firstboot.layout import Layout, Role  # noqa: E402
 
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     server = verbs.add_parser("join-server", help="serve the k3s agent token to the rack's Pis")
     server.add_argument("--rack", required=True, help="the rack this jumphost serves")
     _bundle_parser(verbs)
+    verbs.add_parser("pi-access", help="a Pi's admin keys and ssh host key (before sshd starts)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if getattr(args, "verbose", False):
@@ -92,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "join-server":
             join.serve_forever(agent.rack_profile(layout, args.rack), layout.agent_token_file)
             return 0
+        if args.verb == "pi-access":
+            return pi_access.run(layout)
         print(agent.describe_status(layout))
         return 0
     except RackbootError as err:

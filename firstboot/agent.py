@@ -19,13 +19,15 @@ Context, typed; the status file is only their record.
 """
 
 import logging
+import socket
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from firstboot import apply, bundle, identify, k3s, nodes, rack_model, ready, report, serve, state, token
+from firstboot import (apply, bundle, host_keys, identify, k3s, metrics, nodes, rack_model, ready, report, serve,
+                       state, token)
 from firstboot.errors import RackbootError
 from firstboot.layout import Layout, Role
 from firstboot.profile import RackProfile
@@ -106,6 +108,8 @@ def step_token(ctx: Context) -> dict:
         result = token.install_token(ctx.profile.k3s.token, ctx.profile.rack, ctx.layout.token_file,
                                      datastore=ctx.layout.datastore,
                                      agent_token_file=ctx.layout.agent_token_file)
+        # The join service hands the Pis host keys derived from it (firstboot/host_keys.py).
+        host_keys.install_secret(ctx.layout.token_file, ctx.profile.rack, ctx.layout.ssh_host_key_secret)
     ctx.token_changed = result["changed"]
     return result
 
@@ -130,6 +134,7 @@ def step_apply(ctx: Context) -> dict:
 def step_report(ctx: Context) -> dict:
     summary = {
         "identity": ctx.identity.to_json() if ctx.identity else None,
+        "hostname": socket.gethostname(),
         "cloud_init": report.cloud_init(),
         # Seconds since the kernel started: when cloud-init finished, and now (the rack is
         # ready when every step before this one is done).
@@ -204,6 +209,7 @@ def run(role: Role | str, layout: Layout | None = None) -> int:
         if exit_status and not failure:
             _notify(f"STATUS=failed at {step.name}: {record['error'].splitlines()[0]}")
             failure = exit_status
+    metrics.write(layout, ctx.status, ctx.identity.rack if ctx.identity else None)
     if failure:
         return failure
     _notify("STATUS=done")

@@ -6,16 +6,16 @@ jumphost, through k3s's admin kubeconfig).
   one a node chooses itself: a kubelet may set any label outside the
   kubernetes.io namespaces on its own Node (k3s's node-label), so anything
   holding the agent token could claim e.g. skolo.dev/role=jumphost and have
-  those pods, and their Secrets, sent to it. Labels under
-  node-restriction.kubernetes.io/ are refused to kubelets both at start
-  (--node-labels) and by the NodeRestriction admission plugin (on in k3s):
-  only an API client with more rights, this agent, can set them.
+  those pods, and their Secrets, sent to it. Labels under node-restriction.
+  kubernetes.io/ are refused to kubelets at start (--node-labels) and by the
+  NodeRestriction admission plugin (on in k3s): only this agent sets them.
 - Every document of the profile's manifests, in order, by server-side apply
   with one field manager ("rackboot"), forced: the profile is the truth. A
   Namespace still being deleted (pruned by an earlier run, say) is waited
   for until it is gone, then made afresh.
-- The profile's Secrets, their values read from their references into memory
-  and sent straight to the API; nothing is written to disk.
+- The profile's Secrets and those of its secret_imports (secret_import.py), read
+  into memory and sent straight to the API; nothing is written to disk. Before
+  the first workload, image_pull_secrets go on default ServiceAccounts.
 - Everything applied carries two labels; objects with those labels that the
   profile no longer contains are deleted (pruned). Objects without them are
   never touched, whoever made them; objects already being deleted are done.
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import yaml
 
-from firstboot import rollout, secrets
+from firstboot import rollout, secret_import, secrets, service_accounts
 from firstboot.errors import BadInput, RackbootError
 
 FIELD_MANAGER = "rackboot"
@@ -46,6 +46,7 @@ MANAGED_BY = "app.kubernetes.io/managed-by"
 RACK_LABEL = "rackboot.dev/rack"
 TIMEOUT = float(os.environ.get("RACKBOOT_APPLY_TIMEOUT", "300"))
 REQUEST_TIMEOUT = 60
+MAKE_PODS = (*rollout.WORKLOADS, "ReplicaSet", "Job", "CronJob", "Pod")
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,21 @@ def secret_documents(profile) -> list[Document]:
             "apiVersion": "v1", "kind": "Secret", "type": spec.type,
             "metadata": {"name": spec.name, "namespace": spec.namespace}, "data": data}))
     return documents
+
+
+def imported_documents(profile) -> list[Document]:
+    """The Secrets of the profile's secret_imports, every one read and checked before anything is applied."""
+    return [Document(f"secret_imports[{number}] {spec.source}", index, body)
+            for number, spec in enumerate(profile.secret_imports)
+            for index, body in enumerate(secret_import.imported_secrets(spec), start=1)]
+
+
+def _refuse_duplicates(documents: list[Document]) -> None:
+    """One object made twice (a manifest's Secret and an imported one, say): the last would silently win."""
+    first = {}
+    for document in documents:
+        if first.setdefault(document.key, document) is not document:
+            raise BadInput(f"{document} is also {first[document.key]}", hint="keep one of the two")
 
 
 def _labelled(body: dict, rack: str) -> dict:
@@ -185,13 +201,19 @@ def apply(kubeconfig: Path, profile, previous_inventory=(), timeout: float = TIM
     from urllib3.exceptions import HTTPError
 
     documents = load_documents(profile.manifests)
-    documents += secret_documents(profile)
+    documents += secret_documents(profile) + imported_documents(profile)
+    _refuse_duplicates(documents)
     applied = []
     try:
         dyn = _client(kubeconfig)     # which reads the API's version and kinds: it may not answer
         placement = label_jumphost(dyn, profile.jumphost.hostname)
-        for document in documents:
-            applied.append(_apply_document(dyn, document, profile.rack, timeout))
+        first_maker = next((i for i, d in enumerate(documents) if d.body["kind"] in MAKE_PODS), len(documents))
+        for index, document in enumerate(documents + [None]):
+            if index == first_maker:     # pods take their ServiceAccount's pull secrets when made, not later
+                pull_secrets = service_accounts.attach_pull_secrets(dyn, profile.image_pull_secrets, timeout,
+                                                                    REQUEST_TIMEOUT)
+            if document:
+                applied.append(_apply_document(dyn, document, profile.rack, timeout))
         inventory = sorted({(a, k) for a, k, _, _ in applied} | {tuple(kind) for kind in previous_inventory})
         pruned = _prune(dyn, profile.rack, inventory, set(applied))
         waited = rollout.wait_for_workloads(dyn, [a for a in applied if a[1] in rollout.WORKLOADS], timeout,
@@ -202,6 +224,9 @@ def apply(kubeconfig: Path, profile, previous_inventory=(), timeout: float = TIM
     return {"applied": [f"{k} {ns + '/' if ns else ''}{n}" for _, k, ns, n in applied],
             "secrets": [f"{d.body['metadata']['namespace']}/{d.body['metadata']['name']}"
                         for d in documents if d.source == "secrets"],
+            "imported": [f"{d.body['metadata']['namespace']}/{d.body['metadata']['name']}"
+                         for d in documents if d.source.startswith("secret_imports")],
+            "pull_secrets": pull_secrets,
             "pruned": pruned, "inventory": [list(kind) for kind in inventory], "waited_seconds": waited,
             "placement": placement}
 

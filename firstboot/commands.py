@@ -60,7 +60,8 @@ def environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def run(argv: Sequence[str | Path], *, capture: bool = False, stream: bool = False,
         env: Mapping[str, str] | None = None, cwd: Path | None = None, check: bool = True,
-        timeout: float | None = None, hint: str | None = None) -> subprocess.CompletedProcess:
+        timeout: float | None = None, hint: str | None = None,
+        input: str | None = None) -> subprocess.CompletedProcess:
     """Run argv.
 
     capture: return stdout (stderr kept apart) instead of showing it.
@@ -70,15 +71,18 @@ def run(argv: Sequence[str | Path], *, capture: bool = False, stream: bool = Fal
     check: raise CommandFailed on a non-zero exit status (else return it).
     timeout: seconds (with capture); a command still running then is killed
     and fails.
+    input: text for the command's stdin (with capture), e.g. a file's new
+    content for ssh ... tee; otherwise stdin is /dev/null.
     """
-    if timeout is not None and not capture:
-        raise ValueError("run(): timeout needs capture=True")
+    if (timeout is not None or input is not None) and not capture:
+        raise ValueError("run(): timeout and input need capture=True")
     argv = [str(a) for a in argv]
     log.debug("+ %s", shlex.join(argv))
     full_env = environment(env)
     try:
         if capture:
-            result = subprocess.run(argv, stdin=subprocess.DEVNULL, text=True, errors="replace", cwd=cwd,
+            stdin = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
+            result = subprocess.run(argv, **stdin, text=True, errors="replace", cwd=cwd,
                                     env=full_env, capture_output=True, timeout=timeout)
             output = result.stderr or result.stdout
         else:

@@ -14,6 +14,9 @@ hundreds of machines. Instead:
   - a Pi's token step fetches it from there into its token file,
     waiting for the jumphost for as long as it takes to come up.
 
+It hands each Pi its ssh host key too (GET /v1/ssh-host-key/NODE, derived
+from the rack's token: firstboot/host_keys.py).
+
 The service faces everything on the rack network, so an address outside the
 subnet is answered 403 and closed before anything is read, in the accepting
 thread; a connection has CONNECTION_SECONDS for its whole request (slow
@@ -40,7 +43,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from firstboot import host_keys
 from firstboot.errors import RackbootError
+from firstboot.layout import MACHINE
 
 PATH = "/v1/agent-token"
 FETCH_TIMEOUT = float(os.environ.get("RACKBOOT_JOIN_TIMEOUT", "1800"))   # a jumphost may take a while
@@ -144,6 +149,8 @@ class _DeadlineReader(io.RawIOBase):
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     token_file: Path
+    profile: object
+    host_key_secret: Path
     server_version = "rackboot-join"
     timeout = CONNECTION_SECONDS     # writes too: a client that does not read its answer
 
@@ -154,6 +161,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         # The client's address was checked before anything was read (_Server.verify_request).
+        if self.path.startswith(host_keys.PATH):
+            self._send(*host_keys.answer(self.profile, self.host_key_secret, self.client_address[0],
+                                         self.path[len(host_keys.PATH):]))
+            return
         if self.path != PATH:
             self._send(404, b"not found\n")
             return
@@ -239,9 +250,11 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 
 def serve_forever(profile, token_file: Path,
-                  connection_seconds: float = CONNECTION_SECONDS) -> None:
-    """Serve token_file (the jumphost's Layout.agent_token_file) to profile's rack."""
-    handler = type("Handler", (_Handler,), {"token_file": token_file})
+                  connection_seconds: float = CONNECTION_SECONDS, host_key_secret: Path | None = None) -> None:
+    """Serve token_file (the jumphost's Layout.agent_token_file) to profile's
+    rack, and its Pis' host keys from host_key_secret (Layout.ssh_host_key_secret)."""
+    handler = type("Handler", (_Handler,), {"token_file": token_file, "profile": profile,
+                                            "host_key_secret": host_key_secret or MACHINE.ssh_host_key_secret})
     server = _Server((str(profile.jumphost.address), profile.netboot.join_port), handler,
                      profile.network.subnet, connection_seconds)
     try:

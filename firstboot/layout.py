@@ -35,7 +35,11 @@ What the machine keeps (k3s's own paths are k3s's install.sh's):
     etc/dnsmasq.d/, etc/exports.d/        the netboot service's configuration
     var/lib/rackboot/                     the agent's status file
     var/lib/rackboot/bundles/RACK/REV/    rack bundles pushed to it (firstboot/bundle.py)
+    var/lib/rackboot/metrics/rackboot.prom   its last run as Prometheus metrics (node-exporter's textfile)
     etc/rackboot/{agent.env,credentials.json}   written by cloud-init's seed
+    etc/rackboot/ssh-host-key-secret      the Pis' host keys derive from it (jumphost)
+    etc/ssh/ssh_host_ed25519_key[.pub]    a Pi's host key, from its jumphost
+    etc/ssh/authorized_keys/USER          the rack's admin keys on a Pi
 """
 
 import os
@@ -210,12 +214,43 @@ class Layout:
         return self._part("state_dir", "/var/lib/rackboot")
 
     @property
+    def metrics_dir(self) -> Path:
+        """The agent's Prometheus textfile directory, node-exporter's only view of the state
+        directory (a hostPath in the rack's node-exporter DaemonSet; not status.json)."""
+        return self.state_dir / "metrics"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.metrics_dir / "rackboot.prom"
+
+    @property
     def agent_env(self) -> Path:
         return self._at("/etc/rackboot/agent.env")
 
     @property
     def credentials(self) -> Path:
         return self._at("/etc/rackboot/credentials.json")
+
+    @property
+    def ssh_host_key_secret(self) -> Path:
+        return self._at("/etc/rackboot/ssh-host-key-secret")
+
+    @property
+    def ssh_host_key(self) -> Path:
+        """The host key a Pi's sshd uses (its .pub beside it)."""
+        return self._at("/etc/ssh/ssh_host_ed25519_key")
+
+    def authorized_keys(self, user: str) -> Path:
+        """The keys sshd accepts for user on a Pi (its drop-in's AuthorizedKeysFile: %u)."""
+        return self._at("/etc/ssh/authorized_keys") / user
+
+    @property
+    def sshd_dropin(self) -> Path:
+        return self._at("/etc/ssh/sshd_config.d/rackboot.conf")
+
+    @property
+    def sudoers_dropin(self) -> Path:
+        return self._at("/etc/sudoers.d/90-rackboot-admin")
 
 
 MACHINE = Layout()   # the paths as the running machine sees them: what rendered files name

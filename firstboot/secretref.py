@@ -78,3 +78,59 @@ def parse(text: str, key: str | None = None) -> SecretRef:
         if version and not _SM_VERSION.fullmatch(version):
             raise SecretRefError(f"{text!r}: version {version!r} is not 'latest' or a number")
     return SecretRef(scheme, location, name, version or None, key)
+
+
+# The part of a Kubernetes Secret's name a stored object's name may give (a DNS subdomain's characters).
+_SM_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,254}")
+_OBJECT_PREFIX = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*/")
+_DIRECTORY = re.compile(r"(/[A-Za-z0-9._-]+)*/")
+
+
+@dataclass(frozen=True)
+class SecretPrefix:
+    """Every secret under a prefix, as `berglas list BUCKET --prefix=PREFIX` lists them.
+
+    berglas://BUCKET/FOLDER/   the berglas objects whose names start with FOLDER/
+    sm://PROJECT/PREFIX        the Secret Manager secrets whose IDs start with PREFIX
+    file:///DIRECTORY/         the regular files directly in DIRECTORY
+    """
+    scheme: str
+    location: str        # bucket, project, or "" for file
+    prefix: str          # FOLDER/, PREFIX, or /DIRECTORY/
+
+    def __str__(self) -> str:
+        if self.scheme == "file":
+            return f"file://{self.prefix}"
+        return f"{self.scheme}://{self.location}/{self.prefix}"
+
+    def ref(self, stored_name: str, version: str | None = None) -> SecretRef:
+        """The reference of the secret stored under stored_name (what follows the prefix)."""
+        return SecretRef(self.scheme, self.location, self.prefix + stored_name, version)
+
+
+def parse_prefix(text: str) -> SecretPrefix:
+    if any(char.isspace() or not char.isprintable() for char in text) or "#" in text:
+        raise SecretRefError(f"{text!r}: a secret prefix holds no spaces, control characters or '#'")
+    scheme, sep, rest = text.partition("://")
+    if scheme == "file" and sep:
+        if not _DIRECTORY.fullmatch(rest) or {".", ".."} & set(rest.split("/")):
+            raise SecretRefError(f"{text!r}: a file:// prefix is an absolute directory ending in '/', "
+                                 "as in file:///etc/rackboot/secrets/")
+        return SecretPrefix("file", "", rest)
+    location, _, prefix = rest.partition("/")
+    if scheme == "berglas" and sep:
+        if not _BUCKET.fullmatch(location):
+            raise SecretRefError(f"{text!r}: {location!r} is not a Cloud Storage bucket name")
+        if not _OBJECT_PREFIX.fullmatch(prefix):
+            raise SecretRefError(f"{text!r}: a berglas prefix is a folder ending in '/', "
+                                 "as in berglas://skia-secrets/skolo-rack4/")
+        return SecretPrefix("berglas", location, prefix)
+    if scheme == "sm" and sep:
+        if not _PROJECT.fullmatch(location):
+            raise SecretRefError(f"{text!r}: {location!r} is not a Google Cloud project ID")
+        if not _SM_PREFIX.fullmatch(prefix):
+            raise SecretRefError(f"{text!r}: {prefix!r} is not the start of a Secret Manager secret name "
+                                 "(letters, digits, - and _; no '/')")
+        return SecretPrefix("sm", location, prefix)
+    raise SecretRefError(f"{text!r} is not a secret prefix (berglas://BUCKET/FOLDER/, sm://PROJECT/PREFIX "
+                         "or file:///DIRECTORY/)")

@@ -196,7 +196,7 @@ BACKENDS: dict[str, Callable[[SecretRef], bytes]] = {
 }
 
 
-def _secret_yaml(value: bytes) -> bytes:
+def secret_yaml(value: bytes) -> bytes:
     """The Kubernetes Secret YAML in a stored value. The original team's
     scripts store it base64-encoded (`kubectl create secret ... -o yaml |
     base64 --wrap=0 | berglas update`, read back with `berglas access |
@@ -210,9 +210,9 @@ def _secret_yaml(value: bytes) -> bytes:
 
 def unwrap_kubernetes_secret(value: bytes, ref: SecretRef) -> bytes:
     """The original team stored values as a Kubernetes Secret YAML (base64-
-    encoded, see _secret_yaml); take its base64 .data[key], decoded."""
+    encoded, see secret_yaml); take its base64 .data[key], decoded."""
     try:
-        document = yaml.safe_load(_secret_yaml(value))
+        document = yaml.safe_load(secret_yaml(value))
         encoded = document["data"][ref.key]
         return base64.b64decode(encoded, validate=True)
     except (yaml.YAMLError, TypeError, KeyError, binascii.Error, ValueError):
@@ -220,15 +220,11 @@ def unwrap_kubernetes_secret(value: bytes, ref: SecretRef) -> bytes:
                           f".data.{ref.key} (plain, or base64-encoded as the team's scripts store it)") from None
 
 
-def access(ref: SecretRef, delays=RETRY_DELAYS, sleep=time.sleep) -> bytes:
-    """The secret's value. Retries transient failures, then gives up naming ref."""
-    backend = BACKENDS.get(ref.scheme)
-    if backend is None:
-        raise SecretError(f"{ref}: this machine cannot read {ref.scheme}:// secrets")
+def with_retries(what, call: Callable[[], object], delays=RETRY_DELAYS, sleep=time.sleep):
+    """call(), retrying its TransientSecretErrors; then gives up naming what."""
     for attempt, delay in enumerate((*delays, None), start=1):
         try:
-            value = backend(ref)
-            break
+            return call()
         except TransientSecretError as err:
             if delay is None:
                 raise SecretError(f"{err} (gave up after {attempt} attempts)",
@@ -236,4 +232,12 @@ def access(ref: SecretRef, delays=RETRY_DELAYS, sleep=time.sleep) -> bytes:
                                        "the agent retries at its next run") from None
             log.warning("%s; retrying in %s s (attempt %d)", err, delay, attempt)
             sleep(delay)
+
+
+def access(ref: SecretRef, delays=RETRY_DELAYS, sleep=time.sleep) -> bytes:
+    """The secret's value. Retries transient failures, then gives up naming ref."""
+    backend = BACKENDS.get(ref.scheme)
+    if backend is None:
+        raise SecretError(f"{ref}: this machine cannot read {ref.scheme}:// secrets")
+    value = with_retries(ref, lambda: backend(ref), delays, sleep)
     return unwrap_kubernetes_secret(value, ref) if ref.key else value

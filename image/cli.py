@@ -137,6 +137,32 @@ PUSH = (
     REVISION,
     ATTACH[2],
 )
+ROUTER = (
+    Option(("--to",), dict(required=True, metavar="ROUTER",
+                           help="the rack router, as ssh reaches it: a Host of your ssh configuration, a name or "
+                                "an address")),
+    Option(("--cutover",), dict(action="store_true",
+                                help="point the host_aliases (metadata, ...) at rackboot's jumphost (jumphost.address)")),
+    Option(("--rollback",), dict(action="store_true",
+                                 help="point them back at the legacy jumphost (migration.legacy_address); the other "
+                                      "way back is `sudo systemctl start metadata` on the legacy jumphost")),
+    Option(("--dry-run",), dict(action="store_true",
+                                help="show what would change (the hosts file's diff, or the EdgeOS commands) and "
+                                     "change nothing")),
+    Option(("--edgeos",), dict(action="store_true",
+                               help="configure EdgeOS's system static-host-mapping (vyatta-cfg-cmd-wrapper: begin, "
+                                    "set, commit, save, end) instead of editing a hosts file")),
+    Option(("--hosts-file",), dict(default="/etc/hosts", metavar="PATH",
+                                   help="the router's hosts file that its dnsmasq reads (default: %(default)s); "
+                                        "rackboot replaces only its own marked block")),
+    Option(("--dnsmasq-pidfile",), dict(default="/var/run/dnsmasq/dnsmasq.pid", metavar="PATH",
+                                        help="the router's dnsmasq pid file; dnsmasq gets SIGHUP to read the hosts "
+                                             "file again (default: %(default)s)")),
+    Option(("--user",), dict(default="ubnt", help="the router's admin user, with password-less sudo "
+                                                  "(default: %(default)s, EdgeOS's)")),
+    Option(("--ssh-config",), dict(type=Path, metavar="FILE", help="ssh's configuration file (ssh -F) instead of "
+                                                                   "~/.ssh/config")),
+)
 DESCRIPTION = "rackboot: build the images of racks of lab machines from their profiles."
 ROOT_FOR_ROOTFS = "mmdebstrap in root mode, unpacking the root filesystem with its owners"
 
@@ -180,6 +206,11 @@ VERBS = (
     Verb("push", "send the rack's bundle to its running jumphost over ssh (as its admin user), which verifies "
                  "it, refuses another rack's or an older one, puts it in place and runs its agent again",
          needs_output=False, options=PUSH),
+    Verb("router", "migrate a rack's names on its router over ssh, either way: --cutover points the host_aliases "
+                   "(the design's metadata) at rackboot's jumphost, --rollback back at the legacy jumphost "
+                   "(migration.legacy_address); in the router's hosts file (a marked block, replaced at once, "
+                   "other lines kept; dnsmasq reloaded) or with --edgeos in EdgeOS's static-host-mapping",
+         needs_output=False, options=ROUTER),
 )
 
 

@@ -38,19 +38,15 @@ image {name} {{
 """
 
 
-def esp_tree(esp: Path, bootloader: Path, kernel: Path, initrd: Path, cmdline: str) -> None:
+def esp_tree(esp: Path, bootloader: Path) -> None:
     """systemd-boot as the removable-media loader, so any UEFI firmware boots
-    it with no NVRAM entry: the disk is all there is to a jumphost."""
+    it with no NVRAM entry: the disk is all there is to a jumphost. Kernels
+    and their entries are the machine's own hook's (image/esp_kernel.py):
+    the default is the newest rackboot-VERSION entry."""
     (esp / "EFI/BOOT").mkdir(parents=True)
     (esp / "loader/entries").mkdir(parents=True)
-    (esp / "rackboot").mkdir()
     shutil.copyfile(bootloader, esp / "EFI/BOOT/BOOTX64.EFI")
-    shutil.copyfile(kernel, esp / "rackboot/vmlinuz")
-    shutil.copyfile(initrd, esp / "rackboot/initrd.img")
-    (esp / "loader/loader.conf").write_text("default rackboot.conf\ntimeout 0\neditor no\n")
-    (esp / "loader/entries/rackboot.conf").write_text(
-        "title rackboot\nlinux /rackboot/vmlinuz\ninitrd /rackboot/initrd.img\n"
-        f"options {cmdline}\n")
+    (esp / "loader/loader.conf").write_text("default rackboot-*\ntimeout 0\neditor no\n")
 
 
 def _tree_megabytes(tree: Path) -> int:

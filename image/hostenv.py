@@ -49,7 +49,11 @@ TOOL_PACKAGES = (
 # tests run a real sshd, with sudo, in a network namespace in front of a
 # pretend jumphost. Debian's openssh-server also enables and starts the
 # host's own ssh.service, which a workstation running build.py should not get.
-TEST_PACKAGES = ("openssh-server", "sudo")
+# prometheus is for its promtool (the rack's prometheus configuration, alert
+# rules and the agent's metrics file, tests/test_monitoring.py); where systemd
+# runs, Debian's package also starts prometheus.service on port 9090, which no
+# test uses (in a container, policy-rc.d keeps it stopped).
+TEST_PACKAGES = ("openssh-server", "sudo", "prometheus")
 HOST_PACKAGES = PYTHON_PACKAGES + TOOL_PACKAGES + TEST_PACKAGES
 # Set to 1 to skip the set-up (a machine provisioned otherwise).
 NO_BOOTSTRAP_ENV = "RACKBOOT_NO_BOOTSTRAP"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from firstboot.profile import RackProfile
-from image import atomic, bundle_seal, disk, netboot, payload, progress, render, rootfs
+from image import atomic, bundle_seal, disk, esp_kernel, netboot, payload, progress, render, rootfs
 from firstboot.commands import run
 
 IMAGE_NAME = "jumphost.img"
@@ -58,6 +58,7 @@ def _configure(tree: Path) -> None:
     payload.make_ssh_host_keys_at_boot(tree)
     (tree / "etc/fstab").write_text(FSTAB)
     (tree / "boot/efi").mkdir(parents=True, exist_ok=True)
+    esp_kernel.install_hooks(tree, disk.KERNEL_CMDLINE)
     (tree / "etc/hostname").write_text("rackboot\n")
     run(["systemctl", f"--root={tree}", "enable", "rackboot-firstboot.service",
          "systemd-networkd.service", "systemd-resolved.service", "systemd-timesyncd.service"])
@@ -94,9 +95,8 @@ def build(profiles: list[RackProfile], options: ImageOptions) -> list[Path]:
             with progress.step("the Pis' netboot: NFS root (squashfs) and TFTP trees"):
                 netboot.install_into_image(profiles, rendered, pi_rootfs, tree, options.k3s_bundle)
         bundle_seal.seal_racks(profiles, tree / payload.RACKS_DIR)    # each rack's tree: its bundle
-        kernel, initrd = rootfs.kernel_and_initrd(base)
-        disk.esp_tree(work / "esp", tree / "usr/lib/systemd/boot/efi/systemd-bootx64.efi",
-                      kernel, initrd, disk.KERNEL_CMDLINE)
+        disk.esp_tree(work / "esp", tree / "usr/lib/systemd/boot/efi/systemd-bootx64.efi")
+        esp_kernel.put_kernel(tree, work / "esp")
         disk.assemble(tree, work / "esp", work / "disk", work / IMAGE_NAME)
         made = [work / IMAGE_NAME, *disk.flashing_files(work / IMAGE_NAME, options.compress)]
         return atomic.move_into(made, output)

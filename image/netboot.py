@@ -61,7 +61,7 @@ REQUIRED = ("start4.elf", "fixup4.dat", "bcm2711-rpi-4-b.dtb")
 PI_PACKAGES = (
     "linux-image-arm64", "initramfs-tools", "raspi-firmware",
     "systemd", "systemd-sysv", "udev", "dbus", "systemd-timesyncd",
-    "nfs-common", "iproute2", "openssh-server", "ca-certificates",
+    "nfs-common", "iproute2", "openssh-server", "sudo", "ca-certificates",
     # An SD-card Pi (image/sdcard.py) grows its root partition to the card.
     "cloud-guest-utils", "fdisk", "e2fsprogs",
     *rootfs.AGENT_PACKAGES,
@@ -151,6 +151,15 @@ def write_rendered(rendered: render.RenderedTree, key: str, path: Path) -> None:
     path.write_text(text if text.endswith("\n") else text + "\n")
 
 
+def write_pi_cmdline(shared: Path, node: str, path: Path) -> None:
+    """path: the rack's cmdline.txt with this Pi's hostname, its node name.
+    systemd.hostname= (systemd >= 246) wins over the shared root's
+    /etc/hostname from the first moment of boot, so the journal, DHCP and
+    ssh all see the node's name. node is a checked DNS-1123 label (the
+    profile's Pi names), so it cannot add another kernel parameter."""
+    path.write_text(shared.read_text().rstrip("\n") + f" systemd.hostname={node}\n")
+
+
 def write_tftp_tree(profile: RackProfile, rendered: render.RenderedTree, files: PiBootFiles, output: Path,
                     shared_at: str | None = None) -> Path:
     """Write output/tftp for profile, replacing it whole; return it.
@@ -174,7 +183,9 @@ def write_tftp_tree(profile: RackProfile, rendered: render.RenderedTree, files: 
                 continue
             (staging / directory).mkdir()
             for name in names:       # relative links: the tree can move (into the image, to /srv)
-                (staging / directory / name).symlink_to(Path("..") / name)
+                if name != "cmdline.txt":
+                    (staging / directory / name).symlink_to(Path("..") / name)
+            write_pi_cmdline(staging / "cmdline.txt", pi.name, staging / directory / "cmdline.txt")
         for path in [staging, *staging.rglob("*")]:
             if not path.is_symlink():
                 os.chmod(path, 0o755 if path.is_dir() else 0o644)
@@ -197,7 +208,7 @@ def write_pi_root(profiles: list[RackProfile], rendered: dict[str, render.Render
     if k3s_bundle is not None:
         payload.install_k3s(k3s_bundle, target, "arm64")
     (target / "etc/hostname").write_text("rackboot-pi\n")
-    payload.make_ssh_host_keys_at_boot(target)
+    payload.install_pi_access(target)
     run(["systemctl", f"--root={target}", "enable", *PI_UNITS, "systemd-timesyncd.service"])
     payload.strip_machine_state(target)
 

@@ -3,6 +3,7 @@ the Pis' shared root alike: the agent with its Python libraries, every rack's
 profile and rendered files, the k3s bundle; and what it takes away (machine
 state that would make two machines booted from one image alike)."""
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -128,6 +129,97 @@ def make_ssh_host_keys_at_boot(tree: Path) -> None:
     dropin = tree / "etc/systemd/system/ssh.service.d"
     dropin.mkdir(parents=True, exist_ok=True)
     (dropin / "rackboot-host-keys.conf").write_text(SSH_KEYGEN_DROPIN)
+
+
+# The Pis' ssh access (firstboot/pi_access.py): the jumphost's admin user,
+# and an sshd that takes its keys and host key from files the Pi's
+# rackboot-pi-access.service writes at boot. The shared root serves every
+# rack of the image, so it holds no rack's keys and no Pi's host key.
+ADMIN = "rackboot"
+ADMIN_UID = 1000     # the first regular user: what cloud-init's useradd gives the jumphost's
+ADMIN_GROUPS = "adm,sudo"
+PI_ACCESS_UNIT = "rackboot-pi-access.service"
+
+PI_ACCESS_UNIT_TEXT = f"""\
+# rackboot Pi (image/payload.py): before sshd starts, the rack's admin keys
+# and this Pi's own host key from its jumphost (firstboot/pi_access.py). A Pi
+# that cannot get its key keeps the one it has or gets a fresh one.
+[Unit]
+Description=rackboot: this Pi's admin keys and ssh host key
+Wants=network-online.target
+After=network-online.target
+# The agent and k3s start with the Pi's hostname, its node name, set.
+Before=ssh.service rackboot-firstboot.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+Environment=PYTHONPATH={MACHINE.agent_dir}
+ExecStart=/usr/bin/python3 -m firstboot pi-access
+StandardOutput=journal+console
+StandardError=journal+console
+# The jumphost is asked for at most a minute (RACKBOOT_HOST_KEY_TIMEOUT).
+TimeoutStartSec=3min
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+# Replaces what make_ssh_host_keys_at_boot gives other machines: sshd waits
+# for the Pi's key instead of making keys of every type at every boot.
+PI_SSH_DROPIN = f"""\
+[Unit]
+Wants={PI_ACCESS_UNIT}
+After={PI_ACCESS_UNIT}
+"""
+
+# First value wins in sshd_config, and Debian's includes sshd_config.d first.
+PI_SSHD_CONFIG = f"""\
+# rackboot Pi (image/payload.py). The one host key: the Pi's own, from its
+# jumphost, the same at every boot. Keys of other types would be new at
+# every boot of a netbooted Pi.
+HostKey {MACHINE.ssh_host_key}
+# The rack's admin keys, written at boot from the rack's profile; no
+# other file (home directories) adds keys.
+AuthorizedKeysFile {MACHINE.authorized_keys("%u")}
+PermitRootLogin no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+"""
+
+# As cloud-init writes the jumphost user's sudo: "ALL=(ALL) NOPASSWD:ALL".
+PI_SUDOERS = f"""\
+# rackboot Pi (image/payload.py): the admin user, as on the jumphost
+{ADMIN} ALL=(ALL) NOPASSWD:ALL
+"""
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    os.chmod(path, mode)
+
+
+def add_admin_user(tree: Path) -> None:
+    """The jumphost's admin user in tree, as cloud-init makes it there: its
+    own group, adm and sudo, bash, a home, the password locked. useradd
+    works on tree's files (--root) and runs nothing of tree's."""
+    run(["useradd", "--root", tree, "--uid", str(ADMIN_UID), "--user-group", "--groups", ADMIN_GROUPS,
+         "--shell", "/bin/bash", "--comment", "rackboot administrator", "--create-home", ADMIN],
+        capture=True, hint=f"the Pis' root must have the groups {ADMIN_GROUPS} and no user {ADMIN}")
+    run(["usermod", "--root", tree, "--lock", ADMIN], capture=True)
+
+
+def install_pi_access(tree: Path) -> None:
+    """The Pis' admin user, sudo, sshd's drop-in and the unit that gives
+    sshd its keys at boot (enabled)."""
+    layout = Layout(tree)
+    add_admin_user(tree)
+    _write(layout.sudoers_dropin, PI_SUDOERS, 0o440)
+    _write(layout.sshd_dropin, PI_SSHD_CONFIG, 0o644)
+    _write(layout.unit("ssh.service.d/rackboot-pi-access.conf"), PI_SSH_DROPIN, 0o644)
+    _write(layout.unit(PI_ACCESS_UNIT), PI_ACCESS_UNIT_TEXT, 0o644)
+    run(["systemctl", f"--root={tree}", "enable", PI_ACCESS_UNIT], capture=True)
 
 
 def strip_machine_state(tree: Path) -> None:

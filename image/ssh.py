@@ -70,12 +70,16 @@ def argv(target: Target, *options: str, command: list[str] | None = None) -> lis
     return words + ([shlex.join(command)] if command else [])
 
 
-def remote(target: Target, command: list[str], timeout: float = 120) -> str:
-    """command's standard output on the jumphost; SshFailed on any failure."""
+def remote(target: Target, command: list[str], timeout: float = 120, input: str | None = None,
+           stdout_in_errors: bool = False) -> str:
+    """command's standard output on the jumphost (input, if given, is its
+    standard input); SshFailed on any failure, with the command's stdout too
+    if stdout_in_errors (a command that reports errors there, never a secret)."""
     result = commands.run(argv(target, "-T", "-o", "ClearAllForwardings=yes", command=command), capture=True,
-                          check=False, env=environment(), timeout=timeout)
+                          check=False, env=environment(), timeout=timeout, input=input)
     if result.returncode != 0:
-        raise SshFailed(target, result.returncode, result.stderr, command)
+        shown = result.stderr + (result.stdout if stdout_in_errors else "")
+        raise SshFailed(target, result.returncode, shown, command)
     return result.stdout
 
 
@@ -83,7 +87,7 @@ class SshFailed(RackbootError):
     """ssh or the remote command failed: what, and what to do, from ssh's stderr."""
 
     def __init__(self, target: Target, status: int, stderr: str, command: list[str] | None = None):
-        self.stderr = stderr
+        self.stderr, self.status = stderr, status
         message, hint = explain(target, status, stderr, command)
         super().__init__(message, hint)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from firstboot.errors import BadInput
 from firstboot.profile import RackProfile, load_profiles
-from image import (agent_env, attach, bundle_build, bundle_seal, clusters, jumphost, k3s_bundle, k3s_fetch, k3s_pins, netboot, output, payload,
-                   progress, push, qemu, render, sdcard, seed)
+from image import (agent_env, attach, clusters, jumphost, k3s_bundle, k3s_fetch, k3s_pins, netboot, output, payload,
+                   progress, qemu, render, router, sdcard, seed)
 from image.output import Kind, Output
 
 log = logging.getLogger("rackboot")
@@ -273,31 +273,21 @@ def run_attach(args, ready: Ready) -> int:
     return attach.attach(profile, args.command, ssh_config=args.ssh_config)
 
 
-# ------------------------------------------------------------------ bundle, push
+# ------------------------------------------------------------------ router
 
 
-def preflight_bundle(args) -> Ready:
-    [profile] = _one_profile(args)
-    payload.profile_files([profile])
-    revision = bundle_seal.revision(profile, args.revision)
-    return Ready([profile], output.check(args.output, {profile.rack: Kind.DIRECTORY}), versions=[revision])
-
-
-def run_bundle(args, ready: Ready) -> int:
-    [profile], [(number, commit)] = ready.profiles, ready.versions
-    made = bundle_build.write(profile, ready.output.claim() / profile.rack, number, commit)
-    print(f"{made.directory}: {made.describe()}")
-    return 0
-
-
-def preflight_push(args) -> Ready:
-    [profile] = _one_profile(args)
+def preflight_router(args) -> Ready:
     attach.check_ssh_config(args.ssh_config)
-    push.check_host(args.to)
-    revision = None if args.rollback else bundle_seal.revision(profile, args.revision)
-    return Ready([profile], versions=[revision])
+    [profile] = _one_profile(args)
+    router.check_request(profile, args)
+    return Ready([profile])
 
 
-def run_push(args, ready: Ready) -> int:
-    [profile], [revision] = ready.profiles, ready.versions
-    return push.push(profile, push.Request(args.to, args.ssh_config, args.dry_run, args.rollback, revision))
+def run_router(args, ready: Ready) -> int:
+    return router.run(router.check_request(ready.profiles[0], args))     # checked by preflight: pure, fast
+
+
+# bundle and push: image/bundle_verbs.py (imported last: it uses Ready and _one_profile from here)
+from image import bundle_verbs  # noqa: E402
+preflight_bundle, run_bundle = bundle_verbs.preflight_bundle, bundle_verbs.run_bundle
+preflight_push, run_push = bundle_verbs.preflight_push, bundle_verbs.run_push

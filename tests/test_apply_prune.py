@@ -24,8 +24,8 @@ def profile(tmp_path, rack: str, *documents: dict, name: str = "rack.yaml"):
     """What apply() reads of a rack profile: its manifests, Secrets, rack and jumphost."""
     manifest = tmp_path / name
     manifest.write_text(yaml.safe_dump_all(documents))
-    return types.SimpleNamespace(rack=rack, manifests=(manifest,), secrets=(),
-                                 jumphost=types.SimpleNamespace(hostname=NODE))
+    return types.SimpleNamespace(rack=rack, manifests=(manifest,), secrets=(), secret_imports=(),
+                                 image_pull_secrets=(), jumphost=types.SimpleNamespace(hostname=NODE))
 
 
 def namespace(name: str) -> dict:

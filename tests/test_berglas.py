@@ -11,6 +11,8 @@ import base64
 import logging
 import os
 import re
+import subprocess
+import types
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -37,10 +39,11 @@ class RealKms:
 
 
 @pytest.fixture
-def cloud(monkeypatch):
+def google(monkeypatch):
+    """The bucket, the KMS double and the storage double (None against the real services)."""
     if doubles.real_google():
         doubles.use_real_google(monkeypatch)
-        yield secrets._storage_client().bucket(BUCKET), RealKms()
+        yield types.SimpleNamespace(bucket=secrets._storage_client().bucket(BUCKET), kms=RealKms(), storage=None)
         return
     storage_double, kms_double = StorageDouble(), KmsDouble()
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", storage_double.start())
@@ -49,9 +52,14 @@ def cloud(monkeypatch):
     bucket = secrets._storage_client().bucket(BUCKET)
     bucket.versioning_enabled = True            # as `berglas bootstrap` creates its bucket
     bucket.create()
-    yield bucket, kms_double
+    yield types.SimpleNamespace(bucket=bucket, kms=kms_double, storage=storage_double)
     kms_double.stop()
     storage_double.stop()
+
+
+@pytest.fixture
+def cloud(google):
+    return google.bucket, google.kms
 
 
 def berglas_create(bucket, name: str, plaintext: bytes, key: str = KEY) -> int:
@@ -172,3 +180,142 @@ def test_unversioned_bucket_keeps_no_old_generation(cloud):
     with pytest.raises(exceptions.NotFound):
         plain.blob("obj", generation=old.generation).download_as_bytes()
     assert plain.blob("obj", generation=new.generation).download_as_bytes() == b"new"
+
+
+# --- importing every secret under a prefix (firstboot/secret_import.py) -------
+
+def team_store(bucket, cluster: str, name: str, secret_yaml: bytes) -> None:
+    """kube/secrets/add-secret-from-stdin.sh CLUSTER NAME, with the Secret YAML
+    on its stdin: `base64 --wrap=0 | awk '{ print $0 }' | berglas update
+    BUCKET/CLUSTER/NAME -`, the same commands, then berglas's storage format."""
+    encoded = subprocess.run(["base64", "--wrap=0"], input=secret_yaml, capture_output=True, check=True).stdout
+    line = subprocess.run(["awk", "{ print $0 }"], input=encoded, capture_output=True, check=True).stdout
+    berglas_create(bucket, f"{cluster}/{name}", line)
+
+
+def kubectl_secret(name: str, secret_type: str | None = None, **data: bytes) -> bytes:
+    """What `kubectl create secret ... --dry-run=client -o yaml` prints: keys sorted, no type for generic."""
+    lines = ["apiVersion: v1", "data:"] + [f"  {key}: {base64.b64encode(value).decode()}"
+                                           for key, value in sorted(data.items())]
+    lines += ["kind: Secret", "metadata:", "  creationTimestamp: null", f"  name: {name}"]
+    lines += [f"type: {secret_type}"] if secret_type else []
+    return ("\n".join(lines) + "\n").encode()
+
+
+DOCKER_CONFIG = b'{"auths":{"gcr.io":{"auth":"X2pzb25fa2V5OnNlY3JldA=="}}}'
+TEAM_SECRETS = {
+    "alert-to-pubsub": kubectl_secret("alert-to-pubsub", **{"key.json": b'{"k": 1}'}),
+    "gcr-io-skia-public-pull": kubectl_secret("gcr-io-skia-public-pull", "kubernetes.io/dockerconfigjson",
+                                              **{".dockerconfigjson": DOCKER_CONFIG}),
+    "power-cycle": kubectl_secret("power-cycle", **{"password": b"hunter2-not-for-logs"}),
+    "router-backup": kubectl_secret("router-backup", "kubernetes.io/ssh-auth", **{"ssh-privatekey": b"KEY"}),
+    "skolo-metadata-sa": kubectl_secret("skolo-metadata-sa", **{"key.json": b'{"sa": 2}'}),
+}
+
+
+def rack4_import(namespace: str = "skolo", required=(), exclude=()):
+    from firstboot.profile.model import SecretImport
+    return SecretImport(secretref.parse_prefix(f"berglas://{BUCKET}/skolo-rack4/"), namespace, tuple(required),
+                        tuple(exclude))
+
+
+def test_a_prefix_is_imported_over_several_pages_with_names_and_types(google, caplog):
+    from firstboot import secret_import
+    for name, secret_yaml in TEAM_SECRETS.items():
+        team_store(google.bucket, "skolo-rack4", name, secret_yaml)
+    team_store(google.bucket, "skolo-rack3", "other-rack", kubectl_secret("other-rack", a=b"1"))
+    google.bucket.blob("skolo-rack4/README").upload_from_string(b"not a berglas secret")   # berglas list skips it
+    if google.storage:
+        google.storage.storage.page_cap = 2      # the service may send fewer than asked: the client follows tokens
+    with caplog.at_level(logging.DEBUG):
+        bodies = secret_import.imported_secrets(rack4_import(required=["gcr-io-skia-public-pull"]))
+    assert [(b["metadata"], b["type"]) for b in bodies] == [
+        ({"name": "alert-to-pubsub", "namespace": "skolo"}, "Opaque"),
+        ({"name": "gcr-io-skia-public-pull", "namespace": "skolo"}, "kubernetes.io/dockerconfigjson"),
+        ({"name": "power-cycle", "namespace": "skolo"}, "Opaque"),
+        ({"name": "router-backup", "namespace": "skolo"}, "kubernetes.io/ssh-auth"),
+        ({"name": "skolo-metadata-sa", "namespace": "skolo"}, "Opaque")]
+    assert base64.b64decode(bodies[1]["data"][".dockerconfigjson"]) == DOCKER_CONFIG
+    assert base64.b64decode(bodies[2]["data"]["password"]) == b"hunter2-not-for-logs"
+    assert "hunter2" not in caplog.text
+    if google.storage:
+        pages = google.storage.storage.list_requests
+        assert [q.get("prefix") for q in pages] == ["skolo-rack4/"] * 3          # 6 objects, 2 a page
+        assert "pageToken" not in pages[0] and pages[1]["pageToken"] and pages[2]["pageToken"]
+
+
+def test_the_double_pages_as_cloud_storage_does(google):
+    """At most maxResults and never more than the cap; no nextPageToken on the
+    last page; a token the server did not give is 400."""
+    from google.api_core import exceptions
+    if not google.storage:
+        pytest.skip("the storage double's own paging")
+    for index in range(5):
+        google.bucket.blob(f"p/{index}").upload_from_string(b"x")
+    client = secrets._storage_client()
+    pages = list(client.list_blobs(BUCKET, prefix="p/", page_size=2).pages)
+    assert [[blob.name for blob in page] for page in pages] == [["p/0", "p/1"], ["p/2", "p/3"], ["p/4"]]
+    google.storage.storage.page_cap = 1000
+    assert len(list(client.list_blobs(BUCKET, prefix="p/", page_size=5000).pages)) == 1
+    with pytest.raises(exceptions.BadRequest):
+        list(client.list_blobs(BUCKET, prefix="p/", page_token="forged"))
+
+
+@pytest.mark.parametrize("stored, message", [
+    (kubectl_secret("other-name", a=b"1"), "its Secret YAML names the Secret 'other-name', but it is stored as "
+                                           "'bad'; the stored name must be the Secret's name"),
+    (kubectl_secret("bad", a=b"1").replace(b"metadata:\n", b"metadata:\n  namespace: kube-system\n"),
+     "its Secret YAML is for namespace 'kube-system', but the profile imports it into 'skolo'"),
+    (kubectl_secret("bad", a=b"1").replace(b"kind: Secret", b"kind: ConfigMap"),
+     "the stored object is 'ConfigMap' in 'v1', not a v1 Secret"),
+    (b"apiVersion: v1\nkind: Secret\ndata: {password: [hunter2-not-for-logs\n",
+     "the stored value does not decode to YAML (line 4), plain or base64-encoded"),
+    (kubectl_secret("bad", "kubernetes.io/dockerconfigjson", **{".dockerconfigjson": b"hunter2-not-for-logs"}),
+     "data..dockerconfigjson is not a JSON object, as a kubernetes.io/dockerconfigjson Secret's must be"),
+    (kubectl_secret("bad", a=b"1").replace(b"a: MQ==", b"a: hunter2-not-for-logs!"), "data.a is not base64"),
+])
+def test_a_stored_object_that_cannot_be_its_secret_is_refused_naming_it(google, stored, message):
+    from firstboot import secret_import
+    from firstboot.errors import BadInput
+    team_store(google.bucket, "skolo-rack4", "alert-to-pubsub", TEAM_SECRETS["alert-to-pubsub"])
+    team_store(google.bucket, "skolo-rack4", "bad", stored)
+    with pytest.raises(BadInput) as caught:
+        secret_import.imported_secrets(rack4_import())
+    generation = google.bucket.get_blob("skolo-rack4/bad").generation
+    assert str(caught.value) == f"berglas://{BUCKET}/skolo-rack4/bad#{generation} (Secret bad): {message}"
+    assert caught.value.exit_status == 2 and "add-secret-from-stdin.sh" in caught.value.hint
+    assert "hunter2" not in str(caught.value) + caught.value.hint
+
+
+def test_a_required_secret_missing_or_a_name_no_secret_can_have_is_refused(google):
+    from firstboot import secret_import
+    from firstboot.errors import BadInput
+    team_store(google.bucket, "skolo-rack4", "alert-to-pubsub", TEAM_SECRETS["alert-to-pubsub"])
+    with pytest.raises(BadInput, match=re.escape(f"berglas://{BUCKET}/skolo-rack4/: holds no secret "
+                                                 "gcr-io-skia-public-pull, which the profile requires "
+                                                 "(it holds: alert-to-pubsub)")):
+        secret_import.imported_secrets(rack4_import(required=["gcr-io-skia-public-pull"]))
+    team_store(google.bucket, "skolo-rack4", "old/alert-to-pubsub", TEAM_SECRETS["alert-to-pubsub"])
+    with pytest.raises(BadInput, match=r"skolo-rack4/old/alert-to-pubsub#\d+: its name under .* \('old/alert-to-"
+                                       r"pubsub'\) is not a Kubernetes Secret name"):
+        secret_import.imported_secrets(rack4_import())
+
+
+def test_a_prefix_in_a_bucket_that_does_not_exist_fails_at_once(google):
+    from firstboot import secret_listing
+    with pytest.raises(secrets.SecretError, match=r"^berglas://no-such-bucket/skolo-rack4/: NotFound") as caught:
+        secret_listing.list_prefix(secretref.parse_prefix("berglas://no-such-bucket/skolo-rack4/"),
+                                   sleep=pytest.fail)
+    assert "objectViewer" in caught.value.hint
+
+
+def test_an_excluded_stored_name_is_neither_read_nor_checked(google):
+    from firstboot import secret_import
+    team_store(google.bucket, "skolo-rack4", "alert-to-pubsub", TEAM_SECRETS["alert-to-pubsub"])
+    team_store(google.bucket, "skolo-rack4", "legacy", kubectl_secret("named-otherwise", a=b"1"))
+    if google.storage:
+        google.kms.decrypts.clear()
+    bodies = secret_import.imported_secrets(rack4_import(exclude=["legacy"]))
+    assert [body["metadata"]["name"] for body in bodies] == ["alert-to-pubsub"]
+    if google.storage:
+        assert len(google.kms.decrypts) == 1                     # the excluded one was not read

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from firstboot import secretref
 from firstboot.errors import BadInput, ProfileError
-from firstboot.profile import FORMAT_VERSION, K3s, KubeSecret, RackProfile, from_json, load_profiles, to_json
+from firstboot.profile import (FORMAT_VERSION, K3s, KubeSecret, RackProfile, SecretImport, from_json, load_profiles,
+                               to_json)
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = sorted(REPO.glob("rack-profiles/*.yaml")) + sorted(REPO.glob("tests/profiles/*/*.yaml"))
@@ -46,19 +47,19 @@ def test_every_profile_that_loads_reads_back_exactly():
 def test_json_names_its_format_and_holds_plain_values():
     [profile] = load_profiles([REPO / "rack-profiles" / "skolo-rack4.yaml"])
     data = to_json(profile)
-    assert data["format_version"] == FORMAT_VERSION == 2
+    assert data["format_version"] == FORMAT_VERSION == 4
     assert data["netboot"]["dhcp"] == "full" and data["jumphost"]["address"] == "192.168.1.8"
     assert data["k3s"]["token"] == {"ref": "berglas://skia-secrets/etc/k3s-node-token", "key": None}
     assert data["source"] == str(profile.source)
 
 
-@pytest.mark.parametrize("version", [1, 3, 0, "2", 2.0, True, None])
+@pytest.mark.parametrize("version", [1, 2, 3, 5, 0, "4", 4.0, True, None])
 def test_unknown_format_version_is_refused(version):
     [profile] = load_profiles([REPO / "rack-profiles" / "example.yaml"])
     data = to_json(profile) | {"format_version": version}
     with pytest.raises(BadInput) as caught:
         from_json(data)
-    assert f"rack model: format_version {version!r}: this rackboot reads format_version 2 only" == str(caught.value)
+    assert f"rack model: format_version {version!r}: this rackboot reads format_version 4 only" == str(caught.value)
     assert caught.value.exit_status == 2 and "build the image again" in caught.value.hint
 
 
@@ -66,7 +67,7 @@ def test_missing_format_version_is_refused():
     [profile] = load_profiles([REPO / "rack-profiles" / "example.yaml"])
     data = to_json(profile)
     del data["format_version"]
-    with pytest.raises(BadInput, match=r"^rack model: no format_version: this rackboot reads format_version 2 only$"):
+    with pytest.raises(BadInput, match=r"^rack model: no format_version: this rackboot reads format_version 4 only$"):
         from_json(data)
 
 
@@ -122,11 +123,15 @@ def test_not_an_object_is_refused():
 REFS = st.builds(secretref.parse, st.sampled_from(["sm://rackboot-test/x", "sm://p-123456/k3s-token#3",
                                                   "berglas://b-1.x/etc/o#1234", "file:///etc/rackboot/token"]),
                  st.none() | st.text())
+PREFIXES = st.builds(secretref.parse_prefix, st.sampled_from(["berglas://skia-secrets/skolo-rack4/",
+                                                              "sm://rackboot-test/rack-", "file:///etc/rackboot/s/"]))
 PATHS = st.builds(Path, st.text())
 MODELS = st.builds(
     RackProfile, source=PATHS, manifests=st.lists(PATHS).map(tuple),
     k3s=st.builds(K3s, token=REFS),
-    secrets=st.lists(st.builds(KubeSecret, data=st.lists(st.tuples(st.text(), REFS)).map(tuple))).map(tuple))
+    secrets=st.lists(st.builds(KubeSecret, data=st.lists(st.tuples(st.text(), REFS)).map(tuple))).map(tuple),
+    secret_imports=st.lists(st.builds(SecretImport, source=PREFIXES,
+                                      required=st.lists(st.text()).map(tuple))).map(tuple))
 
 
 @settings(max_examples=150, derandomize=True, deadline=None)

@@ -5,6 +5,7 @@ tests/doubles/__init__.py)."""
 import base64
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -196,3 +197,84 @@ def test_kubernetes_secret_yaml_stored_the_teams_way_is_decoded_first(tmp_path):
     with pytest.raises(secrets.SecretError, match=r"stored: the stored value is not a Kubernetes Secret YAML") as caught:
         secrets.access(secretref.parse(f"file://{tmp_path}/stored", key="token"))
     assert TOKEN.decode() not in str(caught.value)
+
+
+# --- listing a prefix (firstboot/secret_listing.py) ----------------------------
+
+def test_secret_manager_prefix_is_listed_over_several_pages(sm):
+    """ListSecrets has no prefix: every secret of the project comes back, a
+    page at a time, named under the project's number; the IDs are filtered as
+    berglas filters them."""
+    from firstboot import secret_listing
+    for name in ("skolo-rack4-b", "skolo-rack4-a", "skolo-rack3-x", "k3s-token", "skolo-rack4-c"):
+        sm.add(PROJECT, name, b"value-never-listed")
+    if isinstance(sm, SecretManagerDouble):
+        sm.page_cap = 2
+    listing = secret_listing.list_prefix(secretref.parse_prefix(f"sm://{PROJECT}/skolo-rack4-"))
+    assert [(s.stored_name, str(s.ref)) for s in listing.secrets] == [
+        ("a", f"sm://{PROJECT}/skolo-rack4-a"), ("b", f"sm://{PROJECT}/skolo-rack4-b"),
+        ("c", f"sm://{PROJECT}/skolo-rack4-c")]
+    assert sm.list_calls[0] == (f"projects/{PROJECT}", secret_listing.PAGE_SIZE, "")
+    assert len(sm.list_calls) == 3 and all(token for _, _, token in sm.list_calls[1:])
+    assert sm.calls == []                         # listing reads no value
+
+
+def test_secret_manager_double_refuses_a_page_token_it_did_not_give(sm):
+    from google.api_core import exceptions
+    sm.add(PROJECT, "a", b"1")
+    client = secrets._secret_manager_client()
+    with pytest.raises(exceptions.InvalidArgument):
+        list(client.list_secrets(request={"parent": f"projects/{PROJECT}", "page_token": "forged"}))
+    [secret] = client.list_secrets(request={"parent": f"projects/{PROJECT}"})
+    assert secret.name.startswith("projects/") and secret.name.endswith("/secrets/a")
+
+
+def test_secret_manager_listing_unavailable_for_a_while_then_back(sm):
+    from firstboot import secret_listing
+    sm.add(PROJECT, "skolo-rack4-a", b"1")
+    sm.fail_next(2)
+    waits = []
+    listing = secret_listing.list_prefix(secretref.parse_prefix(f"sm://{PROJECT}/skolo-rack4-"), sleep=waits.append)
+    assert [s.stored_name for s in listing.secrets] == ["a"] and waits == [1, 2]
+
+
+def test_secret_manager_import_of_secrets_stored_the_teams_way(sm):
+    from firstboot import secret_import
+    from firstboot.profile.model import SecretImport
+    secret_yaml = b"apiVersion: v1\nkind: Secret\nmetadata:\n  name: power-cycle\ndata:\n  password: " + \
+        base64.b64encode(TOKEN) + b"\n"
+    sm.add(PROJECT, "skolo-rack4-power-cycle", base64.b64encode(secret_yaml) + b"\n")
+    spec = SecretImport(secretref.parse_prefix(f"sm://{PROJECT}/skolo-rack4-"), "skolo", ("power-cycle",), ())
+    [body] = secret_import.imported_secrets(spec)
+    assert body == {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                    "metadata": {"name": "power-cycle", "namespace": "skolo"},
+                    "data": {"password": base64.b64encode(TOKEN).decode()}}
+
+
+def test_file_prefix_lists_the_regular_files_of_a_directory(tmp_path):
+    from firstboot import secret_listing
+    (tmp_path / "b").write_bytes(b"1")
+    (tmp_path / "a").write_bytes(b"2")
+    (tmp_path / "sub").mkdir()
+    listing = secret_listing.list_prefix(secretref.parse_prefix(f"file://{tmp_path}/"))
+    assert [(s.stored_name, str(s.ref)) for s in listing.secrets] == [("a", f"file://{tmp_path}/a"),
+                                                                       ("b", f"file://{tmp_path}/b")]
+    assert listing.skipped == ("sub",)
+    with pytest.raises(secrets.SecretError, match="absent/: no such directory"):
+        secret_listing.list_prefix(secretref.parse_prefix(f"file://{tmp_path}/absent/"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("berglas://skia-secrets/skolo-rack4", "a berglas prefix is a folder ending in '/'"),
+    ("berglas://skia-secrets/", "a berglas prefix is a folder ending in '/'"),
+    ("berglas://Bad_Bucket/x/", "is not a Cloud Storage bucket name"),
+    ("sm://rackboot-test/a/b", "is not the start of a Secret Manager secret name"),
+    ("sm://x/rack-", "'x' is not a Google Cloud project ID"),
+    ("file://relative/", "a file:// prefix is an absolute directory ending in '/'"),
+    ("file:///etc/../secrets/", "a file:// prefix is an absolute directory ending in '/'"),
+    ("gs://bucket/x/", "is not a secret prefix"),
+    ("berglas://skia-secrets/x/#3", "no spaces, control characters or '#'"),
+])
+def test_bad_prefixes_are_refused_naming_them(text, message):
+    with pytest.raises(secretref.SecretRefError, match=re.escape(message)):
+        secretref.parse_prefix(text)

@@ -12,16 +12,19 @@ k3s's kubeconfig, and read the applied objects back through a forwarded API
 port, as attach.sh did. Each boot's serial log is kept under tests/artifacts/.
 """
 
+import base64
 import dataclasses
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from firstboot import state
 from firstboot.layout import MACHINE
 from tests.doubles.secret_manager import SecretManagerDouble
-from tests.lib.vm import (ALL_DONE, ARTIFACTS, Jumphost, admin_ssh, api_client, boot, debugfs, dump_file, file_type,
+from image import rootfs
+from tests.lib.vm import (ALL_DONE, ARTIFACTS, Jumphost, admin_copy, admin_ssh, api_client, boot, debugfs, dump_file, file_type,
                           free_port, root_filesystem, squashfs_entries)
 
 pytestmark = pytest.mark.vm
@@ -80,7 +83,11 @@ def test_image_holds_no_machine_state_and_the_whole_agent(built, tmp_path):
                  "/usr/lib/rackboot/pi-boot/vmlinuz", "/usr/lib/rackboot/pi-boot/start4.elf",
                  "/usr/share/rackboot/racks/example/tftp/cmdline.txt",
                  # The Pis' root: a squashfs of its own, never a directory of this filesystem.
-                 "/usr/lib/rackboot/pi-root.squashfs"):
+                 "/usr/lib/rackboot/pi-root.squashfs",
+                 # Kernel updates reach the ESP: the hook and the command line its entries carry.
+                 "/usr/lib/rackboot/esp-kernel", "/etc/kernel/postinst.d/zz-rackboot-esp",
+                 "/etc/kernel/postrm.d/zz-rackboot-esp", "/etc/initramfs/post-update.d/zz-rackboot-esp",
+                 "/etc/kernel/cmdline"):
         assert file_type(root, path) == "regular", path
     assert file_type(root, "/usr/share/rackboot/racks/example/tftp/0a1b2c01/start4.elf") == "symlink"
     # Its mount point is empty here (the export's mp option never exports it); the unit is enabled.
@@ -143,7 +150,10 @@ def test_two_jumphosts_of_one_image_through_a_power_cut_a_reboot_and_without_a_s
     reboot) from the same disk: that boot changes nothing (the agent's steps
     say so), k3s is started once, by systemd at boot, and never restarted,
     and the datastore is kept (every object keeps its uid and
-    resourceVersion).
+    resourceVersion). On that running jumphost a kernel package is
+    installed with dpkg -i, and it reboots: the next boot runs the new
+    kernel (see kernel_update_reached_the_esp); the package is then purged
+    and the ESP is as before.
 
     The second jumphost boots with no seed and no kernel argument: the rack
     network (subnet + router as gateway) is the only thing that identifies
@@ -161,8 +171,8 @@ def test_two_jumphosts_of_one_image_through_a_power_cut_a_reboot_and_without_a_s
     ssh_port, api_port = free_port(), free_port()
     seen = {}
 
-    def ssh(*command, check=True):
-        return admin_ssh(key, ssh_port, *command, check=check)
+    def ssh(*command, check=True, timeout=120):
+        return admin_ssh(key, ssh_port, *command, check=check, timeout=timeout)
 
     def agent_status():
         return json.loads(ssh("sudo", "cat", str(state.status_path(MACHINE))))
@@ -195,6 +205,12 @@ def test_two_jumphosts_of_one_image_through_a_power_cut_a_reboot_and_without_a_s
         seen["status_after_reboot"] = agent_status()
         seen["k3s_unit"] = ssh("systemctl", "show", "k3s.service", "-p", "ActiveState,NRestarts")
         seen["k3s_this_boot"] = ssh("sudo", "journalctl", "-b", "-u", "k3s", "--no-pager", "-o", "cat")
+        seen["kernel_update"] = install_another_kernel(ssh, lambda path, target: admin_copy(key, ssh_port, path, target))
+        jumphost.reboot(ssh)
+
+    def read_new_kernel(report):
+        seen["new_kernel_boot"] = booted_kernel(ssh)
+        seen["kernel_purged"] = purge_kernel(ssh, seen["kernel_update"]["package"])
 
     jumphost = Jumphost(admin, out / "jumphost.img", tmp_path / "jumphost-1", env, ssh_port=ssh_port,
                         api_port=api_port)
@@ -202,10 +218,12 @@ def test_two_jumphosts_of_one_image_through_a_power_cut_a_reboot_and_without_a_s
         cut_console = jumphost.power_cut_at("jumphost-1-power-cut", "step token: done")
         reports = [jumphost.boot("jumphost-1-after-power-cut", read_back)]
         rebooted = jumphost.boot("jumphost-1-rebooted", read_after_reboot)
+        new_kernel = jumphost.boot("jumphost-1-new-kernel", read_new_kernel)
     finally:
         jumphost.remove()
     unseeded = boot(profile, out / "jumphost.img", "jumphost-unseeded", with_seed=False)
-    for name, report in (("jumphost-1-after-power-cut", reports[0]), ("jumphost-1-rebooted", rebooted)):
+    for name, report in (("jumphost-1-after-power-cut", reports[0]), ("jumphost-1-rebooted", rebooted),
+                         ("jumphost-1-new-kernel", new_kernel)):
         console = ARTIFACTS / name / "serial.log"
         assert report["identity"] == {"rack": "example", "role": "jumphost",
                                       "node": "jumphost-example", "source": "seed"}, console
@@ -214,9 +232,10 @@ def test_two_jumphosts_of_one_image_through_a_power_cut_a_reboot_and_without_a_s
         assert report["failed_units"] == [], console
         assert report["steps"] == ALL_DONE, (report["errors"], console)
         assert len(report["ssh_host_keys"]) == 3, console
-    for name in ("jumphost-1-power-cut", "jumphost-1-after-power-cut", "jumphost-1-rebooted"):
+    for name in ("jumphost-1-power-cut", "jumphost-1-after-power-cut", "jumphost-1-rebooted", "jumphost-1-new-kernel"):
         assert TOKEN not in (ARTIFACTS / name / "serial.log").read_bytes(), name
-    assert secret_manager.calls == ["projects/rackboot-example/secrets/k3s-node-token/versions/latest"] * 3
+    # One fetch in each boot of the seeded jumphost (the power cut came after its token step).
+    assert secret_manager.calls == ["projects/rackboot-example/secrets/k3s-node-token/versions/latest"] * 4
     first = reports[0]["ssh_host_keys"]
     assert set(first.values()).isdisjoint(unseeded["ssh_host_keys"].values())
     unseeded_identifies_itself_by_its_network(unseeded)
@@ -254,6 +273,8 @@ def test_two_jumphosts_of_one_image_through_a_power_cut_a_reboot_and_without_a_s
     assert {name for _, _, _, name in seen["applied"]} >= {"rack-apps", "rack-info", "metadata"}
     assert seen["after_reboot"] == seen["before_reboot"], f"see {rebooted_log}"
     assert seen["node_uid_after_reboot"] == seen["node_uid"]
+    kernel_update_reached_the_esp(seen["kernel_update"], seen["new_kernel_boot"], seen["kernel_purged"])
+    assert new_kernel["ssh_host_keys"] == first, ARTIFACTS / "jumphost-1-new-kernel" / "serial.log"
 
 
 def unseeded_identifies_itself_by_its_network(report: dict) -> None:
@@ -270,3 +291,117 @@ def unseeded_identifies_itself_by_its_network(report: dict) -> None:
     assert report["failed_units"] == [], console
     assert sorted(report["ssh_host_keys"]) == ["ssh_host_ecdsa_key.pub", "ssh_host_ed25519_key.pub",
                                                "ssh_host_rsa_key.pub"]
+
+
+# systemd-boot's EFI variables (the Boot Loader Interface): LoaderEntrySelected
+# names the entry it booted.
+LOADER_VARIABLES = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+
+
+def debian_package(release: str, name: str, version: str) -> Path:
+    """name=version for amd64 from Debian's archive for release (where
+    mmdebstrap took the image's packages), downloaded once into the rackboot
+    cache with an apt state of its own (the host's sources and release play
+    no part)."""
+    cache = rootfs.default_cache_dir() / "test-packages"
+    target = cache / f"{name}_{version}_amd64.deb"
+    if target.exists():
+        return target
+    apt = cache / f"apt-{release}"
+    for directory in (apt / "lists/partial", apt / "cache/archives/partial"):
+        directory.mkdir(parents=True, exist_ok=True)
+    keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
+    (apt / "sources.list").write_text(
+        f"deb [signed-by={keyring}] http://deb.debian.org/debian {release} main\n"
+        f"deb [signed-by={keyring}] http://deb.debian.org/debian-security {release}-security main\n")
+    options = ["-o", f"Dir::Etc::SourceList={apt / 'sources.list'}", "-o", "Dir::Etc::SourceParts=/nonexistent",
+               "-o", f"Dir::State::Lists={apt / 'lists'}", "-o", f"Dir::Cache={apt / 'cache'}",
+               "-o", "APT::Architecture=amd64", "-o", "APT::Sandbox::User=root", "-o", "Debug::NoLocking=1"]
+    subprocess.run(["apt-get", "-q", *options, "update"], check=True, capture_output=True)
+    subprocess.run(["apt-get", "-q", *options, "download", f"{name}={version}"], cwd=cache, check=True,
+                   capture_output=True)
+    return target
+
+
+def esp_state(ssh) -> dict:
+    """The ESP as the running jumphost has it: what is mounted at /boot/efi,
+    its loader entries (file name -> fields) and the kernel files."""
+    listing = ssh("sudo", "find", "/boot/efi/loader/entries", "/boot/efi/rackboot", "-type", "f").split()
+    entries = {path.rsplit("/", 1)[1]: dict(line.split(" ", 1) for line in ssh("sudo", "cat", path).splitlines())
+               for path in listing if path.startswith("/boot/efi/loader/entries/")}
+    return {"mount": ssh("findmnt", "-n", "-o", "FSTYPE", "/boot/efi").strip(), "entries": entries,
+            "files": sorted(path for path in listing if path.startswith("/boot/efi/rackboot/"))}
+
+
+def booted_kernel(ssh) -> dict:
+    """What this boot runs: the kernel's own release string, its command line,
+    the entry systemd-boot says it booted, and the ESP."""
+    variable = ssh("sudo", "base64", "-w0", f"/sys/firmware/efi/efivars/LoaderEntrySelected-{LOADER_VARIABLES}")
+    selected = base64.b64decode(variable)[4:].decode("utf-16-le").rstrip("\0")   # 4 bytes of attributes
+    return {"release": ssh("uname", "-r").strip(), "cmdline": ssh("cat", "/proc/cmdline").strip(),
+            "entry": selected, "esp": esp_state(ssh)}
+
+
+def install_another_kernel(ssh, copy) -> dict:
+    """dpkg -i, on the running jumphost, of a kernel that is not the image's:
+    Debian's cloud flavour of the image's own kernel (same source package and
+    version, another build), whose `uname -r` differs. A kernel binary
+    reports the release it was built with, so the image's own kernel
+    repackaged under another version would still report the old one:
+    only another real kernel shows that the next boot ran the new one."""
+    before = booted_kernel(ssh)
+    running = before["release"]
+    assert running.endswith("-amd64"), running
+    cloud = running.removesuffix("amd64") + "cloud-amd64"
+    package_version = ssh("dpkg-query", "-W", "-f='${Version}'", f"linux-image-{running}").strip()
+    release = ssh("sed", "-n", "s/^VERSION_CODENAME=//p", "/etc/os-release").strip()
+    deb = debian_package(release, f"linux-image-{cloud}", package_version)
+    copy(deb, f"/var/tmp/{deb.name}")
+    output = ssh("sudo", "env", "DEBIAN_FRONTEND=noninteractive", "dpkg", "-i", f"/var/tmp/{deb.name}", "2>&1",
+                 check=False, timeout=3600)
+    return {"running": running, "cloud": cloud, "package": f"linux-image-{cloud}", "before": before,
+            "dpkg": output, "after": esp_state(ssh)}
+
+
+def purge_kernel(ssh, package: str) -> dict:
+    """dpkg --purge of the running kernel (debconf's noninteractive frontend
+    answers linux-base's question about removing the running kernel)."""
+    output = ssh("sudo", "env", "DEBIAN_FRONTEND=noninteractive", "dpkg", "--purge", package, "2>&1",
+                 check=False, timeout=3600)
+    return {"dpkg": output, "esp": esp_state(ssh)}
+
+
+def kernel_update_reached_the_esp(update: dict, booted: dict, purged: dict) -> None:
+    """The image's ESP, mounted at /boot/efi, has one entry for the image's
+    kernel, which the boot before the update ran. Installing a kernel
+    package put it on the ESP (versioned files, an entry of its own) beside
+    the image's; the next boot ran it: its `uname -r`, systemd-boot's
+    LoaderEntrySelected and its /proc/cmdline (the initramfs the loader
+    passed) all name the new entry's. Purging it took its entry and files
+    off and left the image's entry as it was."""
+    running, cloud = update["running"], update["cloud"]
+    old_entry, new_entry = f"rackboot-{running}.conf", f"rackboot-{cloud}.conf"
+    console = ARTIFACTS / "jumphost-1-new-kernel" / "serial.log"
+    before = update["before"]
+    assert before["esp"]["mount"] == "vfat", before
+    assert before["entry"] == old_entry and list(before["esp"]["entries"]) == [old_entry], before
+    image_entry = before["esp"]["entries"][old_entry]
+    assert f"esp-kernel: {cloud} is on the EFI system partition" in update["dpkg"], update["dpkg"]
+    after = update["after"]
+    assert sorted(after["entries"]) == sorted([old_entry, new_entry]), (after, update["dpkg"])
+    assert after["entries"][old_entry] == image_entry
+    installed = after["entries"][new_entry]
+    assert installed["version"] == cloud and installed["options"] == image_entry["options"], installed
+    for field in ("linux", "initrd"):
+        assert installed[field].startswith(f"/rackboot/{cloud}/"), installed
+        assert f"/boot/efi{installed[field]}" in after["files"], (installed, after["files"])
+    assert booted["release"] == cloud, (booted, f"see {console}")
+    assert booted["entry"] == new_entry, (booted, f"see {console}")
+    # systemd-boot also puts the initramfs it passed on the command line (initrd=\path), as 252 does.
+    words = booted["cmdline"].split()
+    given = [word.removeprefix("initrd=") for word in words if word.startswith("initrd=")]
+    assert [word for word in words if not word.startswith("initrd=")] == installed["options"].split(), booted
+    assert given in ([], [installed["initrd"].replace("/", "\\")]), booted
+    assert booted["esp"] == after, booted
+    assert f"esp-kernel: {cloud} is off the EFI system partition" in purged["dpkg"], purged["dpkg"]
+    assert purged["esp"] == before["esp"], (purged, before)

@@ -114,6 +114,11 @@ def test_virtual_rack_joins_a_power_cycled_pi_rejoins_and_a_replacement_boots_fr
         assert report["identity"] == {"rack": "example", "role": "pi", "node": pi.name, "source": "MAC"}, report
         assert report["steps"] == ALL_DONE, report["errors"]
         assert report["failed_units"] == []
+        # rackboot-pi-access set its hostname (the shared root's /etc/hostname says rackboot-pi)
+        # and installed the one host key its jumphost derived for it.
+        assert report["hostname"] == pi.name, report
+        assert list(report["ssh_host_keys"]) == ["ssh_host_ed25519_key.pub"], report
+    assert seen["pis"][0]["ssh_host_keys"] != seen["pis"][1]["ssh_host_keys"]
     for vm in rack.pis:
         console = vm.files.serial_log.read_bytes()
         assert b"rackboot: root is the NFS root with a tmpfs overlay" in console
@@ -136,6 +141,7 @@ def test_virtual_rack_joins_a_power_cycled_pi_rejoins_and_a_replacement_boots_fr
     assert "example.dev/device-pool" not in joined[pis[1].name]
     # The power-cycled Pi is the same node, with the same password, and no other appeared.
     assert seen["rebooted"]["identity"]["node"] == pis[0].name
+    assert seen["rebooted"]["hostname"] == pis[0].name
     assert seen["rebooted"]["steps"] == ALL_DONE, seen["rebooted"]["errors"]
     assert seen["after_reboot"]["nodes"].keys() == joined.keys()
     assert seen["after_reboot"]["passwords"] == seen["joined"]["passwords"]
@@ -151,10 +157,12 @@ def test_virtual_rack_joins_a_power_cycled_pi_rejoins_and_a_replacement_boots_fr
     assert rebooted["identity"]["node"] == REPLACEMENT_PI["name"]
     assert rebooted["steps"] == ALL_DONE, rebooted["errors"]
     assert rebooted["failed_units"] == []          # grow-root included: nothing left to grow
-    # Unlike a netbooted Pi's, its ssh host keys survived the power cut (they are on the card).
-    assert len(seen["replacement"]["ssh_host_keys"]) == 3
+    # Host keys: a netbooted Pi's came back the same after its power cut (its jumphost hands it
+    # the same key), and the replacement board, with the dead Pi's name, presents the dead Pi's key.
+    assert seen["pis"][0]["ssh_host_keys"] == seen["rebooted"]["ssh_host_keys"]
+    assert seen["replacement"]["ssh_host_keys"] == seen["pis"][1]["ssh_host_keys"]
     assert rebooted["ssh_host_keys"] == seen["replacement"]["ssh_host_keys"]
-    assert seen["pis"][0]["ssh_host_keys"] != seen["rebooted"]["ssh_host_keys"]
+    assert seen["replacement"]["hostname"] == rebooted["hostname"] == REPLACEMENT_PI["name"]
     for console in (seen["replacement_console"], replacement.files.serial_log.read_bytes()):
         assert b"rackboot: root is the NFS root" not in console
         assert TOKEN not in console and join.agent_token(TOKEN, "example") not in console

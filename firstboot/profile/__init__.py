@@ -22,11 +22,13 @@ FILE is the profile or the defaults file the offending value came from.
 
 from firstboot.profile.json_model import FORMAT_VERSION, from_json, to_json
 from firstboot.profile.loading import DEFAULTS_NAME, load_one, load_profiles, profile_paths
-from firstboot.profile.model import (BootDirBy, DhcpMode, Identify, Jumphost, K3s, KubeSecret, Labels, Netboot,
-                                     Network, Pi, PiModel, RackProfile, RancherStorage)
+from firstboot.profile.model import (BootDirBy, DhcpMode, Identify, Jumphost, K3s, KubeSecret, Labels, Migration,
+                                     Netboot, Network, Pi, PiModel, RackProfile, RancherStorage,
+                                     PullSecret, SecretImport)
 from firstboot.profile.problems import Problem
 from firstboot.profile.schema import SCHEMA_PATH
 
 __all__ = ["FORMAT_VERSION", "from_json", "to_json", "DEFAULTS_NAME", "load_one", "load_profiles",
            "profile_paths", "BootDirBy", "DhcpMode", "Identify", "Jumphost", "K3s", "KubeSecret", "Labels",
-           "Netboot", "Network", "Pi", "PiModel", "RackProfile", "RancherStorage", "Problem", "SCHEMA_PATH"]
+           "Migration", "Netboot", "Network", "Pi", "PiModel", "RackProfile", "RancherStorage", "PullSecret", "SecretImport",
+           "Problem", "SCHEMA_PATH"]

@@ -18,6 +18,7 @@ from firstboot.profile.construct import mac, parse_secret
 from firstboot.profile.labels import label_refusal
 from firstboot.profile.model import DhcpMode
 from firstboot.profile.problems import Keys, Problem, format_path
+from firstboot.profile.secret_checks import prefix_problems
 from firstboot.profile.yaml_input import TAG_KIND
 
 
@@ -36,6 +37,7 @@ def _check_addresses(doc: dict) -> Iterator[Problem]:
     subnet = ipaddress.IPv4Network(doc["network"]["subnet"])
     hosts = [(("network", "router"), doc["network"]["router"]), (("jumphost", "address"), doc["jumphost"]["address"])]
     hosts += [(("pis", i, "address"), pi.get("address")) for i, pi in enumerate(doc["pis"])]
+    hosts.append((("migration", "legacy_address"), doc["migration"].get("legacy_address")))   # on the rack too
     dhcp_range = doc["netboot"].get("dhcp_range") or {}
     ends = [(("netboot", "dhcp_range", end), text) for end, text in dhcp_range.items()]
     for path, text in hosts + ends:
@@ -65,7 +67,9 @@ def _check_dhcp(doc: dict) -> Iterator[Problem]:
         start, end = (ipaddress.IPv4Address(dhcp_range[end]) for end in ("start", "end"))
         if start > end:
             yield Problem(("netboot", "dhcp_range"), f"start {start} is after end {end}")
-        for path in (("network", "router"), ("jumphost", "address")):
+        for path in (("network", "router"), ("jumphost", "address"), ("migration", "legacy_address")):
+            if path[1] not in doc[path[0]]:
+                continue
             address = ipaddress.IPv4Address(doc[path[0]][path[1]])
             if start <= address <= end:
                 yield Problem(("netboot", "dhcp_range"), f"contains {format_path(path)} {address}")
@@ -186,6 +190,16 @@ PI5_REFUSAL = ("a Raspberry Pi 5 cannot boot from the network with the Debian ke
                "for, so it could not mount its NFS root; use pi4 (see the README's 'Raspberry Pi 5')")
 
 
+def _check_port_80(doc: dict) -> Iterator[Problem]:
+    """The host aliases are answered on port 80 of the jumphost, which k3s's
+    ServiceLB binds for traefik's LoadBalancer Service: without it nothing does."""
+    disabled = doc["k3s"]["disable"]
+    if "servicelb" in disabled and doc["host_aliases"]:
+        yield Problem(("k3s", "disable", disabled.index("servicelb")),
+                      f"servicelb: nothing would listen on port 80 of the jumphost, where the rack router sends "
+                      f"the host_aliases ({', '.join(doc['host_aliases'])}); keep ServiceLB, or drop the aliases")
+
+
 def _check_models(doc: dict) -> Iterator[Problem]:
     for i, pi in enumerate(doc["pis"]):
         if pi["model"] == "pi5":
@@ -194,7 +208,8 @@ def _check_models(doc: dict) -> Iterator[Problem]:
 
 SEMANTIC_CHECKS: tuple[Callable[[dict], Iterator[Problem]], ...] = (
     _check_addresses, _check_dhcp, _check_names, _check_macs, _check_boot_dirs, _check_labels,
-    _check_yaml_names, _check_netboot_paths, _check_ssh_host, _check_secrets, _check_models)
+    _check_yaml_names, _check_netboot_paths, _check_ssh_host, _check_secrets, _check_models,
+    _check_port_80, prefix_problems)
 
 
 def semantic_problems(doc: dict) -> list[Problem]:

@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 from firstboot import secretref
-from firstboot.profile.model import (BootDirBy, DhcpMode, Identify, Jumphost, K3s, KubeSecret, Labels, Netboot,
-                                     Network, Pi, PiModel, RackProfile, RancherStorage)
+from firstboot.profile.model import (BootDirBy, DhcpMode, Identify, Jumphost, K3s, KubeSecret, Labels, Migration,
+                                     Netboot, Network, Pi, PiModel, RackProfile, RancherStorage, PullSecret, SecretImport)
 
 
 def digest(doc: dict) -> str:
@@ -86,6 +86,16 @@ def _secret(raw: dict) -> KubeSecret:
                       data=tuple((key, parse_secret(ref)) for key, ref in sorted(raw["data"].items())))
 
 
+def _migration(raw: dict) -> Migration:
+    legacy = raw.get("legacy_address")
+    return Migration(legacy_address=ipaddress.IPv4Address(legacy) if legacy is not None else None)
+
+
+def _secret_import(raw: dict) -> SecretImport:
+    return SecretImport(source=secretref.parse_prefix(raw["from"]), namespace=raw["namespace"],
+                        required=tuple(raw["required"]), exclude=tuple(raw["exclude"]))
+
+
 def rack_profile(doc: dict, source: Path, digest: str, manifests: tuple[Path, ...]) -> RackProfile:
     """The model of a checked document with its defaults (schema.with_defaults)."""
     return RackProfile(
@@ -100,4 +110,7 @@ def rack_profile(doc: dict, source: Path, digest: str, manifests: tuple[Path, ..
         netboot=_netboot(doc["netboot"]),
         manifests=manifests,
         secrets=tuple(_secret(secret) for secret in doc["secrets"]),
-        host_aliases=tuple(doc["host_aliases"]))
+        host_aliases=tuple(doc["host_aliases"]),
+        migration=_migration(doc["migration"]),
+        secret_imports=tuple(_secret_import(entry) for entry in doc["secret_imports"]),
+        image_pull_secrets=tuple(PullSecret(entry["namespace"], entry["secret"]) for entry in doc["image_pull_secrets"]))

@@ -4,7 +4,7 @@ YAML again.
 
 The JSON follows the dataclasses field by field: addresses, networks and
 paths as strings, enums as their values, tuples as lists, None as null,
-secret references as {"ref": TEXT, "key": KEY or null}. FORMAT_VERSION
+secret references as {"ref": TEXT, "key": KEY or null}, secret prefixes as text. FORMAT_VERSION
 changes whenever that shape does; from_json refuses any other version, and
 any object with keys missing or left over, rather than guess."""
 
@@ -21,7 +21,8 @@ from firstboot.errors import BadInput
 from firstboot.profile.model import RackProfile
 from firstboot.profile.problems import Keys, format_path, kind
 
-FORMAT_VERSION = 2     # 2: jumphost.ssh_host, k3s.attach_port
+FORMAT_VERSION = 4     # 2: jumphost.ssh_host, k3s.attach_port; 3: migration.legacy_address;
+                       # 4: secret_imports, image_pull_secrets
 VERSION_KEY = "format_version"
 _AS_STRING = (ipaddress.IPv4Address, ipaddress.IPv4Network, Path)   # each made again from its str()
 
@@ -72,6 +73,8 @@ def _encode(value, hint):
         return None if value is None else _encode(value, inner)
     if hint is secretref.SecretRef:
         return {"ref": str(value), "key": value.key}
+    if hint is secretref.SecretPrefix:
+        return str(value)
     if dataclasses.is_dataclass(hint):
         return {name: _encode(getattr(value, name), field_hint) for name, field_hint in _hints(hint).items()}
     if typing.get_origin(hint) is tuple:
@@ -147,6 +150,12 @@ def _decode(value, hint, path: Keys):
         return None if value is None else _decode(value, inner, path)
     if hint is secretref.SecretRef:
         return _decode_secret(value, path)
+    if hint is secretref.SecretPrefix:
+        _expect(value, str, path, "a string")
+        try:
+            return secretref.parse_prefix(value)
+        except secretref.SecretRefError as err:
+            raise _Wrong(path, str(err)) from None
     if dataclasses.is_dataclass(hint):
         return _decode_object(value, hint, path)
     if typing.get_origin(hint) is tuple:

@@ -15,6 +15,9 @@ KUBELET_LABELS = frozenset({
     "beta.kubernetes.io/os", "beta.kubernetes.io/arch"})
 KUBELET_LABEL_NAMESPACES = ("kubelet.kubernetes.io", "node.kubernetes.io")
 NODE_RESTRICTION_NAMESPACE = "node-restriction.kubernetes.io"
+# k3s's ServiceLB picks its nodes by these labels (pkg/cloudprovider/servicelb.go):
+# rackboot gives enablelb=true to the jumphost alone, so port 80 is there only.
+SERVICELB_LABEL_PREFIX = "svccontroller.k3s.cattle.io/"
 
 
 def _in_namespace(namespace: str, domain: str) -> bool:
@@ -26,6 +29,9 @@ def label_refusal(key: str) -> str | None:
     namespace = key.split("/", 1)[0] if "/" in key else ""
     if key.startswith(RESERVED_LABEL_PREFIX):
         return f"the {RESERVED_LABEL_PREFIX} prefix is reserved: rackboot sets rack, role and model itself"
+    if key.startswith(SERVICELB_LABEL_PREFIX):
+        return (f"{SERVICELB_LABEL_PREFIX} labels choose ServiceLB's nodes: rackboot sets enablelb=true "
+                "on the jumphost itself, so that only the jumphost publishes port 80")
     if _in_namespace(namespace, NODE_RESTRICTION_NAMESPACE):
         return (f"a node cannot give itself {NODE_RESTRICTION_NAMESPACE}/ labels (NodeRestriction): "
                 "rackboot's agent sets those through the API")

@@ -17,6 +17,7 @@ from firstboot.profile.k8s_schemas import SchemasMissing, group_version, kuberne
 from firstboot.profile.manifest_documents import ManifestObject, pod_specs, read_all
 from firstboot.profile.manifest_refs import alias_problems, ingress_problems, mounted_problems
 from firstboot.profile.problems import Problem
+from firstboot.profile.secret_checks import profile_secret_names, pull_secret_problems
 
 # API groups whose kinds k3s itself serves through its own CustomResourceDefinitions
 # (the packaged Helm controller, k3s's add-ons and snapshots, traefik's CRDs):
@@ -71,7 +72,8 @@ def manifest_problems(doc: dict, files: tuple[Path, ...], profile: Path) -> list
     """Every problem of a schema-valid profile document's manifests (files, as resolved)."""
     aliases = tuple(doc["host_aliases"])
     if not files:
-        return list(alias_problems([], aliases))      # no schemas read for a rack without manifests
+        # no schemas read for a rack without manifests
+        return list(alias_problems([], aliases)) + list(pull_secret_problems(doc, []))
     objects, problems = read_all(files, profile)
     minor = kubernetes_minor(doc["k3s"]["version"])
     try:
@@ -83,8 +85,8 @@ def manifest_problems(doc: dict, files: tuple[Path, ...], profile: Path) -> list
         problems += _object_problems(obj, schemas, crds, minor)
     if problems:
         return problems       # what objects need of each other is read from objects that fit
-    secrets = {(s.get("namespace", "default"), s["name"]) for s in doc["secrets"]}
-    problems += mounted_problems(objects, secrets)
+    problems += mounted_problems(objects, profile_secret_names(doc))
+    problems += pull_secret_problems(doc, objects)
     problems += ingress_problems(objects, aliases)
     problems += alias_problems(objects, aliases)
     return problems

@@ -97,6 +97,30 @@ class KubeSecret:
 
 
 @dataclass(frozen=True)
+class SecretImport:
+    """Every secret under source, each a stored Secret YAML, as Secrets of namespace (firstboot/secret_import.py)."""
+    source: secretref.SecretPrefix
+    namespace: str
+    required: tuple[str, ...]      # stored names the rack needs there: checked at build and at apply
+    exclude: tuple[str, ...]       # stored names left out (not imported, not checked)
+
+
+@dataclass(frozen=True)
+class PullSecret:
+    """An image pull Secret listed in the imagePullSecrets of namespace's default ServiceAccount."""
+    namespace: str
+    secret: str
+
+
+@dataclass(frozen=True)
+class Migration:
+    """A rack moving from the original team's jumphost to rackboot's: the old
+    host keeps its own `metadata` service while the new one comes up, and
+    `build.py router --rollback` points the host aliases back at it."""
+    legacy_address: ipaddress.IPv4Address | None
+
+
+@dataclass(frozen=True)
 class RackProfile:
     rack: str
     description: str
@@ -110,3 +134,6 @@ class RackProfile:
     manifests: tuple[Path, ...]    # resolved files, in apply order
     secrets: tuple[KubeSecret, ...]
     host_aliases: tuple[str, ...]
+    migration: Migration
+    secret_imports: tuple[SecretImport, ...]
+    image_pull_secrets: tuple[PullSecret, ...]

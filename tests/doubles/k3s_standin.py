@@ -83,6 +83,13 @@ kubelet posted nothing for K3S_STANDIN_NODE_GRACE seconds (40, Kubernetes
 v1.31's --node-monitor-grace-period) gets Ready Unknown (NodeStatusUnknown,
 "Kubelet stopped posting node status.") and the node.kubernetes.io/unreachable
 NoSchedule and NoExecute taints, until its kubelet posts again.
+ServiceLB is simulated (k8s_api/servicelb.py, hostports.py, traefik.py):
+unless `disable` has traefik, the server makes traefik's LoadBalancer Service
+kube-system/traefik (ports 80, 443); unless it has servicelb, svclb pods go
+on the nodes k3s's enablelb label picks, their host ports listen on those
+nodes (the server's own and each agent's network namespace) and answer as
+traefik routes the cluster's Ingress rules, and the Services' status lists
+those nodes' addresses.
 Workload controllers are simulated: Deployments, StatefulSets, DaemonSets and
 Jobs report themselves ready once applied, because no containers run here.
 K3S_STANDIN_API_DELAY=SECONDS slows every API request (fault tests);
@@ -118,12 +125,12 @@ import urllib.request
 from pathlib import Path
 
 if __package__:      # imported by the tests (tests.doubles.k3s_standin)
-    from .k8s_api import status, writes
+    from .k8s_api import hostports, servicelb, status, traefik, writes
     from .k8s_api.schema import Schemas
     from .k8s_api.status import ApiError, forbidden
     from .k8s_api.store import SYSTEM_NAMESPACES, Store, write_private
 else:                # run: from the source tree, or as a bundle's `k3s` (a zip application)
-    from k8s_api import status, writes
+    from k8s_api import hostports, servicelb, status, traefik, writes
     from k8s_api.schema import Schemas
     from k8s_api.status import ApiError, forbidden
     from k8s_api.store import SYSTEM_NAMESPACES, Store, write_private
@@ -586,6 +593,7 @@ class Server:
         for namespace in SYSTEM_NAMESPACES:
             self.store.ensure_namespace(namespace)
         self.register(self.node_name, node_password(), labels_from(self.config), self.address, "server")
+        self.packaged_components()
         threading.Thread(target=self.monitor_nodes, daemon=True).start()
         threading.Thread(target=self.own_kubelet, daemon=True).start()
         self.write_kubeconfig()
@@ -757,6 +765,19 @@ class Server:
                         self.store.put("nodes", "", unreachable(node), status=True)
                         log(f"node {name}: Kubelet stopped posting node status")
 
+    def packaged_components(self) -> None:
+        """k3s --disable: traefik's chart (its LoadBalancer Service here) and the
+        ServiceLB controller run unless disabled; the own kubelet's svclb ports."""
+        disabled = {part.strip() for item in self.config.get("disable") or [] for part in str(item).split(",")}
+        if "traefik" not in disabled and not self.store.get("services", traefik.TRAEFIK_NAMESPACE, traefik.TRAEFIK_NAME):
+            service = traefik.traefik_service()
+            self.api.allocate_cluster_ip(service)
+            self.store.put("services", traefik.TRAEFIK_NAMESPACE, service)
+        servicelb.ServiceLB(self.store, enabled="servicelb" not in disabled).start()
+        pods = lambda: self.store.list("pods", servicelb.LB_NAMESPACE, servicelb.SVC_NAME)   # noqa: E731
+        threading.Thread(target=hostports.follow, daemon=True, args=(
+            self.node_name, pods, lambda *request: traefik.answer(self.store, *request), log)).start()
+
     def own_kubelet(self) -> None:
         """The kubelet k3s runs beside the server posts its node's status."""
         post_status(lambda: self.heartbeat(self.node_name))
@@ -859,6 +880,11 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
                     raise ApiError(403, "Forbidden", "forbidden: only a kubelet posts its node's status")
                 state.heartbeat(self.node)
                 return self.send_json(200, {})
+            if url.path == "/v1-k3s/standin-lb-answer" and method == "GET" and self.node:
+                # A node's svclb port passes a request on, as klipper-lb does to the Service's cluster IP.
+                code, text = traefik.answer(state.store, query["namespace"], query["service"], int(query["port"]),
+                                            query.get("host", ""), query.get("path", ""))
+                return self.send_json(200, {"code": code, "body": text})
             if url.path in ("/readyz", "/livez", "/healthz"):
                 return self.send_text(200, "ok")
             if url.path in ("/version", "/version/"):    # the Python client's VersionApi asks for the latter
@@ -910,7 +936,7 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
         request = json.loads(self.body() or b"{}")
         name = self.headers.get("k3s-Node-Name", "")
         state.register(name, self.headers.get("k3s-Node-Password", ""), request.get("labels", {}),
-                       request.get("address", self.client_address[0]), "agent")
+                       request.get("address") or self.client_address[0], "agent")
         log(f"node {name} joined")
         bearer = secrets.token_hex(16)
         state.agent_tokens[bearer] = name
@@ -1099,6 +1125,10 @@ def run_agent(config: dict) -> None:
         with urllib.request.urlopen(request, context=kubelet, timeout=10):
             pass
 
+    threading.Thread(target=hostports.follow, daemon=True, args=(
+        name, lambda: kubelet_get(server, kubelet, "/api/v1/namespaces/kube-system/pods?labelSelector="
+                                  + urllib.parse.quote(servicelb.SVC_NAME))["items"],
+        lambda *request: lb_answer(server, kubelet, *request), log)).start()
     if kubelet_delay() == 0:
         try:
             post()
@@ -1108,6 +1138,19 @@ def run_agent(config: dict) -> None:
     post_status(post)
     while True:          # a kubelet that never posts: the agent runs on
         time.sleep(3600)
+
+
+def kubelet_get(server: str, kubelet: ssl.SSLContext, path: str) -> dict:
+    with urllib.request.urlopen(f"{server}{path}", context=kubelet, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def lb_answer(server: str, kubelet: ssl.SSLContext, namespace: str, service: str, port: int, host: str,
+              path: str) -> tuple[int, str]:
+    query = urllib.parse.urlencode({"namespace": namespace, "service": service, "port": port, "host": host,
+                                    "path": path})
+    found = kubelet_get(server, kubelet, f"/v1-k3s/standin-lb-answer?{query}")
+    return found["code"], found["body"]
 
 
 PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----\n?", re.S)

@@ -11,8 +11,18 @@ Object Versioning enabled (as `berglas bootstrap` makes its bucket), and
 answers ?generation=N on object metadata and media reads with that
 generation, or 404 "No such object" when the bucket holds no such
 generation (any other generation of an unversioned bucket, as in GCS).
+
+Listing (objects.list), as Cloud Storage pages it: names in lexicographic
+order, items and prefixes together at most maxResults per page, and never
+more than 1000 (the service's cap; page_cap here, which a test may lower, as
+the service may send fewer than asked), nextPageToken while more remain (an
+opaque token: one the server did not give is 400), and items, prefixes and
+nextPageToken left out of the answer when empty. The emulator sends
+everything in one page.
 """
 
+import base64
+import binascii
 import copy
 import http.server
 import re
@@ -26,6 +36,8 @@ from gcp_storage_emulator.handlers import buckets, objects
 from gcp_storage_emulator.storage import Storage
 
 GENERATION_READS = (objects.get, objects.download)     # the handlers ?generation= selects for
+MAX_RESULTS = 1000                                     # Cloud Storage's most per page
+PAGE_TOKEN_MARK = "Cg"                                 # how the double's page tokens start
 
 
 class VersionedStorage(Storage):
@@ -34,6 +46,8 @@ class VersionedStorage(Storage):
     def __init__(self):
         super().__init__(use_memory_fs=True)
         self.noncurrent: dict[tuple[str, str], dict[str, tuple[dict, bytes]]] = {}
+        self.page_cap = MAX_RESULTS
+        self.list_requests: list[dict] = []          # each objects.list's query, in order
         self._lock = threading.Lock()
 
     def _versioned(self, bucket_name: str) -> bool:
@@ -84,7 +98,7 @@ class _OneGeneration:
 
 class _RequestHandler(emulator.RequestHandler):
     def do_GET(self):
-        if not self._read_generation():
+        if not self._list_page() and not self._read_generation():
             super().do_GET()
 
     def do_POST(self):
@@ -106,19 +120,64 @@ class _RequestHandler(emulator.RequestHandler):
         response.close()
         return True
 
+    def _route(self, request):
+        """(handler, match) as the emulator routes a GET, or (None, None)."""
+        for regex, handlers in emulator.HANDLERS:
+            match = re.fullmatch(regex, request.path)
+            if match:
+                return handlers.get(emulator.GET), match
+        return None, None
+
+    def _list_page(self) -> bool:
+        """objects.list, one page of it; False for any other request."""
+        request = emulator.Request(self, emulator.GET)
+        handler, match = self._route(request)
+        if handler is not objects.ls:
+            return False
+        request.set_match(match)
+        query = {key: values[0] for key, values in request.query.items()}
+        self.storage.list_requests.append(query)
+        response = emulator.Response(self)
+        try:
+            names, items, prefixes = self._listed(request.params["bucket_name"], query)
+            start = _page_start(query.get("pageToken"), names)
+            wanted = int(query.get("maxResults", MAX_RESULTS))
+            if wanted < 1:
+                raise ValueError(wanted)
+        except NotFound:
+            response.status = HTTPStatus.NOT_FOUND
+            response.json(_error(404, "notFound", "The specified bucket does not exist."))
+        except ValueError:
+            response.status = HTTPStatus.BAD_REQUEST
+            response.json(_error(400, "invalid", "Invalid argument."))
+        else:
+            size = min(wanted, self.storage.page_cap, MAX_RESULTS)
+            page = names[start:start + size]
+            body = {"kind": "storage#objects"}
+            if start + size < len(names):
+                body["nextPageToken"] = PAGE_TOKEN_MARK + base64.urlsafe_b64encode(page[-1].encode()).decode()
+            if [p for p in page if p in prefixes]:
+                body["prefixes"] = [p for p in page if p in prefixes]
+            if [n for n in page if n in items]:
+                body["items"] = [items[n] for n in page if n in items]
+            response.json(body)
+        response.close()
+        return True
+
+    def _listed(self, bucket_name: str, query: dict) -> tuple[list[str], dict, set]:
+        """Every name of the listing in order, objects by name, and the prefixes (with a delimiter)."""
+        found, prefixes = self.storage.get_file_list(bucket_name, query.get("prefix"), query.get("delimiter"),
+                                                     query.get("matchGlob"))
+        items = {obj["name"]: obj for obj in found}
+        return sorted({*items, *prefixes}), items, set(prefixes)
+
     def _read_generation(self) -> bool:
         """Serve a GET that names a generation; False for any other request."""
         request = emulator.Request(self, emulator.GET)
         generation = (request.query.get("generation") or [None])[0]
         if generation is None or (request.query.get("softDeleted") or [""])[0].lower() in ("1", "true", "yes"):
             return False
-        for regex, handlers in emulator.HANDLERS:      # the emulator's own routing
-            match = re.fullmatch(regex, request.path)
-            if match:
-                break
-        else:
-            return False
-        handler = handlers.get(emulator.GET)
+        handler, match = self._route(request)      # the emulator's own routing
         if handler not in GENERATION_READS:
             return False
         request.set_match(match)
@@ -135,6 +194,24 @@ class _RequestHandler(emulator.RequestHandler):
             handler(request, response, _OneGeneration(resource, content))
         response.close()
         return True
+
+
+def _page_start(token: str | None, names: list[str]) -> int:
+    """Where a page starts: after the name the token names; ValueError for a token not the server's."""
+    if not token:
+        return 0
+    if not token.startswith(PAGE_TOKEN_MARK):
+        raise ValueError(token)
+    try:
+        after = base64.urlsafe_b64decode(token.removeprefix(PAGE_TOKEN_MARK).encode()).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise ValueError(token) from None
+    return sum(1 for name in names if name <= after)
+
+
+def _error(code: int, reason: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message, "errors": [{"domain": "global", "reason": reason,
+                                                                     "message": message}]}}
 
 
 class _ApiThread(emulator.APIThread):

@@ -48,6 +48,8 @@ BINDS = {
     "/etc/systemd/system": "etc/systemd/system",
     "/var/lib/rackboot": "var/lib/rackboot",
     "/etc/rackboot": "etc/rackboot",
+    # A Pi's ssh host key and admin keys (firstboot/pi_access.py): never the host's.
+    "/etc/ssh": "etc/ssh",
     # What the image carries: the k3s bundles, and for the jumphost's netboot
     # service (firstboot/serve.py) the Pis' boot files and root (a squashfs).
     "/usr/lib/rackboot": "usr/lib/rackboot",
@@ -95,7 +97,7 @@ class Machine:
         self.address = ipaddress.IPv4Address(address) if address else self.network.router + 1
         self.cgroup = machine_cgroup.MachineCgroup(root.name)
         self.holder = subprocess.Popen(self.cgroup.enter_root(
-            ["unshare", "--mount", "--net", "--cgroup", "--propagation", "private", "sleep", "infinity"]))
+            ["unshare", "--mount", "--net", "--cgroup", "--uts", "--propagation", "private", "sleep", "infinity"]))
         ours = os.readlink("/proc/self/ns/cgroup")
         deadline = time.monotonic() + 60      # unshare on a loaded machine can take seconds
         while os.readlink(f"/proc/{self.holder.pid}/ns/cgroup") == ours:
@@ -152,8 +154,9 @@ class Machine:
         return env
 
     def command(self, argv: list[str]) -> list[str]:
-        """argv as the machine runs it: in its cgroup, mount, network and cgroup namespaces."""
-        return self.cgroup.enter(["nsenter", "-t", str(self.holder.pid), "-m", "-n", "-C", "--", *argv])
+        """argv as the machine runs it: in its cgroup, and its mount, network, cgroup and
+        UTS namespaces (a Pi sets its own hostname, never the host's)."""
+        return self.cgroup.enter(["nsenter", "-t", str(self.holder.pid), "-m", "-n", "-C", "-u", "--", *argv])
 
     def _nsenter(self, argv, **kwargs):
         return subprocess.run(self.command(argv), **kwargs)

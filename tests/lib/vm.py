@@ -130,13 +130,22 @@ def wait_for_console(files: qemu.BootFiles, line: str, proc: subprocess.Popen | 
         time.sleep(0.05)
 
 
-def admin_ssh(key: Path, port: int, *command: str, check: bool = True) -> str:
+SSH_OPTIONS = ("-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+               "-o", "LogLevel=ERROR")
+
+
+def admin_ssh(key: Path, port: int, *command: str, check: bool = True, timeout: float = 120) -> str:
     """command on the guest as the profile's admin (rackboot), logged in with key
-    through the forwarded ssh port; its output."""
-    argv = ["ssh", "-i", str(key), "-p", str(port), "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
-            "rackboot@127.0.0.1", *command]
-    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=120).stdout
+    through the forwarded ssh port; its output. timeout: a guard against a hung
+    guest, for commands that take long under TCG (dpkg -i of a kernel)."""
+    argv = ["ssh", "-i", str(key), "-p", str(port), *SSH_OPTIONS, "rackboot@127.0.0.1", *command]
+    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=timeout).stdout
+
+
+def admin_copy(key: Path, port: int, source: Path, target: str) -> None:
+    """source (a file of the host's) to target on the guest, as admin_ssh logs in (scp)."""
+    subprocess.run(["scp", "-q", "-i", str(key), "-P", str(port), *SSH_OPTIONS, str(source),
+                    f"rackboot@127.0.0.1:{target}"], capture_output=True, text=True, check=True, timeout=600)
 
 
 def api_client(ssh, api_port: int):

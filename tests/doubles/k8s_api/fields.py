@@ -84,7 +84,7 @@ def _place(node, path, value) -> None:
             key = json.loads(name)
             item = next((i for i in node if item_key(list(key), i) == key), None)
             if item is None:
-                item = {}
+                item = dict(key)      # an item holds its keys, whichever of its leaves comes first
                 node.append(item)
             node = item
         else:

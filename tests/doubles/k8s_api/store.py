@@ -12,6 +12,12 @@ and its namespace controller: DELETE sets deletionTimestamp, spec.finalizers
 in it and then the namespace. default, kube-system and kube-public may not be
 deleted (NamespaceLifecycle's immortal namespaces); kube-node-lease may, and
 the API server's system-namespaces controller makes it again.
+
+Each namespace gets its ServiceAccount "default" from kube-controller-manager's
+serviceaccounts controller, asynchronously: SERVICEACCOUNT_DELAY seconds
+after the namespace (K3S_STANDIN_SERVICEACCOUNT_DELAY, 0.3 by default; real
+k3s does not have it at the instant the namespace is created), and again
+after it is deleted; never in a namespace that is going.
 """
 
 import copy
@@ -49,6 +55,13 @@ def write_private(path: Path, text: str, mode: int = 0o600) -> None:
         os.close(directory)
 
 
+def later(delay: float, function, *args) -> None:
+    """function(*args) in a controller's own time, delay seconds from now."""
+    timer = threading.Timer(delay, function, args)
+    timer.daemon = True
+    timer.start()
+
+
 def matches(labels: dict, selector: str) -> bool:
     for term in filter(None, (t.strip() for t in selector.split(","))):
         if "!=" in term:
@@ -84,6 +97,7 @@ class Store:
         self.extra: dict = {}
         self.namespace_delay = float(os.environ.get("K3S_STANDIN_NAMESPACE_DELAY", "0.5")) \
             if namespace_delay is None else namespace_delay
+        self.serviceaccount_delay = float(os.environ.get("K3S_STANDIN_SERVICEACCOUNT_DELAY", "0.3"))
         delay = os.environ.get("K3S_STANDIN_READY_DELAY", "0")
         self.ready_delay = float("inf") if delay == "never" else float(delay)
         if path.exists():
@@ -92,6 +106,8 @@ class Store:
         for obj in self.list("namespaces"):        # a restart finds them terminating still
             if obj["metadata"].get("deletionTimestamp"):
                 self._finish_later(obj["metadata"]["name"])
+        for obj in self.list("namespaces"):        # and namespaces still without their ServiceAccount
+            self.default_serviceaccount_later(obj["metadata"]["name"])
         for key, obj in list(self.objects.items()):     # and rollouts under way
             plural = key.split("/")[0]
             if plural in WORKLOADS and not _rolled_out(plural, obj.get("status") or {}):
@@ -139,6 +155,8 @@ class Store:
             meta["resourceVersion"] = str(self.version)
             self.objects[self.key(plural, namespace, meta["name"])] = obj
             self.save()
+            if plural == "namespaces" and not old:
+                self.default_serviceaccount_later(meta["name"])
             return obj
 
     def delete(self, plural, namespace, name):
@@ -146,7 +164,21 @@ class Store:
             obj = self.objects.pop(self.key(plural, namespace, name), None)
             self.version += 1
             self.save()
+            if (plural, name) == ("serviceaccounts", "default"):
+                self.default_serviceaccount_later(namespace)
             return obj
+
+    def default_serviceaccount_later(self, namespace: str) -> None:
+        """The serviceaccounts controller: ServiceAccount "default" in namespace, serviceaccount_delay from now."""
+        later(self.serviceaccount_delay, self._default_serviceaccount, namespace)
+
+    def _default_serviceaccount(self, namespace: str) -> None:
+        with self.lock:
+            if not self.get("namespaces", "", namespace) or self.terminating(namespace) \
+                    or self.get("serviceaccounts", namespace, "default"):
+                return
+            self.put("serviceaccounts", namespace, {"apiVersion": "v1", "kind": "ServiceAccount",
+                                                   "metadata": {"name": "default", "namespace": namespace}})
 
     def terminate_namespace(self, name: str, dry_run: bool = False) -> dict:
         """DELETE of a Namespace: Terminating now, gone once the controller emptied it."""
@@ -166,9 +198,7 @@ class Store:
         return obj
 
     def _finish_later(self, name: str) -> None:
-        timer = threading.Timer(self.namespace_delay, self._finish_namespace, (name,))
-        timer.daemon = True
-        timer.start()
+        later(self.namespace_delay, self._finish_namespace, name)
 
     def _finish_namespace(self, name: str) -> None:
         with self.lock:

@@ -164,6 +164,11 @@ class Api:
 
     def updated(self, req: Request, current: dict, doc: dict) -> dict:
         res = req.resource
+        wanted = (doc.get("metadata") or {}).get("resourceVersion")
+        if wanted and wanted != current["metadata"].get("resourceVersion"):
+            # An update (or patch) naming the resourceVersion it read: optimistic concurrency.
+            raise status.conflict(res.plural, req.name, "the object has been modified; please apply your "
+                                  "changes to the latest version and try again", res.group)
         if res.kind == "Service":       # an update that leaves the cluster IP out keeps it
             allocated = (current.get("spec") or {}).get("clusterIP")
             if allocated and not (doc.get("spec") or {}).get("clusterIP"):
