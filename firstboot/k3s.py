@@ -49,6 +49,7 @@ import shutil
 from pathlib import Path
 
 from firstboot import k3s_bundle_files as bundle_files
+from firstboot import k3s_versions
 from firstboot.errors import RackbootError
 from firstboot.layout import MACHINE, Layout, Role
 from firstboot.system import ensure_running, place, systemctl
@@ -184,6 +185,8 @@ def install(layout: Layout, rack: str, role: Role, node: str, version: str, toke
     """Install or upgrade k3s and (re)start it when anything changed."""
     arch = machine_arch()
     binary, images = find_bundle(layout.k3s_bundles, version, arch)
+    if role is Role.JUMPHOST:     # before anything is placed: a refused skip leaves k3s as it is
+        k3s_versions.check_upgrade(k3s_versions.installed_version(layout.bin_dir / "k3s"), version)
     changed = _install_files(layout, rack, role, node, binary, images)
     if token_changed:
         changed.append("token")

@@ -90,6 +90,9 @@ K3S_BUNDLE = Option(("--k3s-bundle",), dict(
 FETCH = (
     Option(("--mirror",), dict(metavar="URL", help=f"where releases are (default: ${k3s_fetch.MIRROR_ENV} "
                                                    f"or {k3s_fetch.DEFAULT_MIRROR})")),
+    Option(("--channel-url",), dict(metavar="URL", help="the k3s release channel server VERSION may name a "
+                                                        "channel of (stable, latest, v1.MINOR) at (default: "
+                                                        f"${k3s_fetch.CHANNEL_URL_ENV} or {k3s_fetch.DEFAULT_CHANNEL_URL})")),
     Option(("--pin",), dict(action="store_true",
                             help="pin the fetched releases' checksum files (PINS/VERSION/sha256sum-ARCH.txt), to "
                                  "commit; a pinned release is fetched only if the mirror serves exactly those")),
@@ -179,8 +182,9 @@ VERBS = (
          needs_tools=True, options=SEED),
     Verb("fetch-k3s", "download a k3s release's binaries and air-gap images (amd64, arm64) into DIR/VERSION/, "
                       "verified against the release's checksums, and those against the ones pinned in "
-                      "image/k3s-pins/VERSION/ if any; each argument is a version (v1.31.4+k3s1) or a profile "
-                      "naming one", takes_versions=True, options=FETCH),
+                      "image/k3s-pins/VERSION/ if any; each argument is a version (v1.31.4+k3s1), a release channel "
+                      "(stable, latest, testing, v1.33: the version it points to now) or a profile naming one",
+         takes_versions=True, options=FETCH),
     Verb("netboot", "write the Raspberry Pi TFTP tree a Pi 4 bootloader fetches: firmware, config.txt, kernel, "
                     "initramfs, device trees, cmdline.txt (NFS root), one directory per Pi; DIR/tftp; and the "
                     "Pis' shared NFS root, DIR/pi-root (DIR/RACK/... for several racks; needs root)",

@@ -3,12 +3,18 @@ describes it) from GitHub or a mirror, verifying each asset against the
 release's checksum files while it streams, and those against the ones pinned
 in this repository (image/k3s_pins.py). The bundle appears whole or not at
 all (image/atomic.py); bundle.json, what was fetched, is written last.
+
+A release channel (stable, latest, testing, v1.MINOR) is resolved as k3s's
+install.sh does (get_release_version): request CHANNEL_URL/CHANNEL, follow
+the channel server's redirect to the release's tag page and take the version
+from the last path segment of the final URL.
 """
 
 import hashlib
 import json
 import logging
 import os
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -19,12 +25,15 @@ from firstboot import checksums
 from firstboot.errors import BadInput, RackbootError
 from firstboot.k3s_bundle_files import ARCHES, binary_name, checksums_name, images_name
 from image import atomic, k3s_pins, progress
-from image.k3s_bundle import CHUNK, MANIFEST, check_version
+from image.k3s_bundle import CHUNK, MANIFEST, VERSION_RE, check_version
 
 log = logging.getLogger("rackboot")
 
 DEFAULT_MIRROR = "https://github.com/k3s-io/k3s/releases/download"
 MIRROR_ENV = "RACKBOOT_K3S_MIRROR"
+DEFAULT_CHANNEL_URL = "https://update.k3s.io/v1-release/channels"     # install.sh's INSTALL_K3S_CHANNEL_URL
+CHANNEL_URL_ENV = "RACKBOOT_K3S_CHANNEL_URL"
+CHANNEL_RE = re.compile(r"stable|latest|testing|v1\.\d+")              # the channels k3s publishes
 RETRY_DELAYS = (2, 5, 10)     # for transient network errors and HTTP 5xx
 TIMEOUT = 60
 
@@ -66,18 +75,61 @@ def _download(url: str, target: Path, expected: str | None = None) -> str:
     return got
 
 
+def _checked_url(given: str | None, default: str, where: str, what: str, allow_file: bool) -> str:
+    """given (else default) without a trailing slash, if it is an http(s) URL
+    with a host (or, when allow_file, a file: URL with a path)."""
+    url = (given or default).rstrip("/")
+    parts = urllib.parse.urlsplit(url)
+    local = allow_file and parts.scheme == "file" and parts.path
+    if (any(c.isspace() or not c.isprintable() for c in url) or parts.query or parts.fragment
+            or not (parts.scheme in ("http", "https") and parts.hostname or local)):
+        shapes = "http://HOST/PATH, https://HOST/PATH" + (" or file:///PATH" if allow_file else "")
+        raise BadInput(f"{where} {given!r}: not a {what} URL ({shapes})", hint=f"the default is {default}")
+    return url
+
+
 def mirror_url(mirror: str | None) -> str:
     """The mirror to fetch from (--mirror, else $RACKBOOT_K3S_MIRROR, else
     GitHub): an http(s) URL with a host, or a file: URL of a local copy."""
     given = mirror or os.environ.get(MIRROR_ENV)
-    url = (given or DEFAULT_MIRROR).rstrip("/")
-    where = "--mirror" if mirror else f"${MIRROR_ENV}"
-    parts = urllib.parse.urlsplit(url)
-    if (any(c.isspace() or not c.isprintable() for c in url) or parts.query or parts.fragment
-            or not (parts.scheme in ("http", "https") and parts.hostname or parts.scheme == "file" and parts.path)):
-        raise BadInput(f"{where} {given!r}: not a mirror URL (http://HOST/PATH, https://HOST/PATH or file:///PATH)",
-                       hint=f"the default is {DEFAULT_MIRROR}")
-    return url
+    return _checked_url(given, DEFAULT_MIRROR, "--mirror" if mirror else f"${MIRROR_ENV}", "mirror",
+                        allow_file=True)
+
+
+def channel_url(url: str | None) -> str:
+    """The channel server (--channel-url, else $RACKBOOT_K3S_CHANNEL_URL, else k3s's)."""
+    given = url or os.environ.get(CHANNEL_URL_ENV)
+    return _checked_url(given, DEFAULT_CHANNEL_URL, "--channel-url" if url else f"${CHANNEL_URL_ENV}",
+                        "channel server", allow_file=False)
+
+
+def resolve_channel(channel: str, server: str) -> str:
+    """The release channel points to now, at server (from channel_url()).
+    What the server answers decides a path on disk and URLs, so it must be
+    exactly a k3s release tag: anything else is refused, not used."""
+    if not CHANNEL_RE.fullmatch(channel):
+        raise BadInput(f"{channel!r} is not a k3s release channel (stable, latest, testing or v1.MINOR)")
+    url = f"{server}/{channel}"
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:    # follows redirects, as curl -L
+            final = response.geturl()
+    except urllib.error.HTTPError as err:
+        raise RackbootError(f"k3s channel {channel}: HTTP {err.code} from {url}",
+                            hint="is that a channel k3s publishes? check the name and the channel server "
+                                 f"(--channel-url, {CHANNEL_URL_ENV})") from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+        raise RackbootError(f"k3s channel {channel}: cannot reach {url}: {getattr(err, 'reason', err)}",
+                            hint=f"check the network, or point --channel-url / {CHANNEL_URL_ENV} at a "
+                                 "reachable channel server, or name the version itself") from None
+    parts = urllib.parse.urlsplit(final)
+    segment = urllib.parse.unquote(parts.path.rsplit("/", 1)[-1])
+    if parts.query or parts.fragment or not VERSION_RE.fullmatch(segment):    # install.sh: the URL's tail
+        raise RackbootError(f"k3s channel {channel}: {url} led to {final[:200]!r}, whose last path segment "
+                            "is not a k3s release tag such as v1.31.4+k3s1",
+                            hint="the channel server is not answering as update.k3s.io does; "
+                                 "name the version itself")
+    log.info("k3s channel %s is %s (%s)", channel, segment, server)
+    return segment
 
 
 def _fetch_arch(base: str, version: str, arch: str, staging: Path, pins: Path) -> dict[str, str]:

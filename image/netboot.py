@@ -151,15 +151,6 @@ def write_rendered(rendered: render.RenderedTree, key: str, path: Path) -> None:
     path.write_text(text if text.endswith("\n") else text + "\n")
 
 
-def write_pi_cmdline(shared: Path, node: str, path: Path) -> None:
-    """path: the rack's cmdline.txt with this Pi's hostname, its node name.
-    systemd.hostname= (systemd >= 246) wins over the shared root's
-    /etc/hostname from the first moment of boot, so the journal, DHCP and
-    ssh all see the node's name. node is a checked DNS-1123 label (the
-    profile's Pi names), so it cannot add another kernel parameter."""
-    path.write_text(shared.read_text().rstrip("\n") + f" systemd.hostname={node}\n")
-
-
 def write_tftp_tree(profile: RackProfile, rendered: render.RenderedTree, files: PiBootFiles, output: Path,
                     shared_at: str | None = None) -> Path:
     """Write output/tftp for profile, replacing it whole; return it.
@@ -183,9 +174,7 @@ def write_tftp_tree(profile: RackProfile, rendered: render.RenderedTree, files: 
                 continue
             (staging / directory).mkdir()
             for name in names:       # relative links: the tree can move (into the image, to /srv)
-                if name != "cmdline.txt":
-                    (staging / directory / name).symlink_to(Path("..") / name)
-            write_pi_cmdline(staging / "cmdline.txt", pi.name, staging / directory / "cmdline.txt")
+                (staging / directory / name).symlink_to(Path("..") / name)
         for path in [staging, *staging.rglob("*")]:
             if not path.is_symlink():
                 os.chmod(path, 0o755 if path.is_dir() else 0o644)

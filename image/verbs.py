@@ -171,12 +171,15 @@ def run_sdcard(args, ready: Ready) -> int:
 
 def preflight_fetch_k3s(args) -> Ready:
     versions = [a for a in args.profiles if k3s_bundle.VERSION_RE.fullmatch(a)]
-    named = [a for a in args.profiles if a not in versions]
+    channels = [a for a in args.profiles if k3s_fetch.CHANNEL_RE.fullmatch(a)]
+    named = [a for a in args.profiles if a not in versions and a not in channels]
     profiles = load_profiles(named) if named else []
-    versions = sorted(set(versions + [p.k3s.version for p in profiles]))
     if args.pins and not args.pins.is_dir():    # not a silent "nothing pinned"
         raise BadInput(f"{args.pins}: no such directory (--pins)")
     mirror = k3s_fetch.mirror_url(args.mirror)
+    server = k3s_fetch.channel_url(args.channel_url)
+    versions += [k3s_fetch.resolve_channel(channel, server) for channel in channels]
+    versions = sorted(set(versions + [p.k3s.version for p in profiles]))
     out = output.check(args.output, {v: Kind.DIRECTORY for v in versions})
     return Ready(profiles, out, versions=versions, mirror=mirror, pins=args.pins or k3s_pins.PINS)
 

@@ -419,3 +419,58 @@ def test_bad_mirror_is_refused_before_any_work(build, tmp_path, mirror):
     assert result.returncode == 2, result.stderr
     assert f"--mirror {mirror!r}: not a mirror URL" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "k3s").exists()
+
+
+# ------------------------------------------------------------ release channels (install.sh's get_release_version)
+
+
+def test_a_channel_resolves_as_install_sh_does(release):
+    release.channels["v1.31"] = VERSION
+    assert k3s_fetch.resolve_channel("v1.31", release.channel_url) == VERSION
+    assert release.requests == ["/v1-release/channels/v1.31", f"/k3s-io/k3s/releases/tag/{VERSION}"]
+
+
+def test_the_channel_server_comes_from_the_environment_or_is_k3s_s(release, monkeypatch):
+    monkeypatch.delenv("RACKBOOT_K3S_CHANNEL_URL", raising=False)
+    assert k3s_fetch.channel_url(None) == "https://update.k3s.io/v1-release/channels"
+    monkeypatch.setenv("RACKBOOT_K3S_CHANNEL_URL", release.channel_url + "/")
+    assert k3s_fetch.channel_url(None) == release.channel_url
+    with pytest.raises(BadInput, match=r"--channel-url 'file:///srv/channels': not a channel server URL"):
+        k3s_fetch.channel_url("file:///srv/channels")
+
+
+def test_an_unknown_channel_is_named_with_the_servers_answer(release):
+    with pytest.raises(RackbootError, match=r"k3s channel v1.99: HTTP 404 from http://127.0.0.1:\d+/v1-release"):
+        k3s_fetch.resolve_channel("v1.99", release.channel_url)
+    with pytest.raises(BadInput, match=r"'../etc' is not a k3s release channel"):
+        k3s_fetch.resolve_channel("../etc", release.channel_url)
+    assert release.requests == ["/v1-release/channels/v1.99"]
+
+
+@pytest.mark.parametrize("answer", ["../../../etc", "v1.31.4+k3s1/..", "..%2Fv1.31.4+k3s1", "v1.31.4+k3s1%0Aevil",
+                                    "v1.31", "latest", "v1.31.4+k3s1?x=../y"])
+def test_a_channel_server_answering_anything_but_a_release_tag_is_refused(release, tmp_path, answer):
+    release.channels["stable"] = answer
+    with pytest.raises(RackbootError, match=r"k3s channel stable: .* is not a k3s release tag"):
+        k3s_fetch.resolve_channel("stable", release.channel_url)
+
+
+def test_fetch_k3s_fetches_what_a_channel_points_to(build, release, tmp_path):
+    out = tmp_path / "k3s"
+    result = build("fetch-k3s", "stable", "-o", str(out), "--mirror", release.url,
+                   "--channel-url", release.channel_url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(out / VERSION)] and leftovers(out) == [".rackboot-output", VERSION]
+    assert f"k3s channel stable is {VERSION}" in result.stderr
+    assert k3s_bundle.verify(out / VERSION).version == VERSION
+
+
+def test_fetch_k3s_writes_nothing_for_a_channel_the_server_does_not_know(build, release, tmp_path):
+    release.channels["stable"] = "../../escape"
+    for channel, shown in (("v1.99", "HTTP 404"), ("stable", "is not a k3s release tag")):
+        result = build("fetch-k3s", channel, "-o", str(tmp_path / "k3s"), "--mirror", release.url,
+                       "--channel-url", release.channel_url)
+        assert result.returncode != 0 and shown in result.stderr and "Traceback" not in result.stderr
+        assert not (tmp_path / "k3s").exists()
+    assert all(request.startswith(("/v1-release/channels/", "/k3s-io/k3s/releases/tag/"))   # no download
+               for request in release.requests)

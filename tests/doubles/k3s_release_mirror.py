@@ -5,6 +5,13 @@ An HTTP server serving a directory shaped like one k3s release: binaries
 air-gap images (random bytes) and sha256sum-ARCH.txt files that, like the
 real ones, list more assets than rackboot fetches. Failures can be ordered
 per request; tests tamper with the served files in place (Release.dir).
+
+It also answers as k3s's channel server (update.k3s.io, rancher's
+channelserver) does: GET CHANNELS_PATH/NAME of a channel it knows is a 302
+whose Location is the release's tag page on GitHub (here TAG_PATH/VERSION,
+which answers 200 with a page, as GitHub does); an unknown channel is a 404.
+Tests set Release.channels (name -> what the Location's last segment says,
+which may be anything, to play a broken or hostile server).
 """
 
 import hashlib
@@ -16,6 +23,9 @@ from pathlib import Path
 from image import k3s_bundle
 from tests.doubles.k3s_standin_bundle import standin_binary
 
+CHANNELS_PATH = "/v1-release/channels"
+TAG_PATH = "/k3s-io/k3s/releases/tag"
+
 
 class Release:
     """A release directory served over HTTP, with failures to order."""
@@ -26,6 +36,7 @@ class Release:
         self.dir.mkdir(parents=True)
         self.fail_next: list[int] = []       # HTTP statuses for the next requests
         self.requests: list[str] = []
+        self.channels: dict[str, str] = {"stable": version, "latest": version}
         for arch in k3s_bundle.ARCHES:
             # The binaries are the k3s stand-in, which says its version as k3s
             # does (`k3s --version`): verify runs the build host's one.
@@ -50,7 +61,28 @@ class Release:
                 if release.fail_next:
                     self.send_error(release.fail_next.pop(0))
                     return
-                super().do_GET()
+                if self.path.startswith(CHANNELS_PATH + "/"):
+                    self._channel(self.path[len(CHANNELS_PATH) + 1:])
+                elif self.path.startswith(TAG_PATH + "/"):
+                    self._page(200, b"<html>release</html>")
+                else:
+                    super().do_GET()
+
+            def _channel(self, name: str) -> None:
+                if name not in release.channels:
+                    self.send_error(404)
+                    return
+                self.send_response(302)
+                self.send_header("Location", f"{release.url}{TAG_PATH}/{release.channels[name]}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def _page(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
             def log_message(self, *args):
                 pass
@@ -62,6 +94,10 @@ class Release:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         return self.url
+
+    @property
+    def channel_url(self) -> str:
+        return self.url + CHANNELS_PATH
 
     def stop(self) -> None:
         self.server.shutdown()
