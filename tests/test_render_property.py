@@ -208,8 +208,10 @@ def _check_rendered(profile, out: Path) -> None:
     assert server["https-listen-port"] == profile.k3s.api_port
     assert server.get("tls-san", []) == list(profile.k3s.tls_san)
     assert server.get("disable", []) == list(profile.k3s.disable)
-    assert server["node-label"] == [f"rackboot.dev/rack={profile.rack}", "rackboot.dev/role=jumphost"] + [
-        f"{k}={v}" for k, v in profile.k3s.node_labels]
+    # ServiceLB's port 80 on the jumphost only (its label, unless the profile disables servicelb).
+    servicelb = [] if "servicelb" in profile.k3s.disable else ["svccontroller.k3s.cattle.io/enablelb=true"]
+    assert server["node-label"] == [f"rackboot.dev/rack={profile.rack}", "rackboot.dev/role=jumphost",
+                                    *servicelb] + [f"{k}={v}" for k, v in profile.k3s.node_labels]
     for pi in profile.pis:
         agent = yaml.safe_load((out / "pi/nodes" / pi.name / "etc/rancher/k3s/config.yaml").read_text())
         assert agent["node-name"] == pi.name
