@@ -247,16 +247,14 @@ def label_jumphost(dyn, node: str) -> dict:
                   content_type="application/merge-patch+json", field_manager=FIELD_MANAGER,
                   _request_timeout=REQUEST_TIMEOUT)
     except ApiException as err:
-        raise RackbootError(f"labelling the jumphost's Node {node} ({label}): the API answered "
-                            f"{err.status} {err.reason}",
+        raise RackbootError(f"labelling the jumphost's Node {node} ({label}): the API answered {err.status} {err.reason}",
                             hint="kubectl get node on the jumphost; the agent tries again at its next run") from None
     return {"node": node, "label": label, "changed": True}
 
 
-def _prune(dyn, rack: str, inventory, keep: set) -> list[str]:
-    from kubernetes.client.exceptions import ApiException
+def prunable(dyn, rack: str, inventory, keep: set) -> list[tuple]:
+    """(resource, key) of the rack's objects this agent made that keep does not list, Namespaces last."""
     from kubernetes.dynamic.exceptions import ResourceNotFoundError
-
     selector = f"{MANAGED_BY}={FIELD_MANAGER},{RACK_LABEL}={rack}"
     doomed = []
     for api_version, kind in inventory:
@@ -266,14 +264,17 @@ def _prune(dyn, rack: str, inventory, keep: set) -> list[str]:
             continue
         for item in dyn.get(resource, label_selector=selector, _request_timeout=REQUEST_TIMEOUT).items:
             key = (api_version, kind, item.metadata.namespace or "", item.metadata.name)
-            # One already being deleted (a Namespace pruned by an earlier run
-            # and still Terminating) is pruned: deleting it again gets a 409.
+            # One being deleted (a Namespace pruned earlier, still Terminating) is pruned: a delete gets 409.
             if key not in keep and not item.metadata.deletionTimestamp:
                 doomed.append((resource, key))
-    # Namespaces last: deleting one deletes what is in it.
-    doomed.sort(key=lambda entry: entry[1][1] == "Namespace")
+    doomed.sort(key=lambda entry: entry[1][1] == "Namespace")   # deleting one deletes what is in it
+    return doomed
+
+
+def _prune(dyn, rack: str, inventory, keep: set) -> list[str]:
+    from kubernetes.client.exceptions import ApiException
     pruned = []
-    for resource, (_, kind, namespace, name) in doomed:
+    for resource, (_, kind, namespace, name) in prunable(dyn, rack, inventory, keep):
         try:
             dyn.delete(resource, name=name, namespace=namespace or None, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as err:
@@ -284,9 +285,8 @@ def _prune(dyn, rack: str, inventory, keep: set) -> list[str]:
 
 
 def _already_going(dyn, resource, namespace: str, name: str, err) -> bool:
-    """A delete answered 404 (gone), or 409 for an object whose deletion has
-    begun since it was listed (a Namespace: 'The system is ensuring all
-    content is removed'), is a prune done."""
+    """A delete answered 404 (gone), or 409 for an object whose deletion has begun since it
+    was listed (a Namespace: 'The system is ensuring all content is removed'), is a prune done."""
     from kubernetes.client.exceptions import ApiException
 
     if err.status == 404:

@@ -83,19 +83,8 @@ def _one(dyn, document, rack: str) -> tuple[tuple, list[str]]:
 
 
 def _doomed(dyn, rack: str, inventory, keep: set) -> list[str]:
-    selector = f"{apply.MANAGED_BY}={apply.FIELD_MANAGER},{apply.RACK_LABEL}={rack}"
-    from kubernetes.dynamic.exceptions import ResourceNotFoundError
-    lines = []
-    for api_version, kind in inventory:
-        try:
-            resource = dyn.resources.get(api_version=api_version, kind=kind)
-        except ResourceNotFoundError:
-            continue
-        for item in dyn.get(resource, label_selector=selector, _request_timeout=apply.REQUEST_TIMEOUT).items:
-            key = (api_version, kind, item.metadata.namespace or "", item.metadata.name)
-            if key not in keep and not item.metadata.deletionTimestamp:
-                lines.append(f"  - {kind} {key[2] + '/' if key[2] else ''}{key[3]} (pruned)")
-    return sorted(lines)
+    return sorted(f"  - {kind} {namespace + '/' if namespace else ''}{name} (pruned)"
+                  for _, (_, kind, namespace, name) in apply.prunable(dyn, rack, inventory, keep))
 
 
 def object_changes(layout: Layout, new: bundle.Bundle, rack: str) -> list[str]:
