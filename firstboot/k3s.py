@@ -6,6 +6,7 @@ the way k3s's install.sh does it air-gapped, and start it.
     Layout.k3s_images              the air-gap images k3s imports at start
     Layout.k3s_config              the rack's rendered config (token-file, labels, ...)
     Layout.node_password           this node's password (see below)
+    Layout.k3s_tls                 the rack's cluster CA, when its profile has k3s.ca (firstboot/k3s_ca.py)
     Layout.unit("k3s.service")     or k3s-agent.service on a Pi
 
 (firstboot/layout.py says where each is.)
@@ -49,7 +50,7 @@ import shutil
 from pathlib import Path
 
 from firstboot import k3s_bundle_files as bundle_files
-from firstboot import k3s_versions
+from firstboot import k3s_ca, k3s_versions
 from firstboot.errors import RackbootError
 from firstboot.layout import MACHINE, Layout, Role
 from firstboot.system import ensure_running, place, systemctl
@@ -185,9 +186,13 @@ def install(layout: Layout, rack: str, role: Role, node: str, version: str, toke
     """Install or upgrade k3s and (re)start it when anything changed."""
     arch = machine_arch()
     binary, images = find_bundle(layout.k3s_bundles, version, arch)
+    ca = None
     if role is Role.JUMPHOST:     # before anything is placed: a refused skip leaves k3s as it is
         k3s_versions.check_upgrade(k3s_versions.installed_version(layout.bin_dir / "k3s"), version)
+        ca = k3s_ca.install(layout, rack)     # the rack's own CA, if it has one, before k3s first starts
     changed = _install_files(layout, rack, role, node, binary, images)
+    if ca and ca["placed"]:
+        changed.append("cluster-ca")
     if token_changed:
         changed.append("token")
     unit = service_name(role)

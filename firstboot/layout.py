@@ -28,7 +28,7 @@ What the machine keeps (k3s's own paths are k3s's install.sh's):
 
     etc/rancher/k3s/{config.yaml,token,agent-token,k3s.yaml}
     etc/rancher/node/password
-    var/lib/rancher/k3s/{agent/images,server/db}
+    var/lib/rancher/k3s/{agent/images,server/db,server/tls}
     usr/local/bin/                        k3s and its links
     etc/systemd/system/                   units the agent writes
     srv/rackboot/pi-root                  where the Pis' root is mounted (jumphost)
@@ -185,6 +185,11 @@ class Layout:
     @property
     def datastore(self) -> Path:
         return self.rancher_state / "k3s/server/db"
+
+    @property
+    def k3s_tls(self) -> Path:
+        """k3s's CAs and certificates (firstboot/k3s_ca.py places the rack's CA here)."""
+        return self.rancher_state / "k3s/server/tls"
 
     @property
     def bin_dir(self) -> Path:

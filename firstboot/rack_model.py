@@ -58,18 +58,26 @@ def read_all(layout: Layout) -> list[RackProfile]:
     if not paths:
         raise BadInput(f"no rack models ({layout.racks}/RACK/{RACK_MODEL}) on this machine",
                        hint="the image was built without its racks: build it again with ./build.py image")
-    models = []
-    for rack, directory in paths:
-        path = directory / RACK_MODEL
-        try:
-            text = files.read_regular(path, MAX_BYTES).decode("utf-8")
-        except (OSError, UnicodeDecodeError, files.NotRegularFile, files.TooLarge) as err:
-            raise BadInput(f"{path}: cannot read the rack model: {err}",
-                           hint="the image is damaged: reflash or rebuild it") from None
-        own = directory / bundle.PROFILES
-        model = loads(text, own if own.is_dir() else layout.profiles, path)
-        if model.rack != rack:
-            raise BadInput(f"{path}: holds rack {model.rack!r}, not {rack!r}",
-                           hint="the image is damaged: reflash or rebuild it")
-        models.append(model)
-    return models
+    return [_read(layout, rack, directory) for rack, directory in paths]
+
+
+def read_rack(layout: Layout, rack: str) -> RackProfile | None:
+    """The model of rack where its rendered files are taken from
+    (layout.rack: the chosen bundle, else the image's); None if there is none."""
+    directory = layout.rack(rack)
+    return _read(layout, rack, directory) if (directory / RACK_MODEL).exists() else None
+
+
+def _read(layout: Layout, rack: str, directory: Path) -> RackProfile:
+    path = directory / RACK_MODEL
+    try:
+        text = files.read_regular(path, MAX_BYTES).decode("utf-8")
+    except (OSError, UnicodeDecodeError, files.NotRegularFile, files.TooLarge) as err:
+        raise BadInput(f"{path}: cannot read the rack model: {err}",
+                       hint="the image is damaged: reflash or rebuild it") from None
+    own = directory / bundle.PROFILES
+    model = loads(text, own if own.is_dir() else layout.profiles, path)
+    if model.rack != rack:
+        raise BadInput(f"{path}: holds rack {model.rack!r}, not {rack!r}",
+                       hint="the image is damaged: reflash or rebuild it")
+    return model

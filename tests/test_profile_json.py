@@ -47,19 +47,19 @@ def test_every_profile_that_loads_reads_back_exactly():
 def test_json_names_its_format_and_holds_plain_values():
     [profile] = load_profiles([REPO / "rack-profiles" / "skolo-rack4.yaml"])
     data = to_json(profile)
-    assert data["format_version"] == FORMAT_VERSION == 4
+    assert data["format_version"] == FORMAT_VERSION == 5
     assert data["netboot"]["dhcp"] == "full" and data["jumphost"]["address"] == "192.168.1.8"
     assert data["k3s"]["token"] == {"ref": "berglas://skia-secrets/etc/k3s-node-token", "key": None}
     assert data["source"] == str(profile.source)
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 5, 0, "4", 4.0, True, None])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 6, 0, "5", 5.0, True, None])
 def test_unknown_format_version_is_refused(version):
     [profile] = load_profiles([REPO / "rack-profiles" / "example.yaml"])
     data = to_json(profile) | {"format_version": version}
     with pytest.raises(BadInput) as caught:
         from_json(data)
-    assert f"rack model: format_version {version!r}: this rackboot reads format_version 4 only" == str(caught.value)
+    assert f"rack model: format_version {version!r}: this rackboot reads format_version 5 only" == str(caught.value)
     assert caught.value.exit_status == 2 and "build the image again" in caught.value.hint
 
 
@@ -67,7 +67,7 @@ def test_missing_format_version_is_refused():
     [profile] = load_profiles([REPO / "rack-profiles" / "example.yaml"])
     data = to_json(profile)
     del data["format_version"]
-    with pytest.raises(BadInput, match=r"^rack model: no format_version: this rackboot reads format_version 4 only$"):
+    with pytest.raises(BadInput, match=r"^rack model: no format_version: this rackboot reads format_version 5 only$"):
         from_json(data)
 
 

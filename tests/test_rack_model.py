@@ -50,7 +50,7 @@ def test_the_model_names_no_build_host_path(machine):
 
 @pytest.mark.parametrize("damage, expected", [
     (lambda text: text[:-20], "not JSON"),
-    (lambda text: text.replace('"format_version": 4', '"format_version": 3'), "format_version 3"),
+    (lambda text: text.replace('"format_version": 5', '"format_version": 4'), "format_version 4"),
     (lambda text: text.replace('"rack": "example"', '"rack": "other"'), "holds rack 'other', not 'example'"),
     (lambda text: text.replace('"source": "example.yaml"', '"source": "/etc/shadow"'), "/etc/shadow: not a path"),
     (lambda text: text.replace('"source": "example.yaml"', '"source": "../x.yaml"'), "../x.yaml: not a path"),
@@ -84,5 +84,5 @@ def test_an_image_without_models_says_so(tmp_path):
 def test_the_model_is_a_json_object_in_the_models_format():
     [profile] = load_profiles([PROFILES / "example.yaml"])
     data = json.loads(rack_model.dumps(profile))
-    assert data["format_version"] == 4 and data["rack"] == "example"
+    assert data["format_version"] == 5 and data["rack"] == "example"
     assert data["source"] == "example.yaml"

@@ -171,6 +171,8 @@ def _check_ssh_host(doc: dict) -> Iterator[Problem]:
 
 def _check_secrets(doc: dict) -> Iterator[Problem]:
     refs = [(("k3s", "token"), doc["k3s"]["token"])]
+    if "ca" in doc["k3s"]:
+        refs.append((("k3s", "ca"), doc["k3s"]["ca"]))
     for i, secret in enumerate(doc["secrets"]):
         refs += [(("secrets", i, "data", key), raw) for key, raw in secret["data"].items()]
     for path, raw in refs:

@@ -58,7 +58,7 @@ def _jumphost(raw: dict) -> Jumphost:
 def _k3s(raw: dict) -> K3s:
     return K3s(version=raw["version"], token=parse_secret(raw["token"]), api_port=raw["api_port"],
                attach_port=raw.get("attach_port"), disable=tuple(raw["disable"]), tls_san=tuple(raw["tls_san"]),
-               node_labels=_labels(raw["node_labels"]))
+               node_labels=_labels(raw["node_labels"]), ca=parse_secret(raw["ca"]) if "ca" in raw else None)
 
 
 def _pi(raw: dict) -> Pi:

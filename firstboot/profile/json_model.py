@@ -21,8 +21,8 @@ from firstboot.errors import BadInput
 from firstboot.profile.model import RackProfile
 from firstboot.profile.problems import Keys, format_path, kind
 
-FORMAT_VERSION = 4     # 2: jumphost.ssh_host, k3s.attach_port; 3: migration.legacy_address;
-                       # 4: secret_imports, image_pull_secrets
+FORMAT_VERSION = 5     # 2: jumphost.ssh_host, k3s.attach_port; 3: migration.legacy_address;
+                       # 4: secret_imports, image_pull_secrets; 5: k3s.ca
 VERSION_KEY = "format_version"
 _AS_STRING = (ipaddress.IPv4Address, ipaddress.IPv4Network, Path)   # each made again from its str()
 

@@ -65,6 +65,7 @@ class K3s:
     disable: tuple[str, ...]
     tls_san: tuple[str, ...]
     node_labels: Labels
+    ca: secretref.SecretRef | None = None   # the rack's cluster CA (firstboot/k3s_ca.py); None: k3s makes its own
 
 
 @dataclass(frozen=True)
