@@ -184,13 +184,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="pushes (and baseline runs) to take the median of")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds: at least 1")
     with tempfile.TemporaryDirectory(prefix="rackboot-bench-push-") as work:
         work = Path(work)
         sm = SecretManagerDouble()
         sm.add("rackboot-loop", "k3s-node-token", b"rackboot-bench-push-token")
-        rack = Rack(work / "rack", rack_source(work), RACK, sm.start())
-        jumphost = None
+        rack = jumphost = None
         try:
+            rack = Rack(work / "rack", rack_source(work), RACK, sm.start())
             first = rack.agent()
             if first.returncode != 0:
                 raise SystemExit("the rack's first agent run failed:\n" + first.stderr + rack.status_text())
@@ -208,7 +210,8 @@ def main() -> None:
         finally:
             if jumphost is not None:
                 jumphost.destroy()
-            rack.destroy()
+            if rack is not None:
+                rack.destroy()
             sm.stop()
     report(rounds, builds, ssh_true, rerun)
 
