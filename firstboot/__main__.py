@@ -25,7 +25,7 @@ VENDORED = Path(__file__).resolve().parent.parent / "site-packages"
 if VENDORED.is_dir():
     sys.path.insert(0, str(VENDORED))
 
-from firstboot import agent, bundle_install, join, pi_access, secretref, secrets  # noqa: E402
+from firstboot import agent, bundle_install, join, pi_access, pi_bundle, secretref, secrets  # noqa: E402
 from firstboot.errors import RackbootError  # noqa: E402
 from firstboot.layout import Layout, Role  # noqa: E402
 
@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             print(_bundle(args, layout))
             return 0
         if args.verb == "join-server":
-            join.serve_forever(agent.rack_profile(layout, args.rack), layout.agent_token_file)
+            join.serve_forever(agent.rack_profile(layout, args.rack), layout.agent_token_file,
+                               bundle_archive=pi_bundle.archive_for_pis(layout, args.rack))
             return 0
         if args.verb == "pi-access":
             return pi_access.run(layout)

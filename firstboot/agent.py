@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from firstboot import (apply, bundle, host_keys, identify, k3s, metrics, nodes, rack_model, ready, report, serve,
-                       state, token)
+from firstboot import (apply, bundle, host_keys, identify, join, k3s, metrics, nodes, pi_bundle, rack_model, ready,
+                       report, serve, state, token)
 from firstboot.errors import RackbootError
 from firstboot.layout import Layout, Role
 from firstboot.profile import RackProfile
@@ -45,6 +45,7 @@ class Context:
     identity: identify.Identity | None = None
     token_changed: bool = False                   # the token step's: k3s restarts when it changed
     inventory: tuple = ()                         # apply's kinds applied, pruned through next time
+    served_bundle: str | None = None              # the bundle digest the last serve step served
 
     @property
     def profile(self) -> RackProfile | None:
@@ -78,9 +79,11 @@ def _notify(text: str) -> None:
 
 
 def step_identify(ctx: Context) -> dict:
+    cmdline = CMDLINE.read_text()
+    if ctx.role is Role.PI:      # the rack's bundle in use on its jumphost: a pushed one may name this Pi
+        pi_bundle.refresh(ctx.layout, cmdline, join.FETCH_TIMEOUT)
     ctx.layout, bundles = bundle.choose_all(ctx.layout)    # each rack's newest verified bundle
     profiles = rack_model.read_all(ctx.layout)
-    cmdline = CMDLINE.read_text()
     if ctx.role is Role.JUMPHOST:
         ctx.identity = identify.identify_jumphost(profiles, cmdline, identify.rack_from_seed())
     else:
@@ -97,7 +100,8 @@ def rack_profile(layout: Layout, rack: str) -> RackProfile:
 
 
 def step_serve(ctx: Context) -> dict:
-    return serve.serve(ctx.layout, ctx.profile)
+    in_use = (ctx.status.get("bundle") or {}).get("digest")
+    return serve.serve(ctx.layout, ctx.profile, in_use, ctx.served_bundle)
 
 
 def step_token(ctx: Context) -> dict:
@@ -186,6 +190,7 @@ def run(role: Role | str, layout: Layout | None = None) -> int:
     layout = layout or Layout.from_environment()
     ctx = Context(layout, Role(role), state.load(layout), journal)
     ctx.inventory = tuple(map(tuple, ctx.status.get("inventory", ())))
+    ctx.served_bundle = ((ctx.status.get("steps") or {}).get("serve", {}).get("result") or {}).get("bundle")
     ctx.status.update(role=str(ctx.role), started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), failed=None)
     ctx.status["steps"] = {}
     failure = 0

@@ -20,18 +20,15 @@ Errors are BadInput (exit 2) for a bundle that must not be installed, with
 the reason; the staging directory is removed whatever happens.
 """
 
-import io
 import os
 import shutil
-import tarfile
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from firstboot import bundle, bundle_preview, files, state, system
+from firstboot import bundle, bundle_archive, bundle_preview, files, state, system
 from firstboot.errors import BadInput
 from firstboot.layout import Layout
 
-MAX_ARCHIVE = 512 << 20       # a 300-Pi rack's bundle is a few MiB
 KEEP = 5                      # pushed revisions kept per rack (rollback goes back through them)
 AGENT_UNIT = "rackboot-firstboot.service"
 
@@ -51,57 +48,9 @@ def this_rack(layout: Layout) -> str:
                    hint="sudo PYTHONPATH=/usr/lib/rackboot python3 -m firstboot status says why")
 
 
-def _safe_name(name: str) -> PurePosixPath:
-    path = PurePosixPath(name)
-    if path.is_absolute() or not path.parts or any(part in ("", ".", "..") for part in path.parts):
-        raise bundle.BundleInvalid(f"the archive holds {name!r}: not a plain relative path")
-    return path
-
-
-def _place(staging: Path, name: str) -> Path:
-    """Where member name goes: under staging, through no link, not there yet
-    (a link first and a file through it, or twice one name, would write
-    outside staging)."""
-    target = staging / _safe_name(name)
-    for parent in [*reversed(target.relative_to(staging).parents)][1:]:
-        if (staging / parent).is_symlink():
-            raise bundle.BundleInvalid(f"the archive holds {name!r}, under a link")
-    if os.path.lexists(target) and (target.is_symlink() or not target.is_dir()):
-        raise bundle.BundleInvalid(f"the archive holds {name!r} twice")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return target
-
-
-def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
-    if member.isdir():
-        target.mkdir(exist_ok=True)
-        target.chmod(member.mode & 0o755)
-    elif member.issym():
-        target.symlink_to(member.linkname)     # bundle.verify allows only the TFTP tree's
-    elif member.isreg():
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     member.mode & 0o755)
-        with os.fdopen(fd, "wb") as out:
-            shutil.copyfileobj(tar.extractfile(member), out)
-    else:
-        raise bundle.BundleInvalid(f"the archive holds {member.name!r}, neither a file, a directory nor a link")
-
-
-def unpack(data: bytes, staging: Path) -> None:
-    """The archive's files, directories and links into staging (empty)."""
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            for member in tar:
-                if member.name not in (".", "./"):
-                    _write_member(tar, member, _place(staging, member.name))
-    except (tarfile.TarError, EOFError) as err:
-        raise bundle.BundleInvalid(f"not a bundle archive: {err}") from None
-    staging.chmod(0o755)
-
-
 def _read_archive(archive: Path) -> bytes:
     try:
-        return files.read_regular(archive, MAX_ARCHIVE)
+        return files.read_regular(archive, bundle_archive.MAX_ARCHIVE)
     except (OSError, files.NotRegularFile, files.TooLarge) as err:
         raise BadInput(f"{archive}: cannot read the bundle archive: {err}") from None
 
@@ -141,7 +90,7 @@ def install(layout: Layout, archive: Path, dry_run: bool = False) -> str:
     layout.pushed_bundles.chmod(0o755)
     staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=store))
     try:
-        unpack(data, staging)
+        bundle_archive.unpack(data, staging)
         new = bundle.verify(staging)
         if new.rack != rack:
             raise BadInput(f"the bundle is rack {new.rack}'s; this jumphost is rack {rack}'s",

@@ -15,7 +15,10 @@ hundreds of machines. Instead:
     waiting for the jumphost for as long as it takes to come up.
 
 It hands each Pi its ssh host key too (GET /v1/ssh-host-key/NODE, derived
-from the rack's token: firstboot/host_keys.py).
+from the rack's token: firstboot/host_keys.py), and the rack's bundle in use
+(GET /v1/bundle, a tar: firstboot/pi_bundle.py), so that a Pi added by a
+push finds itself in it. The service reads the bundle when it starts; the
+agent's serve step restarts it when the bundle in use changes.
 
 The service faces everything on the rack network, so an address outside the
 subnet is answered 403 and closed before anything is read, in the accepting
@@ -48,6 +51,7 @@ from firstboot.errors import RackbootError
 from firstboot.layout import MACHINE
 
 PATH = "/v1/agent-token"
+BUNDLE_PATH = "/v1/bundle"
 FETCH_TIMEOUT = float(os.environ.get("RACKBOOT_JOIN_TIMEOUT", "1800"))   # a jumphost may take a while
 RETRY_SECONDS = 5
 
@@ -151,6 +155,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     token_file: Path
     profile: object
     host_key_secret: Path
+    bundle_archive: bytes | None      # the rack's bundle in use, packed (None: the image's is unsealed)
     server_version = "rackboot-join"
     timeout = CONNECTION_SECONDS     # writes too: a client that does not read its answer
 
@@ -165,6 +170,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(*host_keys.answer(self.profile, self.host_key_secret, self.client_address[0],
                                          self.path[len(host_keys.PATH):]))
             return
+        if self.path == BUNDLE_PATH and self.bundle_archive:
+            self._send(200, self.bundle_archive, "application/x-tar")
+            return
         if self.path != PATH:
             self._send(404, b"not found\n")
             return
@@ -177,9 +185,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self._send(503, b"the jumphost has no agent token yet (its token step has not run)\n")
 
-    def _send(self, status: int, body: bytes) -> None:
+    def _send(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
@@ -249,12 +257,14 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
                          + (f": {printable(str(error))}" if str(error) else "") + "\n")
 
 
-def serve_forever(profile, token_file: Path,
-                  connection_seconds: float = CONNECTION_SECONDS, host_key_secret: Path | None = None) -> None:
+def serve_forever(profile, token_file: Path, connection_seconds: float = CONNECTION_SECONDS,
+                  host_key_secret: Path | None = None, bundle_archive: bytes | None = None) -> None:
     """Serve token_file (the jumphost's Layout.agent_token_file) to profile's
-    rack, and its Pis' host keys from host_key_secret (Layout.ssh_host_key_secret)."""
+    rack, its Pis' host keys from host_key_secret (Layout.ssh_host_key_secret)
+    and bundle_archive (the rack's bundle in use, packed)."""
     handler = type("Handler", (_Handler,), {"token_file": token_file, "profile": profile,
-                                            "host_key_secret": host_key_secret or MACHINE.ssh_host_key_secret})
+                                            "host_key_secret": host_key_secret or MACHINE.ssh_host_key_secret,
+                                            "bundle_archive": bundle_archive})
     server = _Server((str(profile.jumphost.address), profile.netboot.join_port), handler,
                      profile.network.subnet, connection_seconds)
     try:

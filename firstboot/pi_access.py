@@ -17,7 +17,8 @@ SD-card Pi's, from an earlier boot) or makes a fresh one, and says so, once,
 in the journal and on the console. Its ssh clients will then see another
 host key than the one they know until it gets its own at a later boot.
 
-It identifies the Pi as the agent does, on its own: sshd must not wait for
+It identifies the Pi as the agent does, on its own (its rack's bundle in use
+fetched from the jumphost first: firstboot/pi_bundle.py): sshd must not wait for
 the agent's longer steps, nor stay down when they fail. Keys never appear
 in its output.
 """
@@ -30,7 +31,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from firstboot import host_keys, identify, rack_model, system
+from firstboot import host_keys, identify, pi_bundle, rack_model, system
 from firstboot.errors import RackbootError
 from firstboot.layout import Layout
 
@@ -46,10 +47,11 @@ class NoHostKey(Exception):
     """Why the jumphost gave this Pi no host key (never the key)."""
 
 
-def identify_pi(layout: Layout) -> identify.Identity:
+def identify_pi(layout: Layout, timeout: float = FETCH_TIMEOUT) -> identify.Identity:
+    cmdline = CMDLINE.read_text()
+    pi_bundle.refresh(layout, cmdline, timeout)     # a Pi added by a push is only in its jumphost's bundle
     return identify.identify_pi(rack_model.read_all(layout), identify.pi_serial(),
-                                identify.NetworkView.read().macs,
-                                identify.rack_from_cmdline(CMDLINE.read_text()))
+                                identify.NetworkView.read().macs, identify.rack_from_cmdline(cmdline))
 
 
 def write_authorized_keys(layout: Layout, profile) -> bool:
@@ -145,7 +147,7 @@ def run(layout: Layout | None = None, timeout: float = FETCH_TIMEOUT) -> int:
     still gets a host key, and no admin keys)."""
     layout = layout or Layout.from_environment()
     try:
-        identity = identify_pi(layout)
+        identity = identify_pi(layout, timeout)
     except RackbootError as err:
         log.error("ssh access: %s; no admin keys on this Pi", err)
         ensure_host_key(layout, None, "unknown", timeout)

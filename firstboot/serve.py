@@ -9,7 +9,8 @@
     Layout.dnsmasq_conf           the rack's rendered dnsmasq configuration, run by
                                   rackboot-dnsmasq.service
     Layout.exports                the rack's rendered export, loaded by exportfs
-    rackboot-join.service         gives the Pis their k3s agent token (join.py)
+    rackboot-join.service         gives the Pis their k3s agent token and the rack's
+                                  bundle in use (join.py), restarted when that changes
 
 (firstboot/layout.py says where each is.)
 
@@ -161,7 +162,10 @@ def _place_rendered(layout: Layout, rack: str, target: Path) -> bool:
     return system.place_file(layout.rendered(rack, Role.JUMPHOST, target), layout.root / target.relative_to("/"))
 
 
-def serve(layout: Layout, profile) -> dict:
+def serve(layout: Layout, profile, bundle_digest: str | None = None, served_before: str | None = None) -> dict:
+    """bundle_digest: the rack's bundle in use; served_before: the one the
+    last run's serve step served (the join service serves the bundle it read
+    when it started, so it restarts when they differ)."""
     if not profile.pis:
         return {"skipped": f"rack {profile.rack} has no Pis"}
     _check_netboot_files(layout, profile.rack)
@@ -183,6 +187,8 @@ def serve(layout: Layout, profile) -> dict:
     if {"dnsmasq-unit", "join-unit"} & set(changed):
         system.systemctl("daemon-reload")
     system.ensure_running(DNSMASQ_UNIT, restart=bool({"dnsmasq-config", "dnsmasq-unit"} & set(changed)))
-    system.ensure_running(JOIN_UNIT, restart="join-unit" in changed)
+    if bundle_digest != served_before:
+        changed.append("bundle")
+    system.ensure_running(JOIN_UNIT, restart=bool({"join-unit", "bundle"} & set(changed)))
     return {"pis": len(profile.pis), "tftp_root": profile.netboot.tftp_root, "nfs_root": str(nfs_root),
-            "dhcp": str(profile.netboot.dhcp), "changed": changed}
+            "dhcp": str(profile.netboot.dhcp), "changed": changed, "bundle": bundle_digest}

@@ -81,7 +81,9 @@ def ensure_running(unit: str, restart: bool) -> str:
     hint = f"journalctl -u {unit} says more"
     systemctl("enable", unit, hint=hint)
     if not is_active(unit):
-        systemctl("start", "--no-block", unit, hint=hint)
+        # restart, not start, when its inputs changed: a unit still starting
+        # (activating) may have read the old ones, and start would leave it so.
+        systemctl("restart" if restart else "start", "--no-block", unit, hint=hint)
         return "started"
     if restart:
         systemctl("restart", "--no-block", unit, hint=hint)

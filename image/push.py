@@ -2,8 +2,7 @@
 bundle onto its running jumphost, over ssh as the admin user (image/ssh.py).
 
 1. the bundle is built here (image/bundle_build.py) and packed as one tar
-   file (regular files, directories and the TFTP tree's links; owners root,
-   times 0, sorted: the same bundle gives the same bytes);
+   file (firstboot/bundle_archive.py: the same bundle gives the same bytes);
 2. scp copies it into ~rackboot/.rackboot-push/ on the jumphost;
 3. `sudo -n python3 -m firstboot bundle install FILE` there unpacks it into a
    root-owned staging directory, verifies it, refuses another rack's or an
@@ -20,16 +19,14 @@ rack, a file name made of the rack and revision) checked names; ssh.argv
 quotes it with shlex.join for the remote shell.
 """
 
-import io
 import logging
 import re
 import sys
-import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from firstboot import commands
+from firstboot import bundle_archive, commands
 from firstboot.errors import BadInput
 from firstboot.layout import MACHINE
 from firstboot.profile import RackProfile
@@ -57,28 +54,6 @@ def check_host(host: str) -> None:
     if not HOST.fullmatch(host):
         raise BadInput(f"--to {host!r}: not a host name or IPv4 address",
                        hint="the jumphost's ssh name, as in the profile's jumphost.ssh_host")
-
-
-def pack(directory: Path) -> bytes:
-    """directory as a tar (its entries under the bundle's own paths)."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in [directory, *sorted(directory.rglob("*"))]:
-            info = tar.gettarinfo(str(path), arcname=path.relative_to(directory).as_posix())
-            info.uid = info.gid = 0
-            info.uname = info.gname = "root"
-            info.mtime = 0
-            with open(path, "rb") if info.isreg() else _nothing() as data:
-                tar.addfile(info, data)
-    return out.getvalue()
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *_):
-        return False
 
 
 def _scp(target: ssh.Target, local: Path, remote_name: str) -> None:
@@ -127,7 +102,7 @@ def push(profile: RackProfile, request: Request) -> int:
         made = bundle_build.write(profile, Path(work) / profile.rack, number, commit)
         log.info("bundle %s", made.describe())
         archive = Path(work) / f"{profile.rack}-r{number}.tar"
-        archive.write_bytes(pack(made.directory))
+        archive.write_bytes(bundle_archive.pack(made.directory))
         remote_file = f"{STAGING}/{archive.name}"
         ssh.remote(target, ["mkdir", "-p", "-m", "0700", "--", STAGING])
         try:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from firstboot import bundle, bundle_install, rack_model, state
+from firstboot import bundle, bundle_archive, bundle_install, rack_model, state
 from firstboot.errors import BadInput
 from firstboot.layout import Layout
 from firstboot.profile import load_profiles
-from image import bundle_build, bundle_seal, push, render
+from image import bundle_build, bundle_seal, render
 from tests.conftest import REPO
 
 PROFILES = REPO / "rack-profiles"
@@ -98,7 +98,7 @@ def jumphost(tmp_path, monkeypatch):
 def archive(tmp_path: Path, profile, revision: int) -> Path:
     made = bundle_build.write(profile, tmp_path / f"built-{revision}" / profile.rack, revision, None)
     path = tmp_path / f"{profile.rack}-{revision}.tar"
-    path.write_bytes(push.pack(made.directory))
+    path.write_bytes(bundle_archive.pack(made.directory))
     return path
 
 

@@ -5,15 +5,20 @@ drops the one it removes (TFTP directory, DHCP line, Node), touching nothing
 else; a pushed bundle that no longer verifies is skipped, with a log line,
 for the newest one that does."""
 
+import dataclasses
 import os
+import time
 
 import pytest
 import yaml
 
+from firstboot import bundle, bundle_archive, join, pi_bundle
+from firstboot.layout import Layout
 from image import bundle_build
 from tests.doubles.secret_manager import SecretManagerDouble
 from tests.lib.machine import REPO
 from tests.lib.rack import Rack
+from tests.test_pi_access import access, get, wait_for_join_service
 from tests.test_serve import dnsmasq_pid, tftp_fetch, wait_for_tftp
 
 TOKEN = b"rackboot-bundle-serve-test-token"
@@ -86,7 +91,7 @@ def test_a_pushed_bundle_adds_and_removes_pis_without_a_reboot(rack, tmp_path):
     assert second.returncode == 0, second.stderr + rack.status_text()
     status = rack.status()
     assert status["bundle"]["revision"] == 5
-    assert sorted(status["steps"]["serve"]["result"]["changed"]) == ["dnsmasq-config", "tftp-root"]
+    assert sorted(status["steps"]["serve"]["result"]["changed"]) == ["bundle", "dnsmasq-config", "tftp-root"]
     assert os.readlink(rack.machine.path("/srv/rackboot/tftp")) == "/var/lib/rackboot/bundles/loop/5/tftp"
     assert dnsmasq_pid(rack) != pid                                   # restarted; the machine was not rebooted
     assert "rack bundle in use: loop revision 5 (sha256:" in rack.status_text()
@@ -113,3 +118,82 @@ def test_a_pushed_bundle_adds_and_removes_pis_without_a_reboot(rack, tmp_path):
     assert rack.status()["bundle"]["revision"] == -1      # the image's tree (unsealed in this pretend image)
     assert os.readlink(rack.machine.path("/srv/rackboot/tftp")) == "/usr/share/rackboot/racks/loop/tftp"
     assert [h.split(",")[0] for h in dhcp_hosts(rack)] == [f"dhcp-host={one['mac']}", f"dhcp-host={two['mac']}"]
+
+
+def bundle_served(rack: Rack) -> bytes:
+    """The join service's answer to GET /v1/bundle once it serves one (the
+    agent restarts it without waiting; the old one says 404 until it goes)."""
+    jumphost, port = str(rack.machine.address), rack.profile().netboot.join_port
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            status, body = get(jumphost, port, join.BUNDLE_PATH)
+            if status == 200:
+                return body
+        except OSError:
+            status = None
+        assert time.monotonic() < deadline, f"no bundle from the join service (last: {status})\n" \
+            + rack.machine.journal("rackboot-join.service")
+        time.sleep(0.2)
+
+
+def test_a_pi_added_by_a_push_finds_itself_in_its_jumphosts_bundle(rack, tmp_path):
+    """The Pis' shared root carries the image's bundles only: a Pi added by a
+    push identifies itself (pi-access, then the agent) from the bundle its
+    jumphost's join service serves, which the agent restarts to serve it."""
+    first = rack.agent()
+    assert first.returncode == 0, first.stderr + rack.status_text()
+    three = pi(3)
+    added = rack.add_machine("pi3", cmdline="console=ttyAMA0 rackboot.rack=loop", address=rack.ip(three["address"]),
+                             cpuinfo=f"processor\t: 0\nHardware\t: BCM2835\nSerial\t\t: 10000000{three['serial']}\n")
+    # Before the push: the image's tree is unsealed here, so the join service has no bundle to give.
+    wait_for_join_service(rack)
+    before = access(rack, added, RACKBOOT_HOST_KEY_TIMEOUT=0)
+    assert before.returncode == 1
+    assert "/v1/bundle (HTTP 404): using the bundles this Pi has" in before.stderr
+    assert "is in no rack profile of this image" in before.stderr
+
+    on_bridge = [{**p, "address": rack.ip(p["address"])} for p in (pi(1), pi(2), three)]
+    push_bundle(rack, 5, lambda p: p.update(pis=on_bridge))
+    second = rack.agent()
+    assert second.returncode == 0, second.stderr + rack.status_text()
+    assert "bundle" in rack.status()["steps"]["serve"]["result"]["changed"]     # the join service restarted
+    served = bundle_served(rack)
+    assert served == bundle_archive.pack(rack.machine.path("/var/lib/rackboot/bundles/loop/5"))
+
+    after = access(rack, added)
+    assert after.returncode == 0, after.stderr
+    assert "rack loop: revision 5 from http://" in after.stderr
+    assert added.run(["hostname"]).stdout == "loop-pi-03\n"
+    assert "ssh access for loop-pi-03 of rack loop" in after.stderr and "host key from the jumphost" in after.stderr
+    kept = added.path("/var/lib/rackboot/bundles/loop/5")
+    assert bundle.verify(kept, "loop", 5).digest == rack.status()["bundle"]["digest"]
+    # The agent's identify step finds it the same way, and keeps one bundle, the jumphost's.
+    joined = rack.agent(added, role="pi")
+    identified = rack.status(added)["steps"]["identify"]
+    assert identified["outcome"] == "done", joined.stderr + rack.status_text(added)
+    assert identified["result"]["node"] == "loop-pi-03"
+    assert rack.status(added)["bundle"]["revision"] == 5
+    assert sorted(p.name for p in added.path("/var/lib/rackboot/bundles/loop").iterdir()) == ["5"]
+
+
+def test_a_damaged_or_foreign_bundle_from_the_network_is_not_kept(rack, tmp_path, monkeypatch, caplog):
+    """What a Pi takes from the rack network is hostile input: an archive
+    that does not verify, or another rack's bundle, is logged and never kept."""
+    made = bundle_build.write(rack.profile(), tmp_path / "good/loop", 7, None)
+    good = bundle_archive.pack(made.directory)
+    foreign = bundle_archive.pack(bundle_build.write(dataclasses.replace(rack.profile(), rack="other"),
+                                                     tmp_path / "foreign/other", 8, None).directory)
+    layout = Layout(tmp_path / "pi").moving(racks=made.directory.parent)
+    damaged = good.replace(b"loop-pi-01", b"loop-pi-0X", 1)
+    assert damaged != good
+    for answer, why in ((damaged, "differ from BUNDLE.json"), (b"not a tar" * 100, "not a bundle archive"), (foreign, "other")):
+        caplog.clear()
+        monkeypatch.setattr(pi_bundle, "download", lambda *_args, answer=answer: answer)
+        assert pi_bundle.fetch(layout, "loop", timeout=0) is None
+        assert not list((layout.pushed_bundles / "loop").iterdir())
+        [line] = [r.getMessage() for r in caplog.records if "is not used" in r.getMessage()]
+        assert why in line, line
+    monkeypatch.setattr(pi_bundle, "download", lambda *_args: good)
+    assert pi_bundle.fetch(layout, "loop", timeout=0).revision == 7
+    assert [p.name for p in (layout.pushed_bundles / "loop").iterdir()] == ["7"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from firstboot import bundle
+from firstboot import bundle, bundle_archive
 from firstboot.profile import load_profiles
 from image import bundle_build, push
 from tests.lib.machine import REPO
@@ -186,7 +186,7 @@ def test_push_refuses_another_racks_an_older_and_a_corrupt_bundle(operator, rack
     assert "error: the bundle is rack rack-b's; this jumphost is rack rack-a's" in other.stderr
     # A bundle damaged on its way: one byte of a file changed inside the archive.
     made = bundle_build.write(load_profiles([operator["profiles"] / "rack-a.yaml"])[0], tmp_path / "b/rack-a", 5, None)
-    data = push.pack(made.directory)
+    data = bundle_archive.pack(made.directory)
     spot = data.index(b"greeting: older")
     damaged = tmp_path / "rack-a-r5.tar"
     damaged.write_bytes(data[:spot] + b"greeting: olden" + data[spot + 15:])

@@ -85,7 +85,8 @@ def test_jumphost_serves_its_pis(rack, tmp_path):
     assert done.returncode == 0, done.stderr + rack.status_text()
     serve = rack.status()["steps"]["serve"]
     assert serve["outcome"] == "done"
-    assert sorted(serve["result"]["changed"]) == ["dnsmasq-config", "dnsmasq-unit", "exports", "join-unit",
+    # "bundle": the join service now serves the rack's bundle in use (firstboot/pi_bundle.py).
+    assert sorted(serve["result"]["changed"]) == ["bundle", "dnsmasq-config", "dnsmasq-unit", "exports", "join-unit",
                                                      "tftp-root"]
     m = rack.machine
     # The link dnsmasq serves through, to the tree the image made for this rack.
@@ -156,7 +157,8 @@ def test_a_run_that_fails_at_exportfs_is_finished_by_the_next(rack, tmp_path):
         assert not rack.machine.need_daemon_reload(unit), unit
     done = rack.agent()
     assert done.returncode == 0, done.stderr + rack.status_text()
-    assert rack.status()["steps"]["serve"]["result"]["changed"] == ["dnsmasq-config", "dnsmasq-unit"]
+    # "bundle": the failed run recorded no bundle served, so the join service restarts to be sure of its.
+    assert rack.status()["steps"]["serve"]["result"]["changed"] == ["dnsmasq-config", "dnsmasq-unit", "bundle"]
     assert f"dhcp-range={rack.ip('127.0.9.1')},{rack.ip('127.0.9.50')}" in rack.machine.path("/etc/dnsmasq.d/rackboot-netboot.conf").read_text()
     assert dnsmasq_pid(rack) != pid
     assert not rack.machine.need_daemon_reload("rackboot-dnsmasq.service")
