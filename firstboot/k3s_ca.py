@@ -83,8 +83,10 @@ def _place(tls: Path, files: dict[str, bytes]) -> None:
     try:
         for number, (name, content) in enumerate(sorted(files.items())):
             _write(staging / str(number), content, 0o600 if is_key(name) else 0o644)
-        for directory in {tls, *((tls / name).parent for name in files)}:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for directory in sorted({tls, *((tls / name).parent for name in files)}):
+            if not directory.is_dir():         # k3s's own tls directories are root's alone
+                directory.mkdir()
+                directory.chmod(0o700)
         for number, name in enumerate(sorted(files)):
             os.rename(staging / str(number), tls / name)
         for directory in {tls, *((tls / name).parent for name in files)}:

@@ -23,7 +23,7 @@ Nothing here puts a key's bytes into an error: messages name files only.
 
 import io
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
 
@@ -39,7 +39,7 @@ MAX_MEMBER_BYTES = 64 * 1024
 @dataclass(frozen=True)
 class ClusterCa:
     """The stored CA files: name (as under server/tls) -> bytes."""
-    files: tuple[tuple[str, bytes], ...]
+    files: tuple[tuple[str, bytes], ...] = field(repr=False)      # keys: never in a traceback
 
     def as_dict(self) -> dict[str, bytes]:
         return dict(self.files)
@@ -57,7 +57,7 @@ def read(blob: bytes, where: str) -> ClusterCa:
         raise BadInput(f"{where}: the stored cluster CA lacks {', '.join(missing)}",
                        hint="store all of k3s's CA files: " + ", ".join(REQUIRED) + " (./build.py make-ca makes them)")
     for pair in CA_PAIRS:
-        _check_pair(files[f"{pair}.crt"], files[f"{pair}.key"], f"{where}: {pair}")
+        _check_pair(files[f"{pair}.crt"], files[f"{pair}.key"], where, pair)
     _private_key(files[SERVICE_KEY], f"{where}: {SERVICE_KEY}")
     return ClusterCa(tuple(sorted(files.items())))
 
@@ -110,7 +110,8 @@ def _private_key(pem: bytes, what: str):
     return key
 
 
-def _check_pair(crt: bytes, key_pem: bytes, what: str) -> None:
+def _check_pair(crt: bytes, key_pem: bytes, where: str, pair: str) -> None:
+    what = f"{where}: {pair}"
     from cryptography import x509
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -133,5 +134,5 @@ def _check_pair(crt: bytes, key_pem: bytes, what: str) -> None:
     key = _private_key(key_pem, f"{what}.key")
     spki = (Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     if key.public_key().public_bytes(*spki) != certificates[0].public_key().public_bytes(*spki):
-        raise BadInput(f"{what}.key is not the key of {what}.crt's certificate",
+        raise BadInput(f"{what}.key is not the key of {pair}.crt's certificate",
                        hint="store the CA's certificate and its own key")

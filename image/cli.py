@@ -207,6 +207,9 @@ VERBS = (
          options=ATTACH),
     Verb("bundle", "write the rack's bundle (its model, profile files, rendered files and TFTP tree, with a "
                    "revision and a digest in BUNDLE.json) into DIR/RACK/", options=(REVISION,)),
+    Verb("make-ca", "make the rack's cluster CA as k3s's generate-custom-ca-certs.sh does, into DIR/RACK/: "
+                    "cluster-ca.tar.gz (store it and name it as k3s.ca: every jumphost of the rack then runs this "
+                    "CA) and the root and intermediate CA (keep them offline); never replaces one"),
     Verb("push", "send the rack's bundle to its running jumphost over ssh (as its admin user), which verifies "
                  "it, refuses another rack's or an older one, puts it in place and runs its agent again",
          needs_output=False, options=PUSH),

@@ -294,3 +294,5 @@ def run_router(args, ready: Ready) -> int:
 from image import bundle_verbs  # noqa: E402
 preflight_bundle, run_bundle = bundle_verbs.preflight_bundle, bundle_verbs.run_bundle
 preflight_push, run_push = bundle_verbs.preflight_push, bundle_verbs.run_push
+from image import ca_verbs  # noqa: E402   (make-ca; the same reason)
+preflight_make_ca, run_make_ca = ca_verbs.preflight_make_ca, ca_verbs.run_make_ca

@@ -39,7 +39,7 @@ def test_help_is_quick(build, verb):
 # ------------------------------------------------------------ --help installs nothing
 
 VERBS = ["check", "render", "image", "seed", "fetch-k3s", "netboot", "sdcard", "boot", "clusters", "attach", "bundle",
-         "push", "router"]
+         "make-ca", "push", "router"]
 
 
 def test_every_verb_is_declared_with_its_preflight_and_run():

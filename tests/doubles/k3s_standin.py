@@ -14,7 +14,13 @@ k3s's command line, files and protocols that rackboot relies on:
                joins agents only; written to DATA/server/agent-token as k3s
                does). Another key is logged "Unknown flag --KEY found in
                config.yaml, skipping" and skipped, as k3s does.
-               Makes its CAs and certificates (openssl), the admin kubeconfig,
+               Uses the CA files it finds in DATA/server/tls (server, client,
+               request-header, etcd/server, etcd/peer: NAME-ca.crt and .key;
+               service.key) and makes those missing, as k3s does; stops as
+               k3s would on a certificate or key that does not parse or a
+               key that is not its certificate's. The token's CA hash is
+               k3s's hashCA (a bundle's: its root's). Makes its certificates
+               (openssl), the admin kubeconfig,
                registers its own node, serves a Kubernetes API over HTTPS
                (client-certificate auth) and the join endpoints, keeps its
                datastore in DATA/server/db, sends sd_notify READY=1.
@@ -415,12 +421,103 @@ def openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+# The cluster's CAs (pkg/daemons/control/deps/deps.go CreateRuntimeCertFiles),
+# each NAME.crt and NAME.key under server/tls, and service.key, the service-
+# account signing key. Placed there before the first start, they are k3s's
+# ("Using Custom CA Certificates"); missing, k3s makes them.
+CA_NAMES = ("client-ca", "server-ca", "request-header-ca", "etcd/server-ca", "etcd/peer-ca")
+SERVICE_KEY = "service.key"
+PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----\n?", re.S)
+
+
 def make_ca(directory: Path, name: str) -> None:
-    if (directory / f"{name}.crt").exists():
+    """deps.go createSigningCertKey: kept when both NAME.crt and NAME.key
+    exist; otherwise a self-signed CA certificate is written with the key
+    that is there (certutil.LoadOrGenerateKeyFile), or a new EC key."""
+    crt, key = directory / f"{name}.crt", directory / f"{name}.key"
+    if crt.exists() and key.exists():
         return
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", str(directory / f"{name}.key"), "-out", str(directory / f"{name}.crt"),
-            "-days", "3650", "-subj", f"/CN=k3s-{name}@{int(time.time())}")
+    crt.parent.mkdir(parents=True, exist_ok=True)
+    subject = f"/CN={'' if name.startswith('etcd/') else 'k3s-'}{name.replace('/', '-')}@{int(time.time())}"
+    new_key = ["-key", str(key)] if key.exists() else \
+        ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key)]
+    openssl("req", "-x509", *new_key, "-out", str(crt), "-days", "3650", "-subj", subject,
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,digitalSignature,"
+            "keyEncipherment,keyCertSign")
+    key.chmod(0o600)
+
+
+def make_service_key(directory: Path) -> None:
+    """deps.go genServiceAccount: an RSA key when service.key is missing."""
+    if not (directory / SERVICE_KEY).exists():
+        openssl("genrsa", "-traditional", "-out", str(directory / SERVICE_KEY), "2048")
+        (directory / SERVICE_KEY).chmod(0o600)
+
+
+def check_cas(directory: Path) -> None:
+    """What k3s's start makes of the CA files: each .crt must parse
+    (certutil.CertsFromFile) and each key be its certificate's, for Go's
+    x509.CreateCertificate refuses to sign the leaf certificates with any
+    other; service.key must parse (keyutil.PrivateKeyFromFile)."""
+    for name in CA_NAMES:
+        crt, key = directory / f"{name}.crt", directory / f"{name}.key"
+        try:
+            certificate_key = openssl_output("x509", "-in", str(crt), "-noout", "-pubkey")
+        except subprocess.CalledProcessError:
+            fatal(f"failed to read certificates from {crt}: data does not contain any valid RSA or ECDSA certificates")
+        try:
+            private_key = openssl_output("pkey", "-in", str(key), "-pubout")
+        except subprocess.CalledProcessError:
+            fatal(f"failed to read private key from {key}: data does not contain a valid RSA or ECDSA private key")
+        if certificate_key != private_key:
+            fatal(f"x509: provided PrivateKey doesn't match parent's PublicKey ({crt})")
+    try:
+        openssl_output("pkey", "-in", str(directory / SERVICE_KEY), "-noout")
+    except subprocess.CalledProcessError:
+        fatal(f"error reading private key file {directory / SERVICE_KEY}: data does not contain a valid RSA or "
+              "ECDSA private key")
+
+
+def openssl_output(*args: str) -> bytes:
+    return subprocess.run(["openssl", *args], check=True, capture_output=True).stdout
+
+
+_CA_HASHES: dict[bytes, str] = {}
+
+
+def ca_hash(bundle: bytes) -> str:
+    """k3s's hashCA (pkg/clientaccess/token.go): the SHA-256 of the file as
+    it is when it holds one certificate; when it holds more, of the DER of
+    the root its first certificate verifies to through the others (so a
+    token's CA hash survives renewing the CAs under one root). A root here
+    is a self-signed certificate of the bundle."""
+    if bundle not in _CA_HASHES:
+        certificates = PEM_CERTIFICATE.findall(bundle.decode(errors="replace"))
+        root = verified_root(certificates) if len(certificates) > 1 else None
+        digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(root) if root else bundle).hexdigest()
+        _CA_HASHES[bundle] = digest
+    return _CA_HASHES[bundle]
+
+
+def verified_root(certificates: list[str]) -> str | None:
+    with tempfile.TemporaryDirectory() as scratch:
+        paths = []
+        for number, certificate in enumerate(certificates):
+            paths.append(Path(scratch) / f"{number}.pem")
+            paths[-1].write_text(certificate)
+
+        def verifies(leaf: Path, root: Path, untrusted: list[Path]) -> bool:
+            bundle = Path(scratch) / "untrusted.pem"
+            bundle.write_text("".join(p.read_text() for p in untrusted))
+            extra = ["-untrusted", str(bundle)] if untrusted else []
+            return subprocess.run(["openssl", "verify", "-CAfile", str(root), *extra, str(leaf)],
+                                  capture_output=True).returncode == 0
+        roots = [path for path in paths[1:] if verifies(path, path, [])]
+        others = [path for path in paths[1:] if path not in roots]
+        for root in roots:
+            if verifies(paths[0], root, others):
+                return root.read_text()
+    return None
 
 
 def sign(directory: Path, ca: str, name: str, subject: str, extensions: str) -> None:
@@ -578,8 +675,10 @@ class Server:
     def start(self) -> None:
         check_kubelet_labels(labels_from(self.config))    # k3s runs a kubelet beside the server
         self.tls.mkdir(parents=True, exist_ok=True)
-        for ca in ("server-ca", "client-ca"):
+        for ca in CA_NAMES:
             make_ca(self.tls, ca)
+        make_service_key(self.tls)
+        check_cas(self.tls)
         sans = ["IP:127.0.0.1", "DNS:localhost", "DNS:kubernetes", f"IP:{self.address}", f"DNS:{self.node_name}"]
         sans += [f"IP:{s}" if s.replace(".", "").isdigit() else f"DNS:{s}" for s in self.config.get("tls-san") or []]
         sign(self.tls, "server-ca", "serving-kube-apiserver", "/CN=kube-apiserver",
@@ -611,7 +710,7 @@ class Server:
     # --- tokens, where and as k3s keeps them ----------------------------------
 
     def ca_hash(self) -> str:
-        return hashlib.sha256((self.tls / "server-ca.crt").read_bytes()).hexdigest()
+        return ca_hash((self.tls / "server-ca.crt").read_bytes())
 
     def take_tokens(self, token: str, agent_token: str) -> None:
         """k3s at start. The bootstrap data in the datastore is stored under a
@@ -1168,7 +1267,7 @@ def join_cluster(server: str, token: str, node: dict, password: str, identity: P
             with urllib.request.urlopen(f"{server}/cacerts", context=unverified, timeout=10) as response:
                 ca = response.read()
             want = parse_token(token)[0]
-            if want and hashlib.sha256(ca).hexdigest() != want:
+            if want and ca_hash(ca) != want:
                 fatal(f"token CA hash does not match the Cluster CA certificate hash: {server}/cacerts")
             pinned = ssl.create_default_context(cadata=ca.decode())
             pinned.check_hostname = False
