@@ -3,8 +3,8 @@
 The Pis share one root, made with the image: the rack bundles in it are the
 ones the image was built with. A push changes the jumphost's bundle
 (firstboot/bundle_install.py), not theirs, and a Pi added by a push is in
-none of them. So a Pi, before it identifies itself (rackboot-pi-access and
-the agent both do, at every boot), asks its jumphost's join service for the
+none of them. So a netbooted Pi, before it identifies itself (rackboot-pi-access
+and the agent both do, at every boot), asks its jumphost's join service for the
 rack's bundle in use (GET /v1/bundle, firstboot/join.py) and keeps it as its
 one pushed bundle (Layout.pushed_bundles/RACK/REVISION: in RAM on a
 netbooted Pi). Identify then chooses among it and the image's as the
@@ -125,8 +125,16 @@ def fetch(layout: Layout, rack: str, timeout: float, sleep=time.sleep) -> bundle
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def netbooted(cmdline: str) -> bool:
+    """Whether the kernel's root is the jumphost's NFS root (not an SD card)."""
+    return "root=/dev/nfs" in cmdline.split()
+
+
 def refresh(layout: Layout, cmdline: str, timeout: float) -> None:
-    """Before a Pi identifies itself: its rack's bundle from its jumphost."""
+    """Before a netbooted Pi identifies itself: its rack's bundle from its
+    jumphost. An SD-card Pi keeps the bundle its card was written with
+    (build.py sdcard, from the profile that names it): a push reaches it
+    with its next card."""
     rack = identify.rack_from_cmdline(cmdline)
-    if rack:
+    if rack and netbooted(cmdline):
         fetch(layout, rack, timeout)

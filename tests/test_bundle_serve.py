@@ -144,7 +144,8 @@ def test_a_pi_added_by_a_push_finds_itself_in_its_jumphosts_bundle(rack, tmp_pat
     first = rack.agent()
     assert first.returncode == 0, first.stderr + rack.status_text()
     three = pi(3)
-    added = rack.add_machine("pi3", cmdline="console=ttyAMA0 rackboot.rack=loop", address=rack.ip(three["address"]),
+    added = rack.add_machine("pi3", cmdline="console=ttyAMA0 root=/dev/nfs rackboot.rack=loop",
+                             address=rack.ip(three["address"]),
                              cpuinfo=f"processor\t: 0\nHardware\t: BCM2835\nSerial\t\t: 10000000{three['serial']}\n")
     # Before the push: the image's tree is unsealed here, so the join service has no bundle to give.
     wait_for_join_service(rack)
@@ -197,3 +198,6 @@ def test_a_damaged_or_foreign_bundle_from_the_network_is_not_kept(rack, tmp_path
     monkeypatch.setattr(pi_bundle, "download", lambda *_args: good)
     assert pi_bundle.fetch(layout, "loop", timeout=0).revision == 7
     assert [p.name for p in (layout.pushed_bundles / "loop").iterdir()] == ["7"]
+    # An SD-card Pi keeps its card's bundle: it asks nobody.
+    monkeypatch.setattr(pi_bundle, "download", lambda *_args: pytest.fail("an SD-card Pi fetched a bundle"))
+    pi_bundle.refresh(layout, "console=serial0 root=LABEL=rackboot-pi rw rackboot.rack=loop", timeout=0)
