@@ -34,10 +34,13 @@ from image import cli, cluster_ca
 from tests.doubles import k3s_standin
 from tests.doubles.secret_manager import SecretManagerDouble
 from tests.lib.rack import Rack
+from tests import test_berglas
+from tests.test_berglas import BUCKET, berglas_create
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT, NAME = "rackboot-loop", "k3s-cluster-ca"
 REF = secretref.parse(f"sm://{PROJECT}/{NAME}")
+google, cloud = test_berglas.google, test_berglas.cloud     # the same fixtures: the storage and KMS doubles
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +130,17 @@ def test_the_stored_ca_is_placed_through_secret_manager_with_k3s_modes(tmp_path,
     assert install(tmp_path)[0] == {"reference": str(REF), "placed": []}
     printed = capsys.readouterr()
     assert not any(line in printed.out + printed.err for line in key_lines(files))
+
+
+def test_the_stored_ca_is_placed_through_berglas(tmp_path, cloud, authority):
+    """Stored the berglas way (Cloud Storage object, KMS-wrapped data key), read by the real clients."""
+    bucket, kms = cloud
+    berglas_create(bucket, "skolo-rack4/k3s-cluster-ca", authority.archive)
+    ref = secretref.parse(f"berglas://{BUCKET}/skolo-rack4/k3s-cluster-ca")
+    layout = Layout(tmp_path / "root")
+    assert k3s_ca.install_from(ref, layout.k3s_tls, layout.datastore)["placed"] == list(k3s_ca_files.REQUIRED)
+    assert (layout.k3s_tls / "service.key").read_bytes() == files_of(authority.archive)["service.key"]
+    assert kms.decrypts
 
 
 def test_a_run_cut_short_is_completed_before_k3s_starts(tmp_path, authority):
