@@ -385,6 +385,23 @@ def test_without_k3s_ca_a_swapped_jumphost_has_another_ca(swap_rack):
     assert second["token-hash"] == second["cacerts-hash"]
 
 
+@pytest.mark.machine
+def test_a_broken_ca_secret_stops_the_agent_before_k3s_is_installed_or_started(swap_rack, authority, other_authority):
+    rack = swap_rack
+    files = files_of(authority.archive)
+    rack.sm.add(PROJECT, NAME, cluster_ca.archive({**files, "client-ca.key": files_of(other_authority.archive)[
+        "client-ca.key"]}))
+    rack.edit_profile(lambda p: p["k3s"].update(ca=str(REF)))
+    done = rack.agent()
+    assert done.returncode != 0
+    status = rack.status_text()
+    assert f"{REF}: client-ca.key is not the key of client-ca.crt's certificate" in done.stderr + status
+    assert not rack.machine.path("/var/lib/rancher/k3s/server/tls").exists()
+    assert not rack.machine.path("/etc/systemd/system/k3s.service").exists()
+    assert not rack.machine.path("/usr/local/bin/k3s").exists()
+    assert not any(line in done.stdout + done.stderr + status for line in key_lines(files))
+
+
 def test_keys_are_never_in_errors_even_when_their_files_are_named(tmp_path, authority):
     files = files_of(authority.archive)
     files["server-ca.key"] = files["server-ca.key"].replace(b"-----END", b"garbage-----END")
