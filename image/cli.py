@@ -238,10 +238,10 @@ def parser() -> argparse.ArgumentParser:
         if verb.output_file:
             sub.add_argument("-o", "--output", type=Path, required=True, metavar="FILE",
                              help="output file (required), replaced whole; - for standard output")
-        elif verb.takes_profiles:
-            sub.add_argument("-o", "--output", type=Path, required=verb.needs_output, metavar="DIR",
-                             help="output directory" + (" (required): new, empty, or one rackboot made (it "
-                                                        f"holds {output.MARKER})" if verb.needs_output else ""))
+        elif verb.takes_profiles and verb.needs_output:     # check, push and router write nothing here
+            sub.add_argument("-o", "--output", type=Path, required=True, metavar="DIR",
+                             help=f"output directory (required): new, empty, or one rackboot made (it holds "
+                                  f"{output.MARKER})")
         sub.add_argument("-v", "--verbose", action="store_true", help="log every command run")
         sub.add_argument("--debug", action="store_true", help="show tracebacks")
         for option in verb.options:
