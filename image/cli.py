@@ -85,8 +85,10 @@ ROOTFS = (
 )
 COMPRESS = Option(("--compress",), dict(action="store_true", help="also write a zstd copy (IMAGE.zst)"))
 K3S_BUNDLE = Option(("--k3s-bundle",), dict(
-    type=Path, metavar="DIR", help="include this k3s bundle (from fetch-k3s: DIR is its VERSION directory; "
-                                   "the Pis' root gets its arm64 files); verified again first"))
+    type=Path, metavar="DIR", action="append",
+    help="include this k3s bundle (from fetch-k3s: DIR is its VERSION directory; the Pis' root gets its arm64 "
+         "files); verified again first. Once per k3s version the racks want: racks of one image may want "
+         "different versions"))
 FETCH = (
     Option(("--mirror",), dict(metavar="URL", help=f"where releases are (default: ${k3s_fetch.MIRROR_ENV} "
                                                    f"or {k3s_fetch.DEFAULT_MIRROR})")),

@@ -50,7 +50,7 @@ class ImageOptions:
     cache_dir: Path = rootfs.default_cache_dir()
     use_cache: bool = True
     compress: bool = False
-    k3s_bundle: object = None   # image.k3s_bundle.Bundle, verified
+    k3s_bundles: tuple = ()     # image.k3s_bundle.Bundle, verified: one per k3s version the racks want
 
 
 def _configure(tree: Path) -> None:
@@ -87,13 +87,13 @@ def build(profiles: list[RackProfile], options: ImageOptions) -> list[Path]:
             payload.install_profiles(profiles, tree)
             payload.install_racks(rendered, tree)
             payload.install_units(rendered, tree, "jumphost", UNITS)
-            if options.k3s_bundle is not None:
-                payload.install_k3s(options.k3s_bundle, tree)
+            for bundle in options.k3s_bundles:
+                payload.install_k3s(bundle, tree)
             _configure(tree)
             payload.strip_machine_state(tree)
         if pi_rootfs is not None:
             with progress.step("the Pis' netboot: NFS root (squashfs) and TFTP trees"):
-                netboot.install_into_image(profiles, rendered, pi_rootfs, tree, options.k3s_bundle)
+                netboot.install_into_image(profiles, rendered, pi_rootfs, tree, options.k3s_bundles)
         bundle_seal.seal_racks(profiles, tree / payload.RACKS_DIR)    # each rack's tree: its bundle
         disk.esp_tree(work / "esp", tree / "usr/lib/systemd/boot/efi/systemd-bootx64.efi")
         esp_kernel.put_kernel(tree, work / "esp")

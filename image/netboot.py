@@ -182,7 +182,7 @@ def write_tftp_tree(profile: RackProfile, rendered: render.RenderedTree, files: 
 
 
 def write_pi_root(profiles: list[RackProfile], rendered: dict[str, render.RenderedTree],
-                  pi_rootfs: rootfs.Rootfs, target: Path, k3s_bundle=None) -> None:
+                  pi_rootfs: rootfs.Rootfs, target: Path, k3s_bundles=()) -> None:
     """target (new, or empty): the Pis' shared root, with rackboot laid over the rootfs."""
     with_pis = {p.rack: rendered[p.rack] for p in profiles if p.pis}
     target.mkdir(parents=True, exist_ok=True)
@@ -194,8 +194,8 @@ def write_pi_root(profiles: list[RackProfile], rendered: dict[str, render.Render
     payload.install_racks(rendered, target)
     bundle_seal.seal_racks(profiles, target / payload.RACKS_DIR)
     payload.install_units(with_pis, target, "pi", PI_UNITS)
-    if k3s_bundle is not None:
-        payload.install_k3s(k3s_bundle, target, "arm64")
+    for bundle in k3s_bundles:      # each rack's version: a Pi runs the one its rack wants
+        payload.install_k3s(bundle, target, "arm64")
     (target / "etc/hostname").write_text("rackboot-pi\n")
     payload.install_pi_access(target)
     run(["systemctl", f"--root={target}", "enable", *PI_UNITS, "systemd-timesyncd.service"])
@@ -226,7 +226,7 @@ def install_pi_root_mount(tree: Path) -> None:
 
 
 def install_into_image(profiles: list[RackProfile], rendered: dict[str, render.RenderedTree],
-                       pi_rootfs: rootfs.Rootfs, tree: Path, k3s_bundle=None) -> None:
+                       pi_rootfs: rootfs.Rootfs, tree: Path, k3s_bundles=()) -> None:
     """The jumphost image's copy: the shared root (a squashfs, and its mount
     unit) and boot files once, and a TFTP tree per rack (its config.txt,
     cmdline.txt and Pi directories) whose boot files link to the shared ones.
@@ -234,7 +234,7 @@ def install_into_image(profiles: list[RackProfile], rendered: dict[str, render.R
     files = boot_files(pi_rootfs)
     staging = Path(tempfile.mkdtemp(prefix=".pi-root.", dir=tree.parent))
     try:
-        write_pi_root(profiles, rendered, pi_rootfs, staging / "pi-root", k3s_bundle)
+        write_pi_root(profiles, rendered, pi_rootfs, staging / "pi-root", k3s_bundles)
         os.chmod(staging / "pi-root", 0o755)
         with progress.step("the Pis' root as a squashfs image"):
             make_squashfs(staging / "pi-root", tree / PI_ROOT_IMAGE_IN_IMAGE)
@@ -262,6 +262,6 @@ def build(profile: RackProfile, output: Path, release: str = "bookworm", cache_d
         tftp = write_tftp_tree(profile, rendered, boot_files(pi_rootfs), output)
     with progress.step("Pi NFS root"):
         with staged_directory(output / "pi-root") as staging:
-            write_pi_root([profile], {profile.rack: rendered}, pi_rootfs, staging, k3s_bundle)
+            write_pi_root([profile], {profile.rack: rendered}, pi_rootfs, staging, (k3s_bundle,) if k3s_bundle else ())
             os.chmod(staging, 0o755)
     return tftp, output / "pi-root"

@@ -79,7 +79,7 @@ def write_root(profile: RackProfile, rendered: render.RenderedTree, pi_rootfs: r
                k3s_bundle=None) -> None:
     """target (new): the netboot root of this rack's Pis with the SD card's
     files laid over it and its units enabled."""
-    netboot.write_pi_root([profile], {profile.rack: rendered}, pi_rootfs, target, k3s_bundle)
+    netboot.write_pi_root([profile], {profile.rack: rendered}, pi_rootfs, target, (k3s_bundle,) if k3s_bundle else ())
     for source in sorted(p for p in SD_OVERLAY.rglob("*") if p.is_file()):
         path = target / source.relative_to(SD_OVERLAY)
         path.parent.mkdir(parents=True, exist_ok=True)

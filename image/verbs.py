@@ -52,17 +52,27 @@ def _image_files(name: str) -> dict:
     return {n: Kind.FILE for n in (name, f"{name}.sha256", f"{name}.bmap", f"{name}.zst")}
 
 
-def _k3s_bundle(args, profiles: list[RackProfile]):
-    """The verified --k3s-bundle, which must be the version the racks want."""
+def _k3s_bundles(args, profiles: list[RackProfile]) -> dict:
+    """rack -> its verified k3s bundle among the --k3s-bundle DIRs (none
+    given: None each), which must be one per version the racks want, no more."""
     if not args.k3s_bundle:
-        return None
-    bundle = k3s_bundle.verify(args.k3s_bundle)
+        return {p.rack: None for p in profiles}
     wanted = {p.k3s.version for p in profiles}
-    if wanted != {bundle.version}:
-        raise BadInput(f"the k3s bundle {args.k3s_bundle} is {bundle.version}, but the racks want "
-                       f"{', '.join(sorted(wanted))}",
-                       hint=f"./build.py fetch-k3s {' '.join(sorted(wanted))} -o DIR")
-    return bundle
+    hint = f"./build.py fetch-k3s {' '.join(sorted(wanted))} -o DIR, and one --k3s-bundle DIR/VERSION each"
+    bundles = {}
+    for path in args.k3s_bundle:
+        bundle = k3s_bundle.verify(path)
+        if bundle.version not in wanted:
+            raise BadInput(f"the k3s bundle {path} is {bundle.version}, but the racks want "
+                           f"{', '.join(sorted(wanted))}", hint=hint)
+        if bundle.version in bundles:
+            raise BadInput(f"the k3s bundles {bundles[bundle.version].path} and {path} are both "
+                           f"{bundle.version}", hint=hint)
+        bundles[bundle.version] = bundle
+    for version in sorted(wanted - set(bundles)):
+        racks = ", ".join(p.rack for p in profiles if p.k3s.version == version)
+        raise BadInput(f"no --k3s-bundle of {version}, which {racks} want", hint=hint)
+    return {p.rack: bundles[p.k3s.version] for p in profiles}
 
 
 def _check_pi_root(profiles: list[RackProfile], rendered: dict[str, render.RenderedTree]) -> None:
@@ -110,14 +120,13 @@ def preflight_image(args) -> Ready:
     if any(p.pis for p in profiles):
         _check_pi_root(profiles, rendered)
     out = output.check(args.output, _image_files(jumphost.IMAGE_NAME))
-    bundle = _k3s_bundle(args, profiles)
-    return Ready(profiles, out, {p.rack: bundle for p in profiles})
+    return Ready(profiles, out, _k3s_bundles(args, profiles))
 
 
 def run_image(args, ready: Ready) -> int:
     options = jumphost.ImageOptions(output=ready.output.claim(), release=args.release, cache_dir=args.cache_dir,
                                     use_cache=not args.no_cache, compress=args.compress,
-                                    k3s_bundle=next(iter(ready.k3s_bundles.values())))
+                                    k3s_bundles=tuple({b.version: b for b in ready.k3s_bundles.values() if b}.values()))
     with progress.step(f"jumphost image for {', '.join(p.rack for p in ready.profiles)}"):
         outputs = jumphost.build(ready.profiles, options)
     for path in outputs:
@@ -132,7 +141,7 @@ def preflight_netboot(args) -> Ready:
     several = len(profiles) > 1
     out = output.check(args.output, {p.rack: Kind.DIRECTORY for p in profiles} if several else
                        {"tftp": Kind.DIRECTORY, "pi-root": Kind.DIRECTORY})
-    return Ready(profiles, out, {p.rack: _k3s_bundle(args, [p]) for p in profiles})
+    return Ready(profiles, out, {p.rack: _k3s_bundles(args, [p])[p.rack] for p in profiles})
 
 
 def run_netboot(args, ready: Ready) -> int:
@@ -153,7 +162,7 @@ def preflight_sdcard(args) -> Ready:
     sdcard.require_pis(profile)
     _check_pi_root([profile], {profile.rack: render.render_rack(profile)})
     out = output.check(args.output, _image_files(sdcard.IMAGE_NAME))
-    return Ready([profile], out, {profile.rack: _k3s_bundle(args, [profile])})
+    return Ready([profile], out, _k3s_bundles(args, [profile]))
 
 
 def run_sdcard(args, ready: Ready) -> int:

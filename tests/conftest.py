@@ -92,7 +92,7 @@ def example_image(tmp_path_factory, example_k3s_bundle):
         pytest.skip(f"vm tier cannot run here: {reason}")
     out = tmp_path_factory.mktemp("image")
     [profile] = load_profiles([EXAMPLE_PROFILE])
-    options = jumphost.ImageOptions(output=out, k3s_bundle=k3s_bundle.verify(example_k3s_bundle))
+    options = jumphost.ImageOptions(output=out, k3s_bundles=(k3s_bundle.verify(example_k3s_bundle),))
     outputs = jumphost.build([profile], options)
     return profile, out, outputs
 

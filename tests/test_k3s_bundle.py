@@ -474,3 +474,30 @@ def test_fetch_k3s_writes_nothing_for_a_channel_the_server_does_not_know(build, 
         assert not (tmp_path / "k3s").exists()
     assert all(request.startswith(("/v1-release/channels/", "/k3s-io/k3s/releases/tag/"))   # no download
                for request in release.requests)
+
+
+# ------------------------------------------------------------------ one image, racks on several versions
+
+def test_racks_of_one_image_each_get_their_version(tmp_path):
+    """--k3s-bundle once per version the racks want: each rack gets its own;
+    a version no rack wants, a version twice, or a wanted one missing is
+    refused before any work, naming it."""
+    import dataclasses
+    import types
+    from firstboot.profile import load_profiles
+    from image import verbs
+    [example] = load_profiles([Path("rack-profiles/example.yaml")])
+    newer = dataclasses.replace(example, rack="newer", k3s=dataclasses.replace(example.k3s, version="v1.32.1+k3s1"))
+    old = k3s_standin_bundle.make(tmp_path / "a", VERSION)
+    new = k3s_standin_bundle.make(tmp_path / "b", "v1.32.1+k3s1")
+    chosen = verbs._k3s_bundles(types.SimpleNamespace(k3s_bundle=[new, old]), [example, newer])
+    assert {rack: b.version for rack, b in chosen.items()} == {"example": VERSION, "newer": "v1.32.1+k3s1"}
+    assert verbs._k3s_bundles(types.SimpleNamespace(k3s_bundle=None), [example, newer]) == \
+        {"example": None, "newer": None}
+    with pytest.raises(BadInput, match=r"no --k3s-bundle of v1\.32\.1\+k3s1, which newer want"):
+        verbs._k3s_bundles(types.SimpleNamespace(k3s_bundle=[old]), [example, newer])
+    with pytest.raises(BadInput, match=r"is v1\.32\.1\+k3s1, but the racks want v1\.31\.4\+k3s1"):
+        verbs._k3s_bundles(types.SimpleNamespace(k3s_bundle=[old, new]), [example])
+    again = k3s_standin_bundle.make(tmp_path / "c", VERSION)
+    with pytest.raises(BadInput, match=r"are both v1\.31\.4\+k3s1"):
+        verbs._k3s_bundles(types.SimpleNamespace(k3s_bundle=[old, again]), [example, newer])

@@ -103,7 +103,7 @@ def main() -> None:
         if out is None:
             out = work / "image"
             bundle = k3s_standin_bundle.real_bundle() or k3s_standin_bundle.make(work / "k3s", profile.k3s.version)
-            jumphost.build([profile], jumphost.ImageOptions(output=out, k3s_bundle=k3s_bundle.verify(bundle)))
+            jumphost.build([profile], jumphost.ImageOptions(output=out, k3s_bundles=(k3s_bundle.verify(bundle),)))
         image = out / jumphost.IMAGE_NAME
         sm = SecretManagerDouble()
         sm.add("rackboot-example", "k3s-node-token", b"bench-rack-token")

@@ -119,7 +119,7 @@ def main() -> int:
         if image_dir is None:
             image_dir = work / "image"
             bundle = k3s_standin_bundle.real_bundle() or k3s_standin_bundle.make(work / "k3s", profile.k3s.version)
-            jumphost.build([profile], jumphost.ImageOptions(output=image_dir, k3s_bundle=k3s_bundle.verify(bundle)))
+            jumphost.build([profile], jumphost.ImageOptions(output=image_dir, k3s_bundles=(k3s_bundle.verify(bundle),)))
         rack = bench_rack(profile, image_dir / "jumphost.img", work)
         nfs = rack["nfs_bytes_per_pi"]
         print(f"virtual rack (QEMU TCG): jumphost rack ready {rack['jumphost_ready']:.0f} s after power-on; "
