@@ -113,6 +113,23 @@ def api(tmp_path_factory):
         log.close()
 
 
+def test_a_peer_silent_in_its_handshake_holds_up_no_one_else(api):
+    """A peer that connects and goes silent (a Pi powered off mid-handshake:
+    no FIN, no RST ever comes) costs only its own connection, as with Go's
+    server, which shakes hands in each connection's goroutine: others are
+    answered meanwhile. (The stand-in shook hands in accept() and stopped
+    serving everyone: the virtual rack's Pi that stayed "activating".)"""
+    address = urllib.parse.urlsplit(api.url)
+    silent = [socket.create_connection((address.hostname, address.port)) for _ in range(3)]
+    silent[0].sendall(b"\x16\x03\x01")          # the start of a ClientHello, and no more
+    try:
+        code, _, body = api.call("GET", "/api/v1/namespaces/default")
+        assert code == 200, body
+    finally:
+        for connection in silent:
+            connection.close()
+
+
 def namespace(api: Api, name: str) -> str:
     code, _, body = api.apply(f"/api/v1/namespaces/{name}", {"apiVersion": "v1", "kind": "Namespace",
                                                             "metadata": {"name": name}})

@@ -697,12 +697,11 @@ class Server:
         threading.Thread(target=self.own_kubelet, daemon=True).start()
         self.write_kubeconfig()
         handler = type("Handler", (ApiHandler,), {"server_state": self})
-        httpd = http.server.ThreadingHTTPServer(("0.0.0.0", self.port), handler)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.tls / "serving-kube-apiserver.crt", self.tls / "serving-kube-apiserver.key")
         context.load_verify_locations(self.tls / "client-ca.crt")
         context.verify_mode = ssl.CERT_OPTIONAL
-        httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+        httpd = TlsServer(("0.0.0.0", self.port), handler, context)
         log(f"k3s stand-in {VERSION} server listening on :{self.port}, node {self.node_name}")
         sd_notify("READY=1")
         httpd.serve_forever()
@@ -906,6 +905,33 @@ users:
     client-certificate-data: {b64("client-admin.crt")}
     client-key-data: {b64("client-admin.key")}
 """, mode)
+
+
+HANDSHAKE_SECONDS = 10     # Go's http.Server: the TLS handshake is bounded, and per connection
+
+
+class TlsServer(http.server.ThreadingHTTPServer):
+    """HTTPS with each TLS handshake in its connection's own thread, as Go's
+    server does it in the connection's goroutine. (Wrapping the listening
+    socket did it in accept(): one peer gone silent mid-handshake, a Pi
+    powered off at that moment, stopped the server accepting anyone.)"""
+    daemon_threads = True
+
+    def __init__(self, address, handler, context: ssl.SSLContext):
+        self.context = context
+        super().__init__(address, handler)
+
+    def finish_request(self, request, client_address) -> None:
+        request.settimeout(HANDSHAKE_SECONDS)
+        try:
+            connection = self.context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return          # shutdown_request closes it
+        connection.settimeout(None)
+        try:
+            self.RequestHandlerClass(connection, client_address, self)
+        finally:
+            connection.close()
 
 
 class ApiHandler(http.server.BaseHTTPRequestHandler):
