@@ -20,13 +20,20 @@ cluster (k3s stand-in, or real k3s with RACKBOOT_K3S_BUNDLE). Then one Pi is
 power-cycled: it comes back with nothing of its own (all in RAM) and rejoins
 as the same node.
 
-Last, the second Pi is replaced by a new board (new MAC) that boots from an
+Then the second Pi is replaced by a new board (new MAC) that boots from an
 SD card (tests/conftest.py's replacement_sdcard: `build.py sdcard` after its
 profile entry was changed). The card is a 4 GiB copy of the image, as a card
 larger than the image is; virt has no SD controller, so it is a virtio disk,
 and the firmware's part (kernel, initramfs, cmdline.txt from the FAT boot
 partition) is played by the test. The new board must join as the same node,
 grow its root to fill the card, and keep k3s's state on it.
+
+Last, a third Pi is added by a push to the running jumphost (`build.py push`
+over ssh, as an operator does): the jumphost takes the new bundle without
+rebooting, and the new Pi, in none of the image's bundles, netboots, finds
+itself in the bundle its jumphost's join service serves, and joins. A second
+push takes it out again (it was powered off first): its Node and TFTP
+directory go.
 """
 
 import json
@@ -35,7 +42,8 @@ import subprocess
 import pytest
 
 from firstboot import join
-from tests.conftest import REPLACEMENT_PI
+from tests.conftest import EXAMPLE_PROFILE, REPLACEMENT_PI
+from tests.lib import vm_push
 from tests.lib.vm import (ALL_DONE, ARTIFACTS, PiVM, VirtualRack, debugfs, ext4_header, extract_partition,
                           file_type, partitions, sdcard_boot_files)
 
@@ -45,6 +53,8 @@ TOKEN = b"rackboot-virtual-rack-token-never-logged"
 
 
 CARD_BYTES = 4 << 30
+ADDED_PI = {"name": "pi-example-03", "model": "pi4", "serial": "0a1b2c03", "mac": "dc:a6:32:00:00:03"}
+PUSHED = 100000          # the pushed bundles' revisions: above the image's (its git commit count)
 
 
 def test_virtual_rack_joins_a_power_cycled_pi_rejoins_and_a_replacement_boots_from_sd(
@@ -60,7 +70,29 @@ def test_virtual_rack_joins_a_power_cycled_pi_rejoins_and_a_replacement_boots_fr
     assert "root=LABEL=rackboot-pi" in card_boot.cmdline
     replacement = PiVM(f"rack-{REPLACEMENT_PI['name']}-sd", card_boot, REPLACEMENT_PI["mac"],
                        rack.switch.plug(), card=card)
+    added = PiVM(f"rack-{ADDED_PI['name']}", rack.pi_boot, ADDED_PI["mac"], rack.switch.plug())
     seen = {}
+
+    def add_and_remove_a_pi_by_push():
+        seen["boot_id"] = rack.ssh("cat", "/proc/sys/kernel/random/boot_id")
+        host, config = vm_push.ssh_config(rack, tmp_path / "ssh_config")
+        for revision, extra, name in ((PUSHED, [ADDED_PI], "add"), (PUSHED + 1, [], "remove")):
+            pushed = vm_push.push(vm_push.profiles_with(EXAMPLE_PROFILE, tmp_path / name, extra), host, config,
+                                  revision)
+            assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+            seen[f"push_{name}"] = pushed.stdout
+            seen[f"status_{name}"] = vm_push.agent_done(rack, revision)
+            if name == "add":
+                seen["added_tftp"] = rack.ssh("cat", f"/srv/rackboot/tftp/{ADDED_PI['serial']}/cmdline.txt")
+                added.power_on()
+                try:
+                    seen["added"] = added.report()
+                    seen["after_add"] = rack.cluster()
+                finally:
+                    added.power_off()
+        seen["after_remove"] = vm_push.node_gone(rack, ADDED_PI["name"])
+        seen["tftp_after_remove"] = rack.ssh("ls", "/srv/rackboot/tftp/")
+        seen["boot_id_after"] = rack.ssh("cat", "/proc/sys/kernel/random/boot_id")
 
     def with_jumphost_ready(report):
         assert report["steps"] == ALL_DONE, report["errors"]
@@ -92,6 +124,7 @@ def test_virtual_rack_joins_a_power_cycled_pi_rejoins_and_a_replacement_boots_fr
             seen["replacement_rebooted"] = replacement.report()
         finally:
             replacement.power_off()
+        add_and_remove_a_pi_by_push()
 
     try:
         rack.run(with_jumphost_ready)
@@ -186,3 +219,24 @@ def test_virtual_rack_joins_a_power_cycled_pi_rejoins_and_a_replacement_boots_fr
     assert status["steps"]["identify"]["result"]["node"] == REPLACEMENT_PI["name"], status
     assert file_type(rootfs, "/var/lib/rancher/k3s/agent/images") == "directory"
     assert file_type(rootfs, "/etc/rancher/node/password") == "regular"
+
+    # A Pi added by a push: the jumphost took the bundle without rebooting (the same boot id
+    # throughout), the join service restarted to serve it, and the Pi found itself in it.
+    assert seen["boot_id"] == seen["boot_id_after"]
+    assert f"installed /var/lib/rackboot/bundles/example/{PUSHED}" in seen["push_add"], seen["push_add"]
+    for name in ("add", "remove"):
+        outcomes = {step: record["outcome"] for step, record in seen[f"status_{name}"]["steps"].items()}
+        assert outcomes == {**ALL_DONE, "report": "done"}, seen[f"status_{name}"]
+    assert {"bundle", "dnsmasq-config"} <= set(seen["status_add"]["steps"]["serve"]["result"]["changed"])
+    assert "rackboot.rack=example" in seen["added_tftp"]
+    assert seen["added"]["identity"] == {"rack": "example", "role": "pi", "node": ADDED_PI["name"],
+                                         "source": "MAC"}, seen["added"]
+    assert seen["added"]["steps"] == ALL_DONE, seen["added"]["errors"]
+    assert seen["added"]["hostname"] == ADDED_PI["name"] and seen["added"]["failed_units"] == []
+    assert seen["after_add"]["nodes"][ADDED_PI["name"]]["rackboot.dev/rack"] == "example"
+    added_console = added.files.serial_log.read_bytes()
+    assert TOKEN not in added_console and join.agent_token(TOKEN, "example") not in added_console
+    # Taken out: its Node and TFTP directory went, and nothing else.
+    assert seen["status_remove"]["steps"]["apply"]["result"]["nodes_removed"] == [ADDED_PI["name"]]
+    assert set(seen["after_remove"]["nodes"]) == set(seen["after_add"]["nodes"]) - {ADDED_PI["name"]}
+    assert ADDED_PI["serial"] not in seen["tftp_after_remove"].split()

@@ -315,7 +315,7 @@ class VirtualRack:
         self.key = workdir / "admin"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
         self.ssh_port, self.api_port = free_port(), free_port()
-        boot_files = pi_boot_files(image, profile.rack, workdir)
+        boot_files = self.pi_boot = pi_boot_files(image, profile.rack, workdir)
         self.pi_cmdline = boot_files.cmdline
         self.pis = [PiVM(f"{prefix}-{pi.name}", boot_files, pi.mac, self.switch.plug())
                     for pi in profile.pis[:pis]]
