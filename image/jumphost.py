@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from firstboot.profile import RackProfile
-from image import atomic, bundle_seal, disk, esp_kernel, netboot, payload, progress, render, rootfs
+from image import (atomic, bundle_seal, disk, esp_kernel, netboot, payload, progress, render,
+                   reproducible, rootfs)
 from firstboot.commands import run
 
 IMAGE_NAME = "jumphost.img"
@@ -65,6 +66,14 @@ def _configure(tree: Path) -> None:
 
 
 def build(profiles: list[RackProfile], options: ImageOptions) -> list[Path]:
+    """The image of profiles' racks in options.output, the same bytes for the
+    same inputs (image/reproducible.py)."""
+    epoch = reproducible.source_date_epoch()
+    with reproducible.epoch_in_environment(epoch):
+        return _build(profiles, options, epoch)
+
+
+def _build(profiles: list[RackProfile], options: ImageOptions, epoch: int) -> list[Path]:
     output = options.output
     output.mkdir(parents=True, exist_ok=True)
     with progress.step("render every rack's files"):
@@ -73,10 +82,10 @@ def build(profiles: list[RackProfile], options: ImageOptions) -> list[Path]:
     spec = rootfs.RootfsSpec(options.release, "amd64", rootfs.JUMPHOST_PACKAGES)
     with progress.step("root filesystem"):
         base = rootfs.build(spec, options.cache_dir, options.use_cache)
-    pi_rootfs = None
+    pi_spec, pi_rootfs = netboot.pi_rootfs_spec(options.release), None
     if any(p.pis for p in profiles):
         with progress.step("Pi root filesystem (arm64)"):
-            pi_rootfs = rootfs.build(netboot.pi_rootfs_spec(options.release), options.cache_dir, options.use_cache)
+            pi_rootfs = rootfs.build(pi_spec, options.cache_dir, options.use_cache)
     with tempfile.TemporaryDirectory(dir=output, prefix=".jumphost-") as work:
         work = Path(work)
         tree = work / "tree"
@@ -97,6 +106,20 @@ def build(profiles: list[RackProfile], options: ImageOptions) -> list[Path]:
         bundle_seal.seal_racks(profiles, tree / payload.RACKS_DIR)    # each rack's tree: its bundle
         disk.esp_tree(work / "esp", tree / "usr/lib/systemd/boot/efi/systemd-bootx64.efi")
         esp_kernel.put_kernel(tree, work / "esp")
-        disk.assemble(tree, work / "esp", work / "disk", work / IMAGE_NAME)
+        stamp = reproducible.Stamp(epoch, image_inputs(options, [spec, pi_rootfs and pi_spec], tree))
+        disk.assemble(tree, work / "esp", work / "disk", work / IMAGE_NAME, stamp)
         made = [work / IMAGE_NAME, *disk.flashing_files(work / IMAGE_NAME, options.compress)]
         return atomic.move_into(made, output)
+
+
+def image_inputs(options: ImageOptions, specs: list, tree: Path) -> str:
+    """The digest the image's UUIDs derive from: its root filesystems'
+    package sets, the agent and builder code, the racks' sealed bundles
+    (profiles and every rendered file) and the k3s bundle."""
+    bundle = options.k3s_bundle
+    return reproducible.inputs_digest({
+        "rootfs": [spec.key() for spec in specs if spec is not None],
+        "agent": reproducible.REPO / "firstboot", "builder": reproducible.REPO / "image",
+        "racks": tree / payload.RACKS_DIR,
+        "k3s": None if bundle is None else (bundle.version, sorted(bundle.files.items())),
+    })

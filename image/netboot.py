@@ -40,7 +40,7 @@ from pathlib import Path, PurePosixPath
 from firstboot.layout import MACHINE, PI_ROOT_UNIT, Layout
 from firstboot.errors import RackbootError
 from firstboot.profile import BootDirBy, RackProfile
-from image import bundle_seal, payload, render, rootfs
+from image import bundle_seal, payload, render, reproducible, rootfs
 from image import progress
 from image.atomic import staged_directory
 from firstboot.commands import run
@@ -205,13 +205,17 @@ def write_pi_root(profiles: list[RackProfile], rendered: dict[str, render.Render
 # mksquashfs keeps owners, modes, hard links and extended attributes, and
 # makes the export table NFS needs, by default. zstd: the Debian 12 kernel's
 # squashfs has it, and it reads back faster than xz for the same size. The
-# superblock's creation time is fixed so that the same tree gives the same
-# bytes; files keep their own times (Python checks its byte code against
-# them) unless SOURCE_DATE_EPOCH, which mksquashfs honours itself, clamps them.
+# same tree gives the same bytes (image/reproducible.py): the superblock's
+# creation time is SOURCE_DATE_EPOCH (mksquashfs 4.5 takes it from the
+# environment, and refuses -mkfs-time beside it), and files newer than it are
+# set back to it; older ones keep their times (Python checks Debian's byte
+# code against them; the build's own is hash-checked).
 def make_squashfs(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    fixed_time = [] if "SOURCE_DATE_EPOCH" in os.environ else ["-mkfs-time", "0"]
-    run(["mksquashfs", source, target, "-comp", "zstd", "-noappend", "-no-progress", *fixed_time])
+    epoch = reproducible.source_date_epoch()
+    reproducible.clamp_mtimes(source, epoch)
+    run(["mksquashfs", source, target, "-comp", "zstd", "-noappend", "-no-progress"],
+        env={"SOURCE_DATE_EPOCH": str(epoch)})
     os.chmod(target, 0o644)
 
 
