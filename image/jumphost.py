@@ -16,7 +16,7 @@ from pathlib import Path
 
 from firstboot.profile import RackProfile
 from image import (atomic, bundle_seal, disk, esp_kernel, netboot, payload, progress, render,
-                   reproducible, rootfs)
+                   reproducible, rootfs, tree_cache)
 from firstboot.commands import run
 
 IMAGE_NAME = "jumphost.img"
@@ -61,8 +61,26 @@ def _configure(tree: Path) -> None:
     (tree / "boot/efi").mkdir(parents=True, exist_ok=True)
     esp_kernel.install_hooks(tree, disk.KERNEL_CMDLINE)
     (tree / "etc/hostname").write_text("rackboot\n")
-    run(["systemctl", f"--root={tree}", "enable", "rackboot-firstboot.service",
+    run(["systemctl", f"--root={tree}", "enable",
          "systemd-networkd.service", "systemd-resolved.service", "systemd-timesyncd.service"])
+
+
+def os_tree(base: rootfs.Rootfs, k3s_bundle, tree: Path) -> None:
+    """What every rack's image has: Debian, the agent, k3s, configuration (image/tree_cache.py)."""
+    run(["tar", "-xf", base.tarball, "-C", tree, "--numeric-owner"])
+    payload.install_agent(tree, "amd64")
+    if k3s_bundle is not None:
+        payload.install_k3s(k3s_bundle, tree)
+    _configure(tree)
+    payload.strip_machine_state(tree)
+
+
+def install_racks(profiles: list[RackProfile], rendered: dict, tree: Path) -> None:
+    """What is the racks' own: profiles, rendered files, the agent's unit."""
+    payload.install_profiles(profiles, tree)
+    payload.install_racks(rendered, tree)
+    payload.install_units(rendered, tree, "jumphost", UNITS)
+    run(["systemctl", f"--root={tree}", "enable", *UNITS])
 
 
 def build(profiles: list[RackProfile], options: ImageOptions) -> list[Path]:
@@ -90,19 +108,14 @@ def _build(profiles: list[RackProfile], options: ImageOptions, epoch: int) -> li
         work = Path(work)
         tree = work / "tree"
         tree.mkdir()
+        cache = options.cache_dir if options.use_cache else None
         with progress.step("unpack and install rackboot"):
-            run(["tar", "-xf", base.tarball, "-C", tree, "--numeric-owner"])
-            payload.install_agent(tree, "amd64")
-            payload.install_profiles(profiles, tree)
-            payload.install_racks(rendered, tree)
-            payload.install_units(rendered, tree, "jumphost", UNITS)
-            if options.k3s_bundle is not None:
-                payload.install_k3s(options.k3s_bundle, tree)
-            _configure(tree)
-            payload.strip_machine_state(tree)
+            tree_cache.prepared(cache, "jumphost", tree_cache.os_tree_inputs(base.tarball, "amd64", options.k3s_bundle),
+                                tree, lambda target: os_tree(base, options.k3s_bundle, target))
+            install_racks(profiles, rendered, tree)
         if pi_rootfs is not None:
             with progress.step("the Pis' netboot: NFS root (squashfs) and TFTP trees"):
-                netboot.install_into_image(profiles, rendered, pi_rootfs, tree, options.k3s_bundle)
+                netboot.install_into_image(profiles, rendered, pi_rootfs, tree, options.k3s_bundle, cache)
         bundle_seal.seal_racks(profiles, tree / payload.RACKS_DIR)    # each rack's tree: its bundle
         disk.esp_tree(work / "esp", tree / "usr/lib/systemd/boot/efi/systemd-bootx64.efi")
         esp_kernel.put_kernel(tree, work / "esp")

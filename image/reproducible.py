@@ -108,7 +108,10 @@ def inputs_digest(parts: dict[str, object]) -> str:
 
 
 def tree_digest(directory: Path) -> str:
-    """Names, modes and contents of every file and link under directory."""
+    """Names, modes and contents of every file and link under directory (or
+    the contents of directory if it is a file)."""
+    if directory.is_file():
+        return hashlib.sha256(directory.read_bytes()).hexdigest()
     digest = hashlib.sha256()
     for path in sorted(directory.rglob("*")):
         if "__pycache__" in path.parts:

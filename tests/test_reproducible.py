@@ -185,3 +185,18 @@ def test_the_gpt_disk_twice_gives_the_same_bytes_with_the_stamps_uuids(tmp_path)
 
 def _sha256(path: Path) -> str:
     return subprocess.run(["sha256sum", str(path)], capture_output=True, text=True, check=True).stdout.split()[0]
+
+
+def test_the_checksum_file_is_one_sha256sum_checks(tmp_path):
+    if shutil.which("bmaptool") is None:
+        pytest.skip("needs bmaptool (bmap-tools)")
+    image = tmp_path / "jumphost.img"
+    with image.open("wb") as data:      # data, a hole, data: as a disk image is
+        data.write(b"GPT" * 1000)
+        data.seek(8 << 20)
+        data.write(b"root")
+    made = disk.flashing_files(image, compress=False)
+    assert made == [tmp_path / "jumphost.img.sha256", tmp_path / "jumphost.img.bmap"]
+    check = subprocess.run(["sha256sum", "--check", "--strict", "jumphost.img.sha256"], cwd=tmp_path,
+                           capture_output=True, text=True)
+    assert check.returncode == 0 and check.stdout == "jumphost.img: OK\n", check.stdout + check.stderr
