@@ -10,6 +10,7 @@ rack at first boot (firstboot/identify.py) and makes its own machine-id and
 ssh host keys.
 """
 
+import contextlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,14 +105,14 @@ def _build(profiles: list[RackProfile], options: ImageOptions, epoch: int) -> li
     if any(p.pis for p in profiles):
         with progress.step("Pi root filesystem (arm64)"):
             pi_rootfs = rootfs.build(pi_spec, options.cache_dir, options.use_cache)
-    with tempfile.TemporaryDirectory(dir=output, prefix=".jumphost-") as work:
+    with tempfile.TemporaryDirectory(dir=output, prefix=".jumphost-") as work, contextlib.ExitStack() as layers:
         work = Path(work)
         tree = work / "tree"
-        tree.mkdir()
         cache = options.cache_dir if options.use_cache else None
         with progress.step("unpack and install rackboot"):
-            tree_cache.prepared(cache, "jumphost", tree_cache.os_tree_inputs(base.tarball, "amd64", options.k3s_bundle),
-                                tree, lambda target: os_tree(base, options.k3s_bundle, target))
+            inputs = tree_cache.os_tree_inputs(base.tarball, "amd64", options.k3s_bundle)
+            layers.enter_context(tree_cache.prepared(cache, "jumphost", inputs, tree,
+                                                     lambda target: os_tree(base, options.k3s_bundle, target)))
             install_racks(profiles, rendered, tree)
         if pi_rootfs is not None:
             with progress.step("the Pis' netboot: NFS root (squashfs) and TFTP trees"):

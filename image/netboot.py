@@ -257,12 +257,12 @@ def install_into_image(profiles: list[RackProfile], rendered: dict[str, render.R
     staging = Path(tempfile.mkdtemp(prefix=".pi-root.", dir=tree.parent))
     try:
         inputs = tree_cache.os_tree_inputs(pi_rootfs.tarball, "arm64", k3s_bundle)
-        tree_cache.prepared(cache_dir, "pi", inputs, staging / "pi-root",
-                            lambda target: write_pi_os(pi_rootfs, target, k3s_bundle))
-        write_pi_racks(profiles, rendered, staging / "pi-root")
-        os.chmod(staging / "pi-root", 0o755)
-        with progress.step("the Pis' root as a squashfs image"):
-            make_squashfs(staging / "pi-root", tree / PI_ROOT_IMAGE_IN_IMAGE)
+        with tree_cache.prepared(cache_dir, "pi", inputs, staging / "pi-root",
+                                 lambda target: write_pi_os(pi_rootfs, target, k3s_bundle)):
+            write_pi_racks(profiles, rendered, staging / "pi-root")
+            os.chmod(staging / "pi-root", 0o755)
+            with progress.step("the Pis' root as a squashfs image"):
+                make_squashfs(staging / "pi-root", tree / PI_ROOT_IMAGE_IN_IMAGE)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     install_pi_root_mount(tree)
