@@ -10,12 +10,14 @@ rack at first boot (firstboot/identify.py) and makes its own machine-id and
 ssh host keys.
 """
 
+import contextlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from firstboot.profile import RackProfile
-from image import atomic, bundle_seal, disk, esp_kernel, netboot, payload, progress, render, rootfs
+from image import (atomic, bundle_seal, disk, esp_kernel, netboot, payload, progress, render,
+                   reproducible, rootfs, tree_cache)
 from firstboot.commands import run
 
 IMAGE_NAME = "jumphost.img"
@@ -60,11 +62,38 @@ def _configure(tree: Path) -> None:
     (tree / "boot/efi").mkdir(parents=True, exist_ok=True)
     esp_kernel.install_hooks(tree, disk.KERNEL_CMDLINE)
     (tree / "etc/hostname").write_text("rackboot\n")
-    run(["systemctl", f"--root={tree}", "enable", "rackboot-firstboot.service",
+    run(["systemctl", f"--root={tree}", "enable",
          "systemd-networkd.service", "systemd-resolved.service", "systemd-timesyncd.service"])
 
 
+def os_tree(base: rootfs.Rootfs, k3s_bundles: tuple, tree: Path) -> None:
+    """What every rack's image has: Debian, the agent, k3s (each version its
+    racks want), configuration (image/tree_cache.py)."""
+    run(["tar", "-xf", base.tarball, "-C", tree, "--numeric-owner"])
+    payload.install_agent(tree, "amd64")
+    for bundle in k3s_bundles:
+        payload.install_k3s(bundle, tree)
+    _configure(tree)
+    payload.strip_machine_state(tree)
+
+
+def install_racks(profiles: list[RackProfile], rendered: dict, tree: Path) -> None:
+    """What is the racks' own: profiles, rendered files, the agent's unit."""
+    payload.install_profiles(profiles, tree)
+    payload.install_racks(rendered, tree)
+    payload.install_units(rendered, tree, "jumphost", UNITS)
+    run(["systemctl", f"--root={tree}", "enable", *UNITS])
+
+
 def build(profiles: list[RackProfile], options: ImageOptions) -> list[Path]:
+    """The image of profiles' racks in options.output, the same bytes for the
+    same inputs (image/reproducible.py)."""
+    epoch = reproducible.source_date_epoch()
+    with reproducible.epoch_in_environment(epoch):
+        return _build(profiles, options, epoch)
+
+
+def _build(profiles: list[RackProfile], options: ImageOptions, epoch: int) -> list[Path]:
     output = options.output
     output.mkdir(parents=True, exist_ok=True)
     with progress.step("render every rack's files"):
@@ -73,30 +102,38 @@ def build(profiles: list[RackProfile], options: ImageOptions) -> list[Path]:
     spec = rootfs.RootfsSpec(options.release, "amd64", rootfs.JUMPHOST_PACKAGES)
     with progress.step("root filesystem"):
         base = rootfs.build(spec, options.cache_dir, options.use_cache)
-    pi_rootfs = None
+    pi_spec, pi_rootfs = netboot.pi_rootfs_spec(options.release), None
     if any(p.pis for p in profiles):
         with progress.step("Pi root filesystem (arm64)"):
-            pi_rootfs = rootfs.build(netboot.pi_rootfs_spec(options.release), options.cache_dir, options.use_cache)
-    with tempfile.TemporaryDirectory(dir=output, prefix=".jumphost-") as work:
+            pi_rootfs = rootfs.build(pi_spec, options.cache_dir, options.use_cache)
+    with tempfile.TemporaryDirectory(dir=output, prefix=".jumphost-") as work, contextlib.ExitStack() as layers:
         work = Path(work)
         tree = work / "tree"
-        tree.mkdir()
+        cache = options.cache_dir if options.use_cache else None
         with progress.step("unpack and install rackboot"):
-            run(["tar", "-xf", base.tarball, "-C", tree, "--numeric-owner"])
-            payload.install_agent(tree, "amd64")
-            payload.install_profiles(profiles, tree)
-            payload.install_racks(rendered, tree)
-            payload.install_units(rendered, tree, "jumphost", UNITS)
-            for bundle in options.k3s_bundles:
-                payload.install_k3s(bundle, tree)
-            _configure(tree)
-            payload.strip_machine_state(tree)
+            inputs = tree_cache.os_tree_inputs(base.tarball, "amd64", options.k3s_bundles)
+            layers.enter_context(tree_cache.prepared(cache, "jumphost", inputs, tree,
+                                                     lambda target: os_tree(base, options.k3s_bundles, target)))
+            install_racks(profiles, rendered, tree)
         if pi_rootfs is not None:
             with progress.step("the Pis' netboot: NFS root (squashfs) and TFTP trees"):
-                netboot.install_into_image(profiles, rendered, pi_rootfs, tree, options.k3s_bundles)
+                netboot.install_into_image(profiles, rendered, pi_rootfs, tree, options.k3s_bundles, cache)
         bundle_seal.seal_racks(profiles, tree / payload.RACKS_DIR)    # each rack's tree: its bundle
         disk.esp_tree(work / "esp", tree / "usr/lib/systemd/boot/efi/systemd-bootx64.efi")
         esp_kernel.put_kernel(tree, work / "esp")
-        disk.assemble(tree, work / "esp", work / "disk", work / IMAGE_NAME)
+        stamp = reproducible.Stamp(epoch, image_inputs(options, [spec, pi_rootfs and pi_spec], tree))
+        disk.assemble(tree, work / "esp", work / "disk", work / IMAGE_NAME, stamp)
         made = [work / IMAGE_NAME, *disk.flashing_files(work / IMAGE_NAME, options.compress)]
         return atomic.move_into(made, output)
+
+
+def image_inputs(options: ImageOptions, specs: list, tree: Path) -> str:
+    """The digest the image's UUIDs derive from: its root filesystems'
+    package sets, the agent and builder code, the racks' sealed bundles
+    (profiles and every rendered file) and the k3s bundle."""
+    return reproducible.inputs_digest({
+        "rootfs": [spec.key() for spec in specs if spec is not None],
+        "agent": reproducible.REPO / "firstboot", "builder": reproducible.REPO / "image",
+        "racks": tree / payload.RACKS_DIR,
+        "k3s": [(bundle.version, sorted(bundle.files.items())) for bundle in options.k3s_bundles],
+    })

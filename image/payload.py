@@ -77,11 +77,25 @@ def install_agent(tree: Path, arch: str) -> None:
     shutil.copytree(REPO / "firstboot", tree / AGENT_DIR / "firstboot",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     python = sorted((tree / "usr/lib").glob("python3.[0-9]*"))[-1].name.removeprefix("python")
-    run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--target", Layout(tree).site_packages, "--only-binary=:all:",
+    site_packages = Layout(tree).site_packages
+    run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
+         "--target", site_packages, "--only-binary=:all:",
          "--python-version", python, "--implementation", "cp", "--platform", WHEEL_PLATFORMS[arch],
          *map(_pinned, PYPI_AGENT_PACKAGES)],
          hint="the image build needs PyPI for the agent's Secret Manager client")
+    compile_like_the_machine(tree, site_packages, python)
+
+
+def compile_like_the_machine(tree: Path, directory: Path, python: str) -> None:
+    """Byte code for directory as the machine's python would write it, when
+    this one is of its version: named by the machine's paths (pip --target
+    compiles in a temporary directory, whose name would end up in every
+    file), and checked by hash rather than the sources' times (the same
+    bytes from every build; image/reproducible.py)."""
+    if f"{sys.version_info.major}.{sys.version_info.minor}" != python:
+        return      # the machine compiles its own at first import
+    run([sys.executable, "-m", "compileall", "-q", "-j", "0", "-s", tree, "-p", "/",
+         "--invalidation-mode", "checked-hash", directory])
 
 
 def install_racks(rendered: dict[str, render.RenderedTree], tree: Path) -> None:
