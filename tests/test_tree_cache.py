@@ -119,6 +119,6 @@ def test_the_inputs_name_the_rootfs_file_code_pins_and_epoch(tmp_path, monkeypat
     tarball = tmp_path / "rootfs.tar"
     tarball.write_bytes(b"tar")
     inputs = tree_cache.os_tree_inputs(tarball, "arm64", ())
-    assert inputs["epoch"] == 1_700_000_000 and inputs["arch"] == "arm64" and inputs["k3s"] is None
+    assert inputs["epoch"] == 1_700_000_000 and inputs["arch"] == "arm64" and inputs["k3s"] == []
     assert inputs["rootfs"][0] == str(tarball) and inputs["rootfs"][1] == 3
     assert inputs["requirements"].name == "requirements.txt" and inputs["agent"].name == "firstboot"
