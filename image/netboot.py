@@ -41,7 +41,7 @@ from firstboot.layout import MACHINE, PI_ROOT_UNIT, Layout
 from firstboot.errors import RackbootError
 from firstboot.profile import BootDirBy, RackProfile
 from image import bundle_seal, payload, render, rootfs
-from image import progress
+from image import pi_watch_units, progress
 from image.atomic import staged_directory
 from firstboot.commands import run
 
@@ -198,6 +198,7 @@ def write_pi_root(profiles: list[RackProfile], rendered: dict[str, render.Render
         payload.install_k3s(k3s_bundle, target, "arm64")
     (target / "etc/hostname").write_text("rackboot-pi\n")
     payload.install_pi_access(target)
+    pi_watch_units.install(target)
     run(["systemctl", f"--root={target}", "enable", *PI_UNITS, "systemd-timesyncd.service"])
     payload.strip_machine_state(target)
 
