@@ -10,9 +10,12 @@ at TLS, the same CA with a Node the new datastore does not have. Only the
 watcher's restart of k3s-agent makes it a Ready node of the new cluster.
 The watcher does nothing while the new server is not up, waits for the same
 finding on consecutive checks, and leaves a joined Pi alone.
-Pure: the holdoff after a restart."""
+Pure: the holdoff after a restart; the units that run the watcher."""
 
+import configparser
+import os
 import re
+import subprocess
 import sys
 import time
 
@@ -20,7 +23,8 @@ import pytest
 
 from firstboot import pi_watch
 from firstboot.layout import Layout
-from image import cluster_ca
+from image import cluster_ca, pi_watch_units
+from tests.doubles import k3s_standin
 from tests.doubles.secret_manager import SecretManagerDouble
 from tests.lib.machine import REPO
 from tests.lib.rack import Rack
@@ -108,6 +112,7 @@ def test_a_pi_rejoins_a_swapped_jumphost_without_a_reboot(rack):
         rack.machine.path("/var/lib/rancher/k3s/server/tls/server-ca.crt").read_bytes()
     # Joined again: left alone, and no token in anything it said.
     assert watch(pi) == "" and watch(pi) == ""
+    assert k3s_standin.BARE_TOKEN_WARNING in pi.journal(AGENT)     # the restarted agent trusted /cacerts
     assert TOKEN.decode() not in first + second
 
 
@@ -130,3 +135,21 @@ def test_a_restarted_agent_gets_its_holdoff_before_another_restart(tmp_path, mon
     # The agent joined: the count starts again.
     monkeypatch.setattr(pi_watch, "finding", lambda agent: None)
     assert pi_watch.check(layout) == "nothing"
+
+
+def test_the_pis_root_runs_the_watcher_every_20_seconds(tmp_path):
+    pi_watch_units.install(tmp_path)
+    units = Layout(tmp_path).units
+    enabled = os.readlink(units / "timers.target.wants" / pi_watch_units.TIMER)     # a path in the Pi's root
+    assert enabled == f"/etc/systemd/system/{pi_watch_units.TIMER}"
+    service = configparser.ConfigParser(strict=True)
+    service.read_string((units / pi_watch_units.SERVICE).read_text())
+    assert service["Service"]["Type"] == "oneshot"
+    argv = service["Service"]["ExecStart"].split()
+    assert argv[-3:] == ["-m", "firstboot", "pi-watch"]
+    timer = configparser.ConfigParser(strict=True)
+    timer.read_string((units / pi_watch_units.TIMER).read_text())
+    assert (timer["Timer"]["OnBootSec"], timer["Timer"]["OnUnitInactiveSec"]) == ("2min", "20s")
+    done = subprocess.run([sys.executable, "-m", "firstboot", "pi-watch", "--help"], capture_output=True, text=True,
+                          cwd=REPO)
+    assert done.returncode == 0 and "pi-watch" in done.stdout

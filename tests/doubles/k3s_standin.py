@@ -57,7 +57,16 @@ k3s's command line, files and protocols that rackboot relies on:
                then its kubelet posts the node's status with that identity
                every K3S_STANDIN_NODE_STATUS_FREQUENCY seconds (10, the
                kubelet's nodeStatusUpdateFrequency): a running agent needs no
-               token again.
+               token again. As with k3s and the kubelet, a running agent
+               never re-fetches the server's CA nor re-registers its Node
+               (k3s pkg/agent/config config.go get() fetches /cacerts and
+               writes agent/server-ca.crt at start only; kubelet_node_status.go
+               registerWithAPIServer returns once registrationCompleted): a
+               server with another CA fails its kubelet's TLS, and one whose
+               datastore lacks its Node answers its status posts 404, for
+               good, until the agent restarts. A restart with a token
+               without CA hash trusts what /cacerts serves, with k3s's
+               warning (clientaccess token.go validateCAHash).
                Server and agent refuse to start with node labels in the
                kubernetes.io / k8s.io namespaces that a kubelet may not set
                (kubelet's --node-labels check; node-restriction.kubernetes.io/*
@@ -1255,6 +1264,13 @@ def lb_answer(server: str, kubelet: ssl.SSLContext, namespace: str, service: str
 PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----\n?", re.S)
 
 
+# clientaccess token.go validateCAHash, for a token without CA hash and a CA
+# the host does not trust: the agent goes on, trusting what /cacerts served.
+BARE_TOKEN_WARNING = ("Cluster CA certificate is not trusted by the host CA bundle, but the token does not include "
+                      "a CA hash. Use the full token from the server's node-token file to enable Cluster CA "
+                      "validation.")
+
+
 def join_cluster(server: str, token: str, node: dict, password: str, identity: Path) -> None:
     """Until the server takes the node: its CA (pinned when the token has the
     CA's hash), the kubelet's client certificate (identity/client-kubelet.crt
@@ -1269,6 +1285,8 @@ def join_cluster(server: str, token: str, node: dict, password: str, identity: P
             want = parse_token(token)[0]
             if want and ca_hash(ca) != want:
                 fatal(f"token CA hash does not match the Cluster CA certificate hash: {server}/cacerts")
+            if not want:
+                warn(BARE_TOKEN_WARNING)
             pinned = ssl.create_default_context(cadata=ca.decode())
             pinned.check_hostname = False
             headers = {"Authorization": "Basic " + base64.b64encode(f"node:{token_secret(token)}".encode()).decode(),
