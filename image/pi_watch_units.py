@@ -23,6 +23,9 @@ After=network-online.target rackboot-firstboot.service
 Type=oneshot
 Environment=PYTHONPATH={MACHINE.agent_dir}
 ExecStart=/usr/bin/python3 -m firstboot pi-watch
+# It says something only when it acts: on the console too, where an operator looks.
+StandardOutput=journal+console
+StandardError=journal+console
 TimeoutStartSec=2min
 """
 

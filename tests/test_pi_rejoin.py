@@ -84,6 +84,8 @@ def test_a_pi_rejoins_a_swapped_jumphost_without_a_reboot(rack):
     with_ca = rack.profile().k3s.ca is not None
     pi = joined_pi(rack)
     agent_pid = rack.k3s_pid(pi, AGENT)
+    boot = rack.get("v1", "Node", PI).status.nodeInfo.bootID       # the Pi's own, as its kubelet reports it
+    assert boot == pi.run(["cat", "/proc/sys/kernel/random/boot_id"]).stdout.strip()
     pinned = pi.path("/var/lib/rancher/k3s/agent/server-ca.crt").read_bytes()
     _swap_jumphost(rack, "jumphost-2")
     # The new jumphost's k3s is not up yet: nothing to compare with, nothing done.
@@ -108,6 +110,7 @@ def test_a_pi_rejoins_a_swapped_jumphost_without_a_reboot(rack):
     assert re.fullmatch(rf"pi-watch: .*{why} \(2 checks\); restarting {AGENT} to join it again\n", second), second
     assert eventually(lambda: present(rack) and ready_condition(rack, PI).status == "True")
     assert rack.k3s_pid(pi, AGENT) != agent_pid
+    assert rack.get("v1", "Node", PI).status.nodeInfo.bootID == boot        # not rebooted
     assert pi.path("/var/lib/rancher/k3s/agent/server-ca.crt").read_bytes() == \
         rack.machine.path("/var/lib/rancher/k3s/server/tls/server-ca.crt").read_bytes()
     # Joined again: left alone, and no token in anything it said.
