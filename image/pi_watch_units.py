@@ -26,7 +26,9 @@ ExecStart=/usr/bin/python3 -m firstboot pi-watch
 # It says something only when it acts: on the console too, where an operator looks.
 StandardOutput=journal+console
 StandardError=journal+console
-TimeoutStartSec=2min
+# While the jumphost is away, its NFS root is too (a hard mount): a run then
+# waits for it, and must not be failed for that.
+TimeoutStartSec=30min
 """
 
 # OnUnitInactiveSec: the next run 20 s after the last one ended, never two at once.
