@@ -1,4 +1,4 @@
-"""python -m firstboot {run,status,access,join-server,pi-access}: the first-boot agent.
+"""python -m firstboot {run,status,access,join-server,pi-access,pi-watch}: the first-boot agent.
 
 run          the steps, in order (the rackboot-firstboot unit runs this at boot)
 status       which step it is on, what failed and why
@@ -9,6 +9,8 @@ join-server  the jumphost's service that gives its Pis their k3s agent token
              (rackboot-join.service runs it; see firstboot/join.py)
 pi-access    a Pi's admin keys and ssh host key, before sshd starts
              (rackboot-pi-access.service runs it; see firstboot/pi_access.py)
+pi-watch     a Pi's k3s agent restarted when its jumphost was swapped
+             (rackboot-pi-watch.timer runs it; see firstboot/pi_watch.py)
 """
 
 import argparse
@@ -25,7 +27,7 @@ VENDORED = Path(__file__).resolve().parent.parent / "site-packages"
 if VENDORED.is_dir():
     sys.path.insert(0, str(VENDORED))
 
-from firstboot import agent, bundle_install, join, pi_access, pi_bundle, secretref, secrets  # noqa: E402
+from firstboot import agent, bundle_install, join, pi_access, pi_bundle, pi_watch, secretref, secrets  # noqa: E402
 from firstboot.errors import RackbootError  # noqa: E402
 from firstboot.layout import Layout, Role  # noqa: E402
 
@@ -79,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     server.add_argument("--rack", required=True, help="the rack this jumphost serves")
     _bundle_parser(verbs)
     verbs.add_parser("pi-access", help="a Pi's admin keys and ssh host key (before sshd starts)")
+    verbs.add_parser("pi-watch", help="restart a Pi's k3s agent when its jumphost was swapped")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if getattr(args, "verbose", False):
@@ -98,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.verb == "pi-access":
             return pi_access.run(layout)
+        if args.verb == "pi-watch":
+            return pi_watch.run(layout)
         print(agent.describe_status(layout))
         return 0
     except RackbootError as err:

@@ -183,6 +183,11 @@ class Layout:
         return self.rancher_state / "k3s/agent/images"
 
     @property
+    def k3s_agent_state(self) -> Path:
+        """What a k3s agent keeps of its server: server-ca.crt, client-kubelet.crt/.key."""
+        return self.rancher_state / "k3s/agent"
+
+    @property
     def datastore(self) -> Path:
         return self.rancher_state / "k3s/server/db"
 

@@ -40,7 +40,7 @@ from pathlib import Path, PurePosixPath
 from firstboot.layout import MACHINE, PI_ROOT_UNIT, Layout
 from firstboot.errors import RackbootError
 from firstboot.profile import BootDirBy, RackProfile
-from image import bundle_seal, payload, render, reproducible, rootfs, tree_cache
+from image import bundle_seal, payload, pi_watch_units, render, reproducible, rootfs, tree_cache
 from image import progress
 from image.atomic import staged_directory
 from firstboot.commands import run
@@ -199,6 +199,7 @@ def write_pi_os(pi_rootfs: rootfs.Rootfs, target: Path, k3s_bundles=()) -> None:
         payload.install_k3s(bundle, target, "arm64")
     (target / "etc/hostname").write_text("rackboot-pi\n")
     payload.install_pi_access(target)
+    pi_watch_units.install(target)
     run(["systemctl", f"--root={target}", "enable", "systemd-timesyncd.service"])
     payload.strip_machine_state(target)
 

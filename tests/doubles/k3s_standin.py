@@ -57,7 +57,18 @@ k3s's command line, files and protocols that rackboot relies on:
                then its kubelet posts the node's status with that identity
                every K3S_STANDIN_NODE_STATUS_FREQUENCY seconds (10, the
                kubelet's nodeStatusUpdateFrequency): a running agent needs no
-               token again.
+               token again. As with k3s and the kubelet, a running agent
+               never re-fetches the server's CA nor re-registers its Node
+               (k3s pkg/agent/config config.go get() fetches /cacerts and
+               writes agent/server-ca.crt at start only; kubelet_node_status.go
+               registerWithAPIServer returns once registrationCompleted): a
+               server with another CA fails its kubelet's TLS, and one whose
+               datastore lacks its Node answers its status posts 404, for
+               good, until the agent restarts. A restart with a token
+               without CA hash trusts what /cacerts serves, with k3s's
+               warning (clientaccess token.go validateCAHash). Its Node's
+               nodeInfo (bootID, machineID, kernelVersion, architecture) is
+               the agent's own machine's, as the kubelet reports it.
                Server and agent refuse to start with node labels in the
                kubernetes.io / k8s.io namespaces that a kubelet may not set
                (kubelet's --node-labels check; node-restriction.kubernetes.io/*
@@ -564,8 +575,23 @@ def node_password() -> str:
     return password
 
 
-def new_node(name: str, labels: dict, address: str, role: str) -> dict:
-    """A Node as its kubelet registers it: not Ready until it posts its status."""
+GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}
+NODE_INFO_KEYS = ("machineID", "systemUUID", "bootID", "kernelVersion", "architecture")
+
+
+def node_info() -> dict:
+    """What a kubelet reports of its own machine (pkg/kubelet/nodestatus
+    MachineInfo, VersionInfo): this machine's, never its server's."""
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot_id = machine_id()
+    return {"machineID": machine_id(), "systemUUID": machine_id(), "bootID": boot_id,
+            "kernelVersion": os.uname().release, "architecture": GOARCH.get(os.uname().machine, os.uname().machine)}
+
+
+def new_node(name: str, labels: dict, address: str, role: str, info: dict) -> dict:
+    """A Node as its kubelet registers it (info: its node_info()): not Ready until it posts its status."""
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return {"apiVersion": "v1", "kind": "Node",
             "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
@@ -579,9 +605,7 @@ def new_node(name: str, labels: dict, address: str, role: str) -> dict:
                                      {"type": "Hostname", "address": name}],
                        "nodeInfo": {"kubeletVersion": VERSION, "kubeProxyVersion": VERSION,
                                     "osImage": "rackboot", "operatingSystem": "linux",
-                                    "architecture": os.uname().machine, "kernelVersion": os.uname().release,
-                                    "containerRuntimeVersion": "containerd://1.7.23-k3s2",
-                                    "machineID": machine_id(), "systemUUID": machine_id(), "bootID": machine_id()}}}
+                                    "containerRuntimeVersion": "containerd://1.7.23-k3s2", **info}}}
 
 
 UNREACHABLE = "node.kubernetes.io/unreachable"
@@ -691,7 +715,8 @@ class Server:
         self.take_tokens(read_token(self.config), read_token(self.config, "agent-token"))
         for namespace in SYSTEM_NAMESPACES:
             self.store.ensure_namespace(namespace)
-        self.register(self.node_name, node_password(), labels_from(self.config), self.address, "server")
+        self.register(self.node_name, node_password(), labels_from(self.config), self.address, "server",
+                      node_info())
         self.packaged_components()
         threading.Thread(target=self.monitor_nodes, daemon=True).start()
         threading.Thread(target=self.own_kubelet, daemon=True).start()
@@ -800,9 +825,9 @@ class Server:
                  "extendedKeyUsage=clientAuth")
             return (directory / "client-kubelet.crt").read_text() + (directory / "client-kubelet.key").read_text()
 
-    def register(self, name: str, password: str, labels: dict, address: str, role: str) -> None:
+    def register(self, name: str, password: str, labels: dict, address: str, role: str, info: dict) -> None:
         self.check_node_password(name, password)
-        node = new_node(name, labels, address, role)
+        node = new_node(name, labels, address, role, info)
         old = self.store.get("nodes", "", name)
         if role == "agent":      # the kubelet registers its Node with its own identity: NodeRestriction
             if not old:
@@ -1060,8 +1085,12 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
         self.check_join_token()
         request = json.loads(self.body() or b"{}")
         name = self.headers.get("k3s-Node-Name", "")
+        info = request.get("nodeInfo") or {}     # the kubelet's own; never the server's
+        if not isinstance(info, dict) or not set(info) <= set(NODE_INFO_KEYS) \
+                or not all(isinstance(v, str) for v in info.values()):
+            raise ApiError(400, "BadRequest", f"nodeInfo: the kubelet's own {', '.join(NODE_INFO_KEYS)}")
         state.register(name, self.headers.get("k3s-Node-Password", ""), request.get("labels", {}),
-                       request.get("address") or self.client_address[0], "agent")
+                       request.get("address") or self.client_address[0], "agent", info)
         log(f"node {name} joined")
         bearer = secrets.token_hex(16)
         state.agent_tokens[bearer] = name
@@ -1281,6 +1310,13 @@ def lb_answer(server: str, kubelet: ssl.SSLContext, namespace: str, service: str
 PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----\n?", re.S)
 
 
+# clientaccess token.go validateCAHash, for a token without CA hash and a CA
+# the host does not trust: the agent goes on, trusting what /cacerts served.
+BARE_TOKEN_WARNING = ("Cluster CA certificate is not trusted by the host CA bundle, but the token does not include "
+                      "a CA hash. Use the full token from the server's node-token file to enable Cluster CA "
+                      "validation.")
+
+
 def join_cluster(server: str, token: str, node: dict, password: str, identity: Path) -> None:
     """Until the server takes the node: its CA (pinned when the token has the
     CA's hash), the kubelet's client certificate (identity/client-kubelet.crt
@@ -1295,6 +1331,8 @@ def join_cluster(server: str, token: str, node: dict, password: str, identity: P
             want = parse_token(token)[0]
             if want and ca_hash(ca) != want:
                 fatal(f"token CA hash does not match the Cluster CA certificate hash: {server}/cacerts")
+            if not want:
+                warn(BARE_TOKEN_WARNING)
             pinned = ssl.create_default_context(cadata=ca.decode())
             pinned.check_hostname = False
             headers = {"Authorization": "Basic " + base64.b64encode(f"node:{token_secret(token)}".encode()).decode(),
@@ -1308,7 +1346,8 @@ def join_cluster(server: str, token: str, node: dict, password: str, identity: P
             write_private(identity / "server-ca.crt", ca.decode(), 0o644)
             request = urllib.request.Request(
                 f"{server}/v1-k3s/standin-join", method="POST", headers={**headers, "Content-Type": "application/json"},
-                data=json.dumps({"labels": node["labels"], "address": node["address"]}).encode())
+                data=json.dumps({"labels": node["labels"], "address": node["address"],
+                                 "nodeInfo": node_info()}).encode())
             with urllib.request.urlopen(request, context=pinned, timeout=10):
                 return
         except urllib.error.HTTPError as err:
