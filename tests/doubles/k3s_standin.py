@@ -950,13 +950,17 @@ class TlsServer(http.server.ThreadingHTTPServer):
         request.settimeout(HANDSHAKE_SECONDS)
         try:
             connection = self.context.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError):
+        except (ssl.SSLError, OSError) as err:     # Go's net/http logs it so, and closes
+            log(f"http: TLS handshake error from {client_address[0]}:{client_address[1]}: {err}")
             return          # shutdown_request closes it
         connection.settimeout(None)
         try:
             self.RequestHandlerClass(connection, client_address, self)
         finally:
-            connection.close()
+            # FIN after the answer, then close (socketserver's shutdown_request): a bare
+            # close() with unread bytes (a body the handler did not need) sends a reset,
+            # which can reach the client before the answer does.
+            self.shutdown_request(connection)
 
 
 class ApiHandler(http.server.BaseHTTPRequestHandler):
