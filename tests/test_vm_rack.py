@@ -28,12 +28,19 @@ and the firmware's part (kernel, initramfs, cmdline.txt from the FAT boot
 partition) is played by the test. The new board must join as the same node,
 grow its root to fill the card, and keep k3s's state on it.
 
-Last, a third Pi is added by a push to the running jumphost (`build.py push`
+Then a third Pi is added by a push to the running jumphost (`build.py push`
 over ssh, as an operator does): the jumphost takes the new bundle without
 rebooting, and the new Pi, in none of the image's bundles, netboots, finds
 itself in the bundle its jumphost's join service serves, and joins. A second
 push takes it out again (it was powered off first): its Node and TFTP
 directory go.
+
+Last, the jumphost is swapped under its running Pis (tests/lib/vm_swap.py):
+its QEMU killed, a fresh copy of the same image booted with the same seed,
+the netbooted Pi and the SD-card Pi left running. Both are Ready nodes of the
+new cluster again within 10 minutes without a reboot (their watcher restarts
+k3s-agent: the example has no k3s.ca, so the new jumphost's CA is new), the
+rack's YAML is applied again, and the NFS root serves on.
 """
 
 import json
@@ -43,7 +50,7 @@ import pytest
 
 from firstboot import join
 from tests.conftest import EXAMPLE_PROFILE, REPLACEMENT_PI
-from tests.lib import vm_push
+from tests.lib import vm_push, vm_swap
 from tests.lib.vm import (ALL_DONE, ARTIFACTS, PiVM, VirtualRack, debugfs, ext4_header, extract_partition,
                           file_type, partitions, sdcard_boot_files)
 
@@ -125,6 +132,13 @@ def test_virtual_rack_joins_a_power_cycled_pi_rejoins_and_a_replacement_boots_fr
         finally:
             replacement.power_off()
         add_and_remove_a_pi_by_push()
+        seen["token_reads_before_swap"] = list(rack.secret_manager.calls)
+        replacement.power_on()       # its third boot: the two Pis the swap leaves running
+        try:
+            seen["before_swap"] = replacement.report()
+            seen["swap"] = vm_swap.swap_jumphost(rack, {pis[0].name: rack.pis[0], REPLACEMENT_PI["name"]: replacement})
+        finally:
+            replacement.power_off()
 
     try:
         rack.run(with_jumphost_ready)
@@ -141,7 +155,9 @@ def test_virtual_rack_joins_a_power_cycled_pi_rejoins_and_a_replacement_boots_fr
     assert jumphost["failed_units"] == [], console
     assert len(jumphost["ssh_host_keys"]) == 3, console
     assert TOKEN not in console.read_bytes()
-    assert rack.secret_manager.calls == ["projects/rackboot-example/secrets/k3s-node-token/versions/latest"]
+    token = "projects/rackboot-example/secrets/k3s-node-token/versions/latest"
+    assert seen["token_reads_before_swap"] == [token]
+    assert rack.secret_manager.calls == [token, token]          # the swapped-in jumphost's one read
     pis = profile.pis[:2]
     for pi, report in zip(pis, seen["pis"]):
         assert report["identity"] == {"rack": "example", "role": "pi", "node": pi.name, "source": "MAC"}, report
@@ -240,3 +256,21 @@ def test_virtual_rack_joins_a_power_cycled_pi_rejoins_and_a_replacement_boots_fr
     assert seen["status_remove"]["steps"]["apply"]["result"]["nodes_removed"] == [ADDED_PI["name"]]
     assert set(seen["after_remove"]["nodes"]) == set(seen["after_add"]["nodes"]) - {ADDED_PI["name"]}
     assert ADDED_PI["serial"] not in seen["tftp_after_remove"].split()
+
+
+    # The jumphost swapped under the two running Pis: both Ready in the new cluster (within
+    # vm_swap's 10 minutes), the same QEMUs and boot ids (nothing rebooted), each Pi's watcher
+    # restarted its k3s-agent once it saw the new CA, the rack's YAML applied again, the NFS
+    # root exported again and the netbooted Pi on it.
+    swap = seen["swap"]
+    print(f"jumphost swap: both Pis Ready {swap['seconds']} s after the old jumphost was killed")
+    assert seen["before_swap"]["steps"] == ALL_DONE, seen["before_swap"]["errors"]
+    assert swap["report"]["steps"] == ALL_DONE, swap["report"]["errors"]
+    assert swap["pis_running"] == [True, True]
+    for name in (pis[0].name, REPLACEMENT_PI["name"]):
+        assert swap["after"][name][0] == "True", swap["after"]
+        assert swap["after"][name][1] == swap["before"][name][1], (name, swap["before"], swap["after"])
+        assert any("serves another CA than the agent pinned" in line and "restarting k3s-agent" in line
+                   for line in swap["pi_watch"][name]), swap["pi_watch"]
+    assert "/srv/rackboot/pi-root" in swap["exports"] and "fsid=44155317-85df-410d-b5a3-07adf3f58a6d" in swap["exports"]
+    assert swap["nfs_peers"].strip(), swap                       # the netbooted Pi's NFS client came back
