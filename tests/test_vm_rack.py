@@ -102,6 +102,7 @@ def test_virtual_rack_joins_a_power_cycled_pi_rejoins_and_a_replacement_boots_fr
         seen["boot_id_after"] = rack.ssh("cat", "/proc/sys/kernel/random/boot_id")
 
     def with_jumphost_ready(report):
+        seen["token_reads_at_ready"] = list(rack.secret_manager.calls)
         assert report["steps"] == ALL_DONE, report["errors"]
         seen["jumphost"] = report
         # What the jumphost exports to the Pis: its mount, and the device numbers of it and of /.
@@ -156,8 +157,11 @@ def test_virtual_rack_joins_a_power_cycled_pi_rejoins_and_a_replacement_boots_fr
     assert len(jumphost["ssh_host_keys"]) == 3, console
     assert TOKEN not in console.read_bytes()
     token = "projects/rackboot-example/secrets/k3s-node-token/versions/latest"
-    assert seen["token_reads_before_swap"] == [token]
-    assert rack.secret_manager.calls == [token, token]          # the swapped-in jumphost's one read
+    assert seen["token_reads_at_ready"] == [token]                # once, at the first boot
+    # Each agent run reads it again (a rotated token is taken so): one per push, then the
+    # swapped-in jumphost's first boot.
+    assert seen["token_reads_before_swap"] == [token] * 3
+    assert rack.secret_manager.calls == [token] * 4
     pis = profile.pis[:2]
     for pi, report in zip(pis, seen["pis"]):
         assert report["identity"] == {"rack": "example", "role": "pi", "node": pi.name, "source": "MAC"}, report
