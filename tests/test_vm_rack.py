@@ -137,7 +137,8 @@ def test_virtual_rack_joins_a_power_cycled_pi_rejoins_and_a_replacement_boots_fr
         replacement.power_on()       # its third boot: the two Pis the swap leaves running
         try:
             seen["before_swap"] = replacement.report()
-            seen["swap"] = vm_swap.swap_jumphost(rack, {pis[0].name: rack.pis[0], REPLACEMENT_PI["name"]: replacement})
+            seen["swap"] = vm_swap.swap_jumphost(rack, {profile.pis[0].name: rack.pis[0],
+                                                         REPLACEMENT_PI["name"]: replacement})
         finally:
             replacement.power_off()
 
@@ -247,7 +248,8 @@ def test_virtual_rack_joins_a_power_cycled_pi_rejoins_and_a_replacement_boots_fr
     for name in ("add", "remove"):
         outcomes = {step: record["outcome"] for step, record in seen[f"status_{name}"]["steps"].items()}
         assert outcomes == {**ALL_DONE, "report": "done"}, seen[f"status_{name}"]
-    assert {"bundle", "dnsmasq-config"} <= set(seen["status_add"]["steps"]["serve"]["result"]["changed"])
+    # The TFTP root now links into the pushed bundle; no DHCP line (proxy DHCP: the example's Pis have no address).
+    assert {"bundle", "tftp-root"} <= set(seen["status_add"]["steps"]["serve"]["result"]["changed"])
     assert "rackboot.rack=example" in seen["added_tftp"]
     assert seen["added"]["identity"] == {"rack": "example", "role": "pi", "node": ADDED_PI["name"],
                                          "source": "MAC"}, seen["added"]

@@ -24,12 +24,12 @@ def ssh_config(rack, path: Path, host: str = "rack-jumphost") -> tuple[str, Path
     return host, path
 
 
-def profiles_with(source: Path, target: Path, pis: list[dict]) -> Path:
+def profiles_with(source: Path, target: Path, extra: list[dict]) -> Path:
     """A copy of source's profiles directory (example.yaml and what it
-    names) with example.yaml's pis replaced by pis; the profile's path."""
+    names) with the extra Pis after the profile's own; the profile's path."""
     shutil.copytree(source.parent, target)
     document = yaml.safe_load((target / source.name).read_text())
-    document["pis"] = pis
+    document["pis"] = [*document["pis"], *extra]
     (target / source.name).write_text(yaml.safe_dump(document, sort_keys=False))
     return target / source.name
 
