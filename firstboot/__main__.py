@@ -48,6 +48,8 @@ def _bundle_parser(verbs) -> None:
                                                                                              required=True)
     install = bundles.add_parser("install", help="verify a pushed bundle (a tar file) and use it")
     install.add_argument("archive", type=Path, metavar="FILE")
+    install.add_argument("--k3s-bundle", type=Path, metavar="DIR",
+                         help="a k3s bundle (VERSION directory) to put in place first: the bundle's k3s version")
     rollback = bundles.add_parser("rollback", help="withdraw the newest pushed revision in use")
     listing = bundles.add_parser("list", help="the rack's bundles that verify, newest first")
     for sub in (install, rollback):
@@ -58,7 +60,7 @@ def _bundle_parser(verbs) -> None:
 
 def _bundle(args, layout: Layout) -> str:
     if args.action == "install":
-        return bundle_install.install(layout, args.archive, args.dry_run)
+        return bundle_install.install(layout, args.archive, args.dry_run, args.k3s_bundle)
     if args.action == "rollback":
         return bundle_install.rollback(layout, args.rack, args.dry_run)
     return bundle_install.listing(layout, args.rack)
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.verb == "join-server":
             join.serve_forever(agent.rack_profile(layout, args.rack), layout.agent_token_file,
-                               bundle_archive=pi_bundle.archive_for_pis(layout, args.rack))
+                               bundle_archive=pi_bundle.archive_for_pis(layout, args.rack), layout=layout)
             return 0
         if args.verb == "pi-access":
             return pi_access.run(layout)

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from firstboot import (apply, bundle, host_keys, identify, join, k3s, metrics, nodes, pi_bundle, rack_model, ready,
-                       report, serve, state, token)
+from firstboot import (apply, bundle, host_keys, identify, join, k3s, k3s_follow, k3s_store, metrics, nodes,
+                       pi_bundle, rack_model, ready, report, serve, state, token)
 from firstboot.errors import RackbootError
 from firstboot.layout import Layout, Role
 from firstboot.profile import RackProfile
@@ -46,6 +46,7 @@ class Context:
     token_changed: bool = False                   # the token step's: k3s restarts when it changed
     inventory: tuple = ()                         # apply's kinds applied, pruned through next time
     served_bundle: str | None = None              # the bundle digest the last serve step served
+    k3s_version: str | None = None                # the k3s step's: what the jumphost serves once ready
 
     @property
     def profile(self) -> RackProfile | None:
@@ -119,12 +120,22 @@ def step_token(ctx: Context) -> dict:
 
 
 def step_k3s(ctx: Context) -> dict:
-    return k3s.install(ctx.layout, ctx.identity.rack, ctx.role, ctx.identity.node, ctx.profile.k3s.version,
-                       token_changed=ctx.token_changed)
+    version = ctx.profile.k3s.version
+    if ctx.role is Role.PI:       # the Pis follow their server (firstboot/k3s_follow.py)
+        version = k3s_follow.version_to_run(ctx.layout, ctx.profile, version, join.FETCH_TIMEOUT)
+    result = k3s.install(ctx.layout, ctx.identity.rack, ctx.role, ctx.identity.node, version,
+                         token_changed=ctx.token_changed)
+    if ctx.role is Role.PI:       # where the Pis' watcher asks whether the server moved on (k3s_follow.behind)
+        result["follows"] = k3s_follow.base_url(ctx.profile)
+    ctx.k3s_version = result["version"]
+    return result
 
 
 def step_ready(ctx: Context) -> dict:
-    return ready.wait(ctx.layout, ctx.role, ctx.identity.node)
+    result = ready.wait(ctx.layout, ctx.role, ctx.identity.node)
+    if ctx.role is Role.JUMPHOST:     # now its Pis may run this version too
+        k3s_store.record_served(ctx.layout, ctx.k3s_version)
+    return result
 
 
 def step_apply(ctx: Context) -> dict:

@@ -10,6 +10,13 @@ install FILE     FILE is a tar of one bundle (image/push.py packs it). It is
                  other contents. Then renamed into place
                  (Layout.pushed_bundles/RACK/REVISION: one rename, atomic),
                  and the agent runs again (its unit restarted), which uses it.
+                 Refused too: a bundle whose k3s version this jumphost has
+                 neither in its image nor pushed, or may not move to from the
+                 one installed (one minor at a time, firstboot/k3s_versions.py).
+--k3s-bundle DIR with install: that k3s bundle (both arches) copied, verified
+                 and put in place first (firstboot/k3s_store.py); it must be
+                 the bundle's k3s version. The k3s step then upgrades the
+                 server from it, keeping its datastore.
 rollback         the newest pushed revision in use is withdrawn (moved to
                  RACK/.withdrawn/), so the newest verified one before it is
                  used, and the agent runs again.
@@ -25,7 +32,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from firstboot import bundle, bundle_archive, bundle_preview, files, state, system
+from firstboot import bundle, bundle_archive, bundle_preview, files, k3s_store, k3s_versions, state, system
 from firstboot.errors import BadInput
 from firstboot.layout import Layout
 
@@ -82,7 +89,40 @@ def _prune_old(layout: Layout, rack: str) -> None:
         shutil.rmtree(old)
 
 
-def install(layout: Layout, archive: Path, dry_run: bool = False) -> str:
+def _k3s_for(layout: Layout, new: bundle.Bundle, k3s_source: Path | None, dry_run: bool) -> list[str]:
+    """new's k3s: the pushed one put in place (checked only, in a dry run),
+    or one the jumphost has; refused when the server may not move to it."""
+    version = new.k3s_version
+    if k3s_source is not None and k3s_source.name != version:
+        raise BadInput(f"--k3s-bundle {k3s_source} is k3s {k3s_source.name}; the bundle wants {version}")
+    k3s_versions.check_upgrade(k3s_versions.installed_version(layout.bin_dir / "k3s"), version)
+    if k3s_source is not None:
+        if dry_run:       # checked in a scratch store, removed
+            scratch = Path(tempfile.mkdtemp(prefix=".k3s-check-", dir=layout.state_dir))
+            try:
+                k3s_store.accept(layout.moving(state_dir=scratch), k3s_source)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            return [f"k3s {version}: verified (dry run: not installed)"]
+        return [f"k3s {k3s_store.accept(layout, k3s_source)}: installed in {layout.pushed_k3s_bundles}"]
+    if k3s_store.locate(layout, version) is None:
+        raise BadInput(f"the bundle wants k3s {version}, which this jumphost has neither in its image nor pushed "
+                       f"(it has {', '.join(k3s_store.versions(layout)) or 'none'})",
+                       hint=f"push it with the bundle: build.py push PROFILE --to HOST --k3s-bundle DIR "
+                            f"(./build.py fetch-k3s {version} -o DIR)")
+    return []
+
+
+def _prune_k3s(layout: Layout, rack: str) -> None:
+    """Pushed k3s bundles no kept revision wants (each is hundreds of MB)."""
+    wanted = {b.k3s_version for b in bundle.verified(layout, rack)}
+    if layout.pushed_k3s_bundles.is_dir():
+        for old in layout.pushed_k3s_bundles.iterdir():
+            if old.name not in wanted and not old.name.startswith("."):
+                shutil.rmtree(old)
+
+
+def install(layout: Layout, archive: Path, dry_run: bool = False, k3s_source: Path | None = None) -> str:
     rack = this_rack(layout)
     data = _read_archive(archive)
     store = layout.pushed_bundles / rack
@@ -99,11 +139,13 @@ def install(layout: Layout, archive: Path, dry_run: bool = False) -> str:
         if not _check_newer(new, current):
             return f"rack {rack}: revision {new.revision} ({new.digest}) is already in use; nothing changed"
         lines = [f"rack {rack}: revision {current.revision if current else 'none'} -> {new.revision}"]
+        lines += _k3s_for(layout, new, k3s_source, dry_run)
         if dry_run:
             return "\n".join(lines + bundle_preview.preview(layout, current, new, rack) + ["(dry run: nothing changed)"])
         _set_aside(store / str(new.revision))      # one that failed verification, never used
         os.rename(staging, store / str(new.revision))
         _prune_old(layout, rack)
+        _prune_k3s(layout, rack)
         return "\n".join(lines + [f"installed {store / str(new.revision)}", _rerun_agent()])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -129,6 +171,7 @@ def rollback(layout: Layout, rack: str, dry_run: bool = False) -> str:
     if len(good) < 2:
         raise BadInput(f"rack {rack}: revision {good[0].revision} is the only one here; there is none to go back to")
     current, previous = good[0], good[1]
+    k3s_versions.check_upgrade(k3s_versions.installed_version(layout.bin_dir / "k3s"), previous.k3s_version)
     lines = [f"rack {rack}: revision {current.revision} -> {previous.revision} (rollback)"]
     if dry_run:
         return "\n".join(lines + bundle_preview.preview(layout, current, previous, rack) + ["(dry run: nothing changed)"])

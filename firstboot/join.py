@@ -15,9 +15,10 @@ hundreds of machines. Instead:
     waiting for the jumphost for as long as it takes to come up.
 
 It hands each Pi its ssh host key too (GET /v1/ssh-host-key/NODE, derived
-from the rack's token: firstboot/host_keys.py), and the rack's bundle in use
+from the rack's token: firstboot/host_keys.py), the rack's bundle in use
 (GET /v1/bundle, a tar: firstboot/pi_bundle.py), so that a Pi added by a
-push finds itself in it. The service reads the bundle when it starts; the
+push finds itself in it, and the k3s its server runs (GET /v1/k3s...:
+firstboot/k3s_follow.py), so that the Pis follow an upgrade. The service reads the bundle when it starts; the
 agent's serve step restarts it when the bundle in use changes.
 
 The service faces everything on the rack network, so an address outside the
@@ -37,6 +38,7 @@ import http.server
 import io
 import ipaddress
 import os
+import shutil
 import socket
 import socketserver
 import sys
@@ -46,9 +48,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from firstboot import host_keys
+from firstboot import host_keys, k3s_follow
 from firstboot.errors import RackbootError
-from firstboot.layout import MACHINE
+from firstboot.layout import MACHINE, Layout
 
 PATH = "/v1/agent-token"
 BUNDLE_PATH = "/v1/bundle"
@@ -156,6 +158,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     profile: object
     host_key_secret: Path
     bundle_archive: bytes | None      # the rack's bundle in use, packed (None: the image's is unsealed)
+    layout: Layout                    # the served k3s version and its files (firstboot/k3s_follow.py)
     server_version = "rackboot-join"
     timeout = CONNECTION_SECONDS     # writes too: a client that does not read its answer
 
@@ -173,6 +176,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.path == BUNDLE_PATH and self.bundle_archive:
             self._send(200, self.bundle_archive, "application/x-tar")
             return
+        if self.path == k3s_follow.PATH or self.path.startswith(k3s_follow.PATH + "/"):
+            self._send(*k3s_follow.answer(self.layout, self.path))
+            return
         if self.path != PATH:
             self._send(404, b"not found\n")
             return
@@ -185,13 +191,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self._send(503, b"the jumphost has no agent token yet (its token step has not run)\n")
 
-    def _send(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
+    def _send(self, status: int, body: bytes | Path, content_type: str = "text/plain") -> None:
+        """body: bytes, or a file streamed (each write bounded by the socket's timeout)."""
+        with (body.open("rb") if isinstance(body, Path) else io.BytesIO(body)) as data:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(os.fstat(data.fileno()).st_size if isinstance(body, Path)
+                                                   else len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            shutil.copyfileobj(data, self.wfile, 1 << 20)
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002
         # Address, request line and status: never the body (the token).
@@ -258,13 +267,14 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 
 def serve_forever(profile, token_file: Path, connection_seconds: float = CONNECTION_SECONDS,
-                  host_key_secret: Path | None = None, bundle_archive: bytes | None = None) -> None:
+                  host_key_secret: Path | None = None, bundle_archive: bytes | None = None,
+                  layout: Layout = MACHINE) -> None:
     """Serve token_file (the jumphost's Layout.agent_token_file) to profile's
-    rack, its Pis' host keys from host_key_secret (Layout.ssh_host_key_secret)
-    and bundle_archive (the rack's bundle in use, packed)."""
+    rack, its Pis' host keys from host_key_secret (Layout.ssh_host_key_secret),
+    bundle_archive (the rack's bundle in use, packed) and layout's served k3s."""
     handler = type("Handler", (_Handler,), {"token_file": token_file, "profile": profile,
                                             "host_key_secret": host_key_secret or MACHINE.ssh_host_key_secret,
-                                            "bundle_archive": bundle_archive})
+                                            "bundle_archive": bundle_archive, "layout": layout})
     server = _Server((str(profile.jumphost.address), profile.netboot.join_port), handler,
                      profile.network.subnet, connection_seconds)
     try:

@@ -50,7 +50,7 @@ import shutil
 from pathlib import Path
 
 from firstboot import k3s_bundle_files as bundle_files
-from firstboot import k3s_ca, k3s_versions
+from firstboot import k3s_ca, k3s_store, k3s_versions
 from firstboot.errors import RackbootError
 from firstboot.layout import MACHINE, Layout, Role
 from firstboot.system import ensure_running, place, systemctl
@@ -107,18 +107,19 @@ def machine_arch() -> str:
     return ARCHES[machine]
 
 
-def find_bundle(bundles: Path, version: str, arch: str) -> tuple[Path, Path]:
-    """The binary and images for arch of the bundle of version under bundles
-    (Layout.k3s_bundles), checked against its checksums as the build host
-    checked them (firstboot/k3s_bundle_files.py)."""
-    bundle = bundles / version
-    if not bundle.is_dir():
-        present = sorted(p.name for p in bundles.iterdir()) if bundles.is_dir() else []
+def find_bundle(layout: Layout, version: str, arch: str) -> tuple[Path, Path]:
+    """The binary and images for arch of version's bundle, the image's or a
+    pushed one (firstboot/k3s_store.py), checked against its checksums as the
+    build host checked them (firstboot/k3s_bundle_files.py)."""
+    bundle = k3s_store.locate(layout, version)
+    if bundle is None:
+        present = k3s_store.versions(layout)
         raise RackbootError(
-            f"k3s {version}: not in this image ({bundle} missing; the image has "
+            f"k3s {version}: not on this machine ({layout.k3s_bundle(version)} missing, none pushed; it has "
             f"{', '.join(present) or 'no k3s bundle'})",
-            hint="build the image with --k3s-bundle DIR holding that version "
-                 "(./build.py fetch-k3s VERSION -o DIR), or set k3s.version in the profile to one it has")
+            hint="push it with the rack's bundle (./build.py push PROFILE --to HOST --k3s-bundle DIR, the "
+                 "DIR ./build.py fetch-k3s VERSION -o DIR wrote), build the image with --k3s-bundle DIR, "
+                 "or set k3s.version in the profile to one it has")
     try:
         bundle_files.check_arch(bundle, arch)
     except bundle_files.BundleFileError as err:
@@ -185,7 +186,7 @@ def _install_files(layout: Layout, rack: str, role: Role, node: str, binary: Pat
 def install(layout: Layout, rack: str, role: Role, node: str, version: str, token_changed: bool) -> dict:
     """Install or upgrade k3s and (re)start it when anything changed."""
     arch = machine_arch()
-    binary, images = find_bundle(layout.k3s_bundles, version, arch)
+    binary, images = find_bundle(layout, version, arch)
     ca = None
     if role is Role.JUMPHOST:     # before anything is placed: a refused skip leaves k3s as it is
         k3s_versions.check_upgrade(k3s_versions.installed_version(layout.bin_dir / "k3s"), version)

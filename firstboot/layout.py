@@ -35,6 +35,8 @@ What the machine keeps (k3s's own paths are k3s's install.sh's):
     etc/dnsmasq.d/, etc/exports.d/        the netboot service's configuration
     var/lib/rackboot/                     the agent's status file
     var/lib/rackboot/bundles/RACK/REV/    rack bundles pushed to it (firstboot/bundle.py)
+    var/lib/rackboot/k3s/VERSION/         k3s bundles pushed to it, or a Pi's from its jumphost (firstboot/k3s_store.py)
+    var/lib/rackboot/k3s-served.json      the k3s version the jumphost's server runs, for its Pis
     var/lib/rackboot/metrics/rackboot.prom   its last run as Prometheus metrics (node-exporter's textfile)
     etc/rackboot/{agent.env,credentials.json}   written by cloud-init's seed
     etc/rackboot/ssh-host-key-secret      the Pis' host keys derive from it (jumphost)
@@ -222,6 +224,17 @@ class Layout:
     @property
     def state_dir(self) -> Path:
         return self._part("state_dir", "/var/lib/rackboot")
+
+    @property
+    def pushed_k3s_bundles(self) -> Path:
+        """k3s bundles beyond the image's: pushed to a jumphost, or a Pi's
+        from its jumphost (firstboot/k3s_store.py)."""
+        return self.state_dir / "k3s"
+
+    @property
+    def k3s_served(self) -> Path:
+        """The version the jumphost's k3s server runs, once ready: what its Pis follow."""
+        return self.state_dir / "k3s-served.json"
 
     @property
     def metrics_dir(self) -> Path:

@@ -25,6 +25,9 @@ new one without), as k3s and the kubelet are written:
 So the watcher restarts k3s-agent when the jumphost's k3s answers with
 another CA than the one the agent pinned, or when this Pi's Node is gone
 (read with the kubelet's own credentials; a 401 is a client CA that changed).
+And when the jumphost's server runs another k3s version than the Pi's last
+agent run installed (an upgrade in place: firstboot/k3s_follow.py), it runs
+the first-boot agent again, which installs the served version.
 It waits for the same finding on CHECKS runs in a row (a server that is
 still starting is not a reason), and after a restart gives the agent
 HOLDOFF seconds to join before it restarts it again. Nothing happens while
@@ -46,7 +49,7 @@ from pathlib import Path
 
 import yaml
 
-from firstboot import k3s, system
+from firstboot import k3s, k3s_follow, system
 from firstboot.layout import Layout, Role
 
 log = logging.getLogger("rackboot.pi-watch")
@@ -55,6 +58,8 @@ CHECKS = 3            # the same finding this many runs in a row (3 x 20 s)
 HOLDOFF = 180         # seconds a restarted agent has to join before another restart
 TIMEOUT = 10
 AGENT_UNIT = k3s.service_name(Role.PI)
+FIRSTBOOT_UNIT = "rackboot-firstboot.service"
+PURPOSE = {AGENT_UNIT: "to join it again", FIRSTBOOT_UNIT: "to install the jumphost's k3s"}
 
 
 @dataclass(frozen=True)
@@ -179,7 +184,9 @@ def check(layout: Layout) -> str:
         return "nothing"
     path = layout.state_dir / "pi-watch.json"
     state, (checks, holdoff) = _load(path), settings()
-    why = finding(agent)
+    why, unit = finding(agent), AGENT_UNIT
+    if why is None:
+        why, unit = k3s_follow.behind(layout), FIRSTBOOT_UNIT
     if why is None:
         _save(path, {k: v for k, v in state.items() if k == "restarted"})
         return "nothing"
@@ -191,8 +198,8 @@ def check(layout: Layout) -> str:
     if "restarted" in state and boot_clock() - state["restarted"] < holdoff:
         _save(path, state)
         return "holdoff"
-    log.warning("pi-watch: %s (%d checks); restarting %s to join it again", why, seen, AGENT_UNIT)
-    system.systemctl("restart", "--no-block", AGENT_UNIT, hint=f"journalctl -u {AGENT_UNIT} says why")
+    log.warning("pi-watch: %s (%d checks); restarting %s %s", why, seen, unit, PURPOSE[unit])
+    system.systemctl("restart", "--no-block", unit, hint=f"journalctl -u {unit} says why")
     _save(path, {"restarted": boot_clock()})
     return "restarted"
 

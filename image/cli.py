@@ -141,6 +141,10 @@ PUSH = (
                                                            "(nothing is sent)")),
     REVISION,
     ATTACH[2],
+    Option(("--k3s-bundle",), dict(type=Path, metavar="DIR", help=(
+        "send this k3s bundle too (fetch-k3s's VERSION directory; the profile's k3s.version): the jumphost "
+        "upgrades its k3s server in place, keeping its datastore, and its Pis follow; one minor version at a "
+        "time"))),
 )
 ROUTER = (
     Option(("--to",), dict(required=True, metavar="ROUTER",

@@ -3,13 +3,18 @@ bundle onto its running jumphost, over ssh as the admin user (image/ssh.py).
 
 1. the bundle is built here (image/bundle_build.py) and packed as one tar
    file (firstboot/bundle_archive.py: the same bundle gives the same bytes);
-2. scp copies it into ~rackboot/.rackboot-push/ on the jumphost;
-3. `sudo -n python3 -m firstboot bundle install FILE` there unpacks it into a
-   root-owned staging directory, verifies it, refuses another rack's or an
-   older revision than the jumphost uses, moves it into place atomically and
-   runs the agent again (firstboot/bundle_install.py). With --dry-run it
-   prints the files and objects that would change and changes nothing;
-4. the tar file is removed, whatever happened.
+2. scp copies it into ~rackboot/.rackboot-push/ on the jumphost, and with
+   --k3s-bundle DIR that k3s bundle's files (verified here first, as for an
+   image) into .rackboot-push/VERSION/;
+3. `sudo -n python3 -m firstboot bundle install [--k3s-bundle DIR] FILE`
+   there unpacks it into a root-owned staging directory, verifies it, refuses
+   another rack's or an older revision than the jumphost uses, or a k3s it
+   has not got or may not move to (one minor at a time), moves the k3s
+   bundle and then the rack's into place atomically and runs the agent again
+   (firstboot/bundle_install.py), which upgrades k3s keeping its datastore.
+   With --dry-run it prints the files and objects that would change and
+   changes nothing;
+4. what was copied is removed, whatever happened.
 
 --rollback sends nothing: `firstboot bundle rollback` on the jumphost
 withdraws its newest pushed revision, so the one before is used again.
@@ -48,6 +53,7 @@ class Request:
     dry_run: bool
     rollback: bool
     revision: tuple[int, str | None] | None     # (revision, commit); None for a rollback
+    k3s_bundle: object = None                   # image.k3s_bundle.Bundle, verified, to send too
 
 
 def check_host(host: str) -> None:
@@ -56,11 +62,12 @@ def check_host(host: str) -> None:
                        hint="the jumphost's ssh name, as in the profile's jumphost.ssh_host")
 
 
-def _scp(target: ssh.Target, local: Path, remote_name: str) -> None:
+def _scp(target: ssh.Target, local: Path | list[Path], remote_name: str) -> None:
     words = ["scp", *(["-F", str(target.config)] if target.config else [])]
     for option in ssh.OPTIONS:
         words += ["-o", option]
-    words += ["-q", "--", str(local), f"{target.user}@{target.host}:{remote_name}"]
+    sources = [str(p) for p in (local if isinstance(local, list) else [local])]
+    words += ["-q", "--", *sources, f"{target.user}@{target.host}:{remote_name}"]
     result = commands.run(words, capture=True, check=False, env=ssh.environment(), timeout=REMOTE_TIMEOUT)
     if result.returncode != 0:
         raise ssh.SshFailed(target, result.returncode, result.stderr)
@@ -107,8 +114,22 @@ def push(profile: RackProfile, request: Request) -> int:
         ssh.remote(target, ["mkdir", "-p", "-m", "0700", "--", STAGING])
         try:
             _scp(target, archive, remote_file)
-            command = [*AGENT, "install", *(["--dry-run"] if request.dry_run else []), "--", remote_file]
+            command = [*AGENT, "install", *(["--dry-run"] if request.dry_run else []),
+                       *_send_k3s_bundle(target, request.k3s_bundle), "--", remote_file]
             _show(on_jumphost(target, command))
         finally:
-            ssh.remote(target, ["rm", "-f", "--", remote_file])
+            ssh.remote(target, ["rm", "-rf", "--", remote_file,
+                                *([f"{STAGING}/{request.k3s_bundle.version}"] if request.k3s_bundle else [])])
     return 0
+
+
+def _send_k3s_bundle(target: ssh.Target, k3s: object) -> list[str]:
+    """k3s's files (both arches: the jumphost's and its Pis') into
+    STAGING/VERSION on the jumphost; the install command's option naming it."""
+    if k3s is None:
+        return []
+    remote_dir = f"{STAGING}/{k3s.version}"          # a checked k3s version: no shell word in it
+    log.info("sending k3s %s (%d files)", k3s.version, len(k3s.names()))
+    ssh.remote(target, ["mkdir", "-p", "-m", "0700", "--", remote_dir])
+    _scp(target, [k3s.path / name for name in k3s.names()], f"{remote_dir}/")
+    return ["--k3s-bundle", remote_dir]

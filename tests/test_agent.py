@@ -79,7 +79,7 @@ def test_run_after_fix_fetches_token_and_reports(machine, monkeypatch, capsys):
     assert agent.run("jumphost", layout) == 1
     saved = json.loads((tmp_path / "state/status.json").read_text())
     assert saved["failed"] == "k3s"
-    assert saved["steps"]["k3s"]["error"].startswith("k3s v1.31.4+k3s1: not in this image")
+    assert saved["steps"]["k3s"]["error"].startswith("k3s v1.31.4+k3s1: not on this machine")
     assert saved["steps"]["identify"]["result"] == {"rack": "twin-b", "role": "jumphost",
                                                     "node": "jh-b", "source": "seed"}
     assert saved["steps"]["token"]["result"]["changed"] is True

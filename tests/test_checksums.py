@@ -10,6 +10,7 @@ import pytest
 
 from firstboot import checksums, k3s
 from firstboot.errors import BadInput, RackbootError
+from firstboot.layout import Layout
 from image import k3s_bundle
 from tests.doubles import k3s_standin_bundle
 
@@ -95,7 +96,7 @@ def test_build_host_and_machine_agree(bundle, tmp_path, monkeypatch, index):
 
     def machine():
         try:
-            return k3s.find_bundle(copy.parent, VERSION, "amd64")
+            return k3s.find_bundle(Layout(copy.parent).moving(k3s_bundles=copy.parent), VERSION, "amd64")
         except RackbootError as err:
             return err
 

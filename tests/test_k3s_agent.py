@@ -184,8 +184,8 @@ def test_missing_bundle_version_fails_k3s_step_naming_it(rack):
     assert done.returncode == 1
     text = rack.status_text()
     assert "k3s        failed" in text
-    assert "k3s v1.32.0+k3s1: not in this image" in text and f"the image has {VERSION}" in text
-    assert "hint: build the image with --k3s-bundle" in text
+    assert "k3s v1.32.0+k3s1: not on this machine" in text and f"it has {VERSION}" in text
+    assert "hint: push it with the rack's bundle (./build.py push PROFILE --to HOST --k3s-bundle DIR" in text
 
 
 def test_corrupt_bundle_fails_naming_the_file(rack):

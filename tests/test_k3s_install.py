@@ -189,18 +189,19 @@ def test_a_version_the_image_does_not_have_is_named_with_those_it_has(tmp_path, 
     with pytest.raises(RackbootError) as caught:
         install(layout, version="v1.32.0+k3s1")
     missing = layout.k3s_bundle("v1.32.0+k3s1")
-    assert str(caught.value) == (f"k3s v1.32.0+k3s1: not in this image ({missing} missing; the image has "
+    assert str(caught.value) == (f"k3s v1.32.0+k3s1: not on this machine ({missing} missing, none pushed; it has "
                                  f"{VERSION})")
-    assert caught.value.hint == ("build the image with --k3s-bundle DIR holding that version (./build.py "
-                                 "fetch-k3s VERSION -o DIR), or set k3s.version in the profile to one it has")
+    assert caught.value.hint == ("push it with the rack's bundle (./build.py push PROFILE --to HOST --k3s-bundle "
+                                 "DIR, the DIR ./build.py fetch-k3s VERSION -o DIR wrote), build the image with "
+                                 "--k3s-bundle DIR, or set k3s.version in the profile to one it has")
     k3s_standin_bundle.make(layout.k3s_bundles, "v1.30.8+k3s1")
     with pytest.raises(RackbootError) as caught:
         install(layout, version="v1.32.0+k3s1")
-    assert f"the image has v1.30.8+k3s1, {VERSION})" in str(caught.value)
+    assert f"it has v1.30.8+k3s1, {VERSION})" in str(caught.value)
     empty = Layout(tmp_path / "bare")
     with pytest.raises(RackbootError) as caught:
-        k3s.find_bundle(empty.k3s_bundles, VERSION, "amd64")
-    assert "the image has no k3s bundle)" in str(caught.value)
+        k3s.find_bundle(empty, VERSION, "amd64")
+    assert "it has no k3s bundle)" in str(caught.value)
     assert not (layout.bin_dir / "k3s").exists()
 
 
@@ -250,7 +251,7 @@ def test_a_command_the_distribution_has_in_usr_bin_or_bin_is_not_linked(tmp_path
     _machine(layout, tmp_path, monkeypatch)
     monkeypatch.undo()          # the system's own path again
     monkeypatch.setattr(k3s, "LINKS", ("sh", "rackboot-test-no-such-command"))
-    k3s._install_files(layout, RACK, Role.JUMPHOST, "jump-1", *k3s.find_bundle(layout.k3s_bundles, VERSION, "amd64"))
+    k3s._install_files(layout, RACK, Role.JUMPHOST, "jump-1", *k3s.find_bundle(layout, VERSION, "amd64"))
     assert not os.path.lexists(layout.bin_dir / "sh")
     assert os.readlink(layout.bin_dir / "rackboot-test-no-such-command") == "k3s"
     # Only those two directories count, not the agent's PATH (install.sh's rule).
@@ -260,5 +261,5 @@ def test_a_command_the_distribution_has_in_usr_bin_or_bin_is_not_linked(tmp_path
     (elsewhere / "rackboot-test-on-path").chmod(0o755)
     monkeypatch.setenv("PATH", f"{elsewhere}:{os.environ.get('PATH', '/usr/bin:/bin')}")
     monkeypatch.setattr(k3s, "LINKS", ("rackboot-test-on-path",))
-    k3s._install_files(layout, RACK, Role.JUMPHOST, "jump-1", *k3s.find_bundle(layout.k3s_bundles, VERSION, "amd64"))
+    k3s._install_files(layout, RACK, Role.JUMPHOST, "jump-1", *k3s.find_bundle(layout, VERSION, "amd64"))
     assert os.readlink(layout.bin_dir / "rackboot-test-on-path") == "k3s"

@@ -19,6 +19,7 @@ import pytest
 from firstboot import bundle, bundle_archive
 from firstboot.profile import load_profiles
 from image import bundle_build, push
+from tests.doubles import k3s_standin, k3s_standin_bundle
 from tests.lib.machine import REPO
 from tests.lib.ssh_jumphost import SshJumphost
 from tests import test_attach
@@ -53,6 +54,11 @@ def as_rackboot_jumphost(jumphost: SshJumphost, operator, revision: int) -> Path
     agent = image / "agent"
     shutil.copytree(REPO / "firstboot", agent / "firstboot", ignore=shutil.ignore_patterns("__pycache__"))
     (agent / "site-packages").symlink_to(sysconfig.get_paths()["purelib"])
+    real = k3s_standin_bundle.real_bundle()           # the image's k3s, the racks' version
+    if real:
+        shutil.copytree(real, agent / "k3s" / real.name)
+    else:
+        k3s_standin_bundle.make(agent / "k3s", k3s_standin.VERSION)
     state = image / "state"
     state.mkdir(parents=True)
     systemctl = image / "systemctl"
