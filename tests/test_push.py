@@ -8,6 +8,7 @@ unit, recorded: the agent's run with a pushed bundle is tests/test_bundle_serve.
 API, the objects that would change, and changes nothing."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,8 @@ operator, jumphosts = test_attach.operator, test_attach.jumphosts    # the same 
 PI = "  - {{name: {name}, model: pi4, serial: {serial}, mac: 'dc:a6:32:00:01:{n:02x}', address: 192.168.1.{a}}}\n"
 
 
-def write_profile(profiles: Path, rack: str, port: int, pis: list[int], greeting: str, extra: bool = False) -> Path:
+def write_profile(profiles: Path, rack: str, port: int, pis: list[int], greeting: str, extra: bool = False,
+                  k3s_version: str | None = None) -> Path:
     (profiles / "kube").mkdir(exist_ok=True)
     (profiles / "kube" / f"{rack}.yaml").write_text(
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: hello, namespace: default}\n"
@@ -39,7 +41,8 @@ def write_profile(profiles: Path, rack: str, port: int, pis: list[int], greeting
            if extra else ""))
     path = profiles / f"{rack}.yaml"
     path.write_text(
-        f"rack: {rack}\njumphost: {{hostname: jh-a, ssh_host: jh-a}}\nk3s: {{attach_port: {port}}}\n"
+        f"rack: {rack}\njumphost: {{hostname: jh-a, ssh_host: jh-a}}\nk3s: {{attach_port: {port}"
+        + (f", version: '{k3s_version}'" if k3s_version else "") + "}\n"
         "netboot: {dhcp: full, dhcp_range: {start: 192.168.1.100, end: 192.168.1.150}}\n"
         f"manifests: [kube/{rack}.yaml]\npis:\n"
         + "".join(PI.format(name=f"pi-{n}", serial=f"0c0c0c{n:02x}", n=n, a=20 + n) for n in pis))
@@ -205,6 +208,41 @@ def test_push_refuses_another_racks_an_older_and_a_corrupt_bundle(operator, rack
     assert in_use(jumphost, image) == ["3"] and configmaps(jumphost)["hello"] == {"greeting": "hello"}
     assert (image / "systemctl.log").read_text() == "restart rackboot-firstboot.service\n"
     assert sorted(p.name for p in (image / "state/bundles/rack-a").iterdir()) == ["3"]   # no staging left
+
+
+@pytest.mark.machine   # a real sshd in a network namespace
+def test_push_sends_a_k3s_bundle_with_the_rack_bundle(operator, rack_a, tmp_path):
+    """build.py push --k3s-bundle: the k3s bundle checked here, copied, checked
+    there and put in place before the rack bundle (the agent's k3s step then
+    upgrades: tests/test_k3s_follow.py); a dry run places nothing."""
+    jumphost, image = rack_a
+    newer = "v1.32.0+k3s1"
+    fetched = k3s_standin_bundle.make(tmp_path / "fetched", newer)
+    pushed_k3s = image / "state/k3s"
+    # Without the bundle, a profile that wants a k3s the jumphost lacks is refused there, nothing changed.
+    write_profile(operator["profiles"], "rack-a", free_port(), [1, 2], "hello", k3s_version=newer)
+    lacking = pushing(operator, jumphost, "rack-a", "--revision", "2")
+    assert lacking.returncode == 2, lacking.stderr
+    assert f"error: the bundle wants k3s {newer}, which this jumphost has neither in its image nor pushed" \
+        in lacking.stderr and "--k3s-bundle DIR" in lacking.stderr
+    # A bundle of another version than the profile's: refused before any ssh.
+    other = k3s_standin_bundle.make(tmp_path / "other", "v1.31.9+k3s1")
+    mismatch = pushing(operator, jumphost, "rack-a", "--revision", "2", "--k3s-bundle", str(other))
+    assert mismatch.returncode == 2 and f"wants {newer} (k3s.version)" in mismatch.stderr
+    dry = pushing(operator, jumphost, "rack-a", "--revision", "2", "--k3s-bundle", str(fetched), "--dry-run")
+    assert dry.returncode == 0, dry.stderr + jumphost.logs()
+    assert f"k3s {newer}: verified (dry run: not installed)" in dry.stdout
+    assert not pushed_k3s.exists() or not [p for p in pushed_k3s.iterdir() if not p.name.startswith(".")]
+    real = pushing(operator, jumphost, "rack-a", "--revision", "2", "--k3s-bundle", str(fetched))
+    assert real.returncode == 0, real.stderr + jumphost.logs()
+    assert f"k3s {newer}: installed in /var/lib/rackboot/k3s" in real.stdout
+    assert in_use(jumphost, image) == ["2"]
+    assert sorted(p.name for p in pushed_k3s.iterdir()) == [newer]
+    for name in json.loads((fetched / "bundle.json").read_text())["files"]:
+        assert (pushed_k3s / newer / name).read_bytes() == (fetched / name).read_bytes(), name
+    assert os.access(pushed_k3s / newer / "k3s-arm64", os.X_OK)
+    assert list((jumphost.home_root / "rackboot/.rackboot-push").iterdir()) == []     # nothing left behind
+    assert (image / "systemctl.log").read_text() == "restart rackboot-firstboot.service\n"
 
 
 def test_push_checks_its_input_before_any_ssh(operator, tmp_path):
