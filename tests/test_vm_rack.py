@@ -41,6 +41,12 @@ the netbooted Pi and the SD-card Pi left running. Both are Ready nodes of the
 new cluster again within 10 minutes without a reboot (their watcher restarts
 k3s-agent: the example has no k3s.ca, so the new jumphost's CA is new), the
 rack's YAML is applied again, and the NFS root serves on.
+
+On the swapped-in jumphost, k3s is upgraded in place (tests/lib/vm_upgrade.py):
+the next minor pushed with the rack's bundle; the jumphost's server upgrades
+keeping its datastore, and both running Pis follow (their watcher runs their
+agent again, which fetches the served version from the join service): every
+Node Ready on the new version, the same Nodes and objects, nothing rebooted.
 """
 
 import json
@@ -50,7 +56,7 @@ import pytest
 
 from firstboot import join
 from tests.conftest import EXAMPLE_PROFILE, REPLACEMENT_PI
-from tests.lib import vm_push, vm_swap
+from tests.lib import vm_push, vm_swap, vm_upgrade
 from tests.lib.vm import (ALL_DONE, ARTIFACTS, PiVM, VirtualRack, debugfs, ext4_header, extract_partition,
                           file_type, partitions, sdcard_boot_files)
 
@@ -137,8 +143,9 @@ def test_virtual_rack_joins_a_power_cycled_pi_rejoins_and_a_replacement_boots_fr
         replacement.power_on()       # its third boot: the two Pis the swap leaves running
         try:
             seen["before_swap"] = replacement.report()
-            seen["swap"] = vm_swap.swap_jumphost(rack, {profile.pis[0].name: rack.pis[0],
-                                                         REPLACEMENT_PI["name"]: replacement})
+            running = {profile.pis[0].name: rack.pis[0], REPLACEMENT_PI["name"]: replacement}
+            seen["swap"] = vm_swap.swap_jumphost(rack, running, then=lambda: vm_upgrade.upgrade_k3s(
+                rack, running, EXAMPLE_PROFILE, tmp_path / "upgrade", PUSHED + 2))
         finally:
             replacement.power_off()
 
@@ -280,3 +287,24 @@ def test_virtual_rack_joins_a_power_cycled_pi_rejoins_and_a_replacement_boots_fr
                    for line in swap["pi_watch"][name]), swap["pi_watch"]
     assert "/srv/rackboot/pi-root" in swap["exports"] and "fsid=44155317-85df-410d-b5a3-07adf3f58a6d" in swap["exports"]
     assert swap["nfs_peers"].strip(), swap                       # the netbooted Pi's NFS client came back
+
+    # k3s upgraded in place on the swapped-in jumphost, both running Pis following.
+    upgrade = swap["then"]
+    if "skipped" in upgrade:
+        print(f"k3s upgrade in place: skipped ({upgrade['skipped']})")
+        return
+    version = upgrade["version"]
+    assert f"k3s {version}: installed in /var/lib/rackboot/k3s" in upgrade["pushed"], upgrade["pushed"]
+    assert upgrade["status"]["steps"]["k3s"]["outcome"] == "done", upgrade["status"]
+    k3s_result = upgrade["status"]["steps"]["k3s"]["result"]
+    assert k3s_result["version"] == version and "binary" in k3s_result["changed"], k3s_result
+    before, after = upgrade["before"], upgrade["after"]
+    assert set(after) == set(before) == {"jumphost-example", pis[0].name, REPLACEMENT_PI["name"]}, (before, after)
+    for name in before:
+        assert before[name][1] != version and after[name][:2] == ("True", version), (name, before, after)
+        assert after[name][2:] == before[name][2:], (name, before, after)    # same Node (uid), same boot
+    assert upgrade["kept"][0] == upgrade["kept"][1]                      # the datastore kept what it had
+    assert upgrade["pis_running"] == [True, True]
+    for name, lines in upgrade["pi_watch"].items():
+        assert any(f"the jumphost's k3s runs {version}" in line and "restarting rackboot-firstboot.service" in line
+                   for line in lines), (name, upgrade["pi_watch"])

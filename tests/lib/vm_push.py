@@ -34,9 +34,9 @@ def profiles_with(source: Path, target: Path, extra: list[dict]) -> Path:
     return target / source.name
 
 
-def push(profile: Path, host: str, config: Path, revision: int) -> subprocess.CompletedProcess:
+def push(profile: Path, host: str, config: Path, revision: int, *options: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "build.py"), "push", str(profile), "--to", host,
-                           "--ssh-config", str(config), "--revision", str(revision)],
+                           "--ssh-config", str(config), "--revision", str(revision), *options],
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=AGENT_SECONDS)
 
 

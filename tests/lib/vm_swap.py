@@ -88,8 +88,10 @@ def _inputs(rack):
     return profile, {"SECRET_MANAGER_EMULATOR_HOST": f"{rack.profile.network.router}:{sm_port}"}
 
 
-def swap_jumphost(rack, pis: dict | None = None, name: str = "jumphost-swapped") -> dict:
-    """pis: node name -> the running PiVM (by default the rack's first Pis, as VirtualRack made them)."""
+def swap_jumphost(rack, pis: dict | None = None, name: str = "jumphost-swapped", then=None) -> dict:
+    """pis: node name -> the running PiVM (by default the rack's first Pis, as
+    VirtualRack made them); then(): more on the swapped-in jumphost while it
+    runs (its result is seen["then"])."""
     pis = pis or {pi.name: vm_ for pi, vm_ in zip(rack.profile.pis, rack.pis)}
     names, machines = list(pis), list(pis.values())
     seen = {"before": wait_ready(rack, names, time.monotonic() + SWAP_TIMEOUT)}
@@ -106,6 +108,8 @@ def swap_jumphost(rack, pis: dict | None = None, name: str = "jumphost-swapped")
         print(f"jumphost swap to both Pis Ready: {seen['seconds']} s")
         seen["exports"] = rack.ssh("sudo", "exportfs", "-v")
         seen["nfs_peers"] = rack.ssh("ss", "-Htn", "state", "established", "sport", "=", ":2049")
+        if then is not None:
+            seen["then"] = then()
 
     vm.boot(profile, rack.image, f"{rack.prefix}-{name}", env, while_running=when_up,
             netdev=rack.switch.plug().netdev(qemu.NIC_NETDEV))
