@@ -17,8 +17,8 @@ from pathlib import Path
 
 from firstboot.errors import BadInput
 from firstboot.profile import RackProfile, load_profiles
-from image import (agent_env, attach, clusters, jumphost, k3s_bundle, k3s_fetch, k3s_pins, netboot, output, payload,
-                   progress, qemu, render, router, sdcard, seed)
+from image import (agent_env, jumphost, k3s_bundle, k3s_fetch, k3s_pins, netboot, output, payload,
+                   progress, qemu, render, sdcard, seed)
 from image.output import Kind, Output
 
 log = logging.getLogger("rackboot")
@@ -260,48 +260,13 @@ def run_boot(args, ready: Ready) -> int:
     return 0 if not report.get("failed_units") and all(v == "done" for v in report["steps"].values()) else 1
 
 
-# ------------------------------------------------------------------ clusters, attach
-
-
-def preflight_clusters(args) -> Ready:
-    profiles = load_profiles(args.profiles)
-    clusters.require_attach_ports(profiles)
-    clusters.check_destination(args.output)
-    return Ready(profiles)
-
-
-def run_clusters(args, ready: Ready) -> int:
-    clusters.write(args.output, ready.profiles)
-    return 0
-
-
-def preflight_attach(args) -> Ready:
-    attach.check_ssh_config(args.ssh_config)
-    return Ready([attach.find_rack(args.profiles, args.rack)])
-
-
-def run_attach(args, ready: Ready) -> int:
-    [profile] = ready.profiles
-    return attach.attach(profile, args.command, ssh_config=args.ssh_config)
-
-
-# ------------------------------------------------------------------ router
-
-
-def preflight_router(args) -> Ready:
-    attach.check_ssh_config(args.ssh_config)
-    [profile] = _one_profile(args)
-    router.check_request(profile, args)
-    return Ready([profile])
-
-
-def run_router(args, ready: Ready) -> int:
-    return router.run(router.check_request(ready.profiles[0], args))     # checked by preflight: pure, fast
-
-
 # bundle and push: image/bundle_verbs.py (imported last: it uses Ready and _one_profile from here)
 from image import bundle_verbs  # noqa: E402
 preflight_bundle, run_bundle = bundle_verbs.preflight_bundle, bundle_verbs.run_bundle
 preflight_push, run_push = bundle_verbs.preflight_push, bundle_verbs.run_push
 from image import ca_verbs  # noqa: E402   (make-ca; the same reason)
 preflight_make_ca, run_make_ca = ca_verbs.preflight_make_ca, ca_verbs.run_make_ca
+from image import operator_verbs  # noqa: E402   (clusters, attach, router; the same reason)
+preflight_clusters, run_clusters = operator_verbs.preflight_clusters, operator_verbs.run_clusters
+preflight_attach, run_attach = operator_verbs.preflight_attach, operator_verbs.run_attach
+preflight_router, run_router = operator_verbs.preflight_router, operator_verbs.run_router
