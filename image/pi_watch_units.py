@@ -14,9 +14,11 @@ TIMER = "rackboot-pi-watch.timer"
 SERVICE_TEXT = f"""\
 # rackboot Pi (image/pi_watch_units.py): restarts k3s-agent when the
 # jumphost's k3s serves another CA than the agent pinned, or this Pi's Node
-# is gone from it (a swapped jumphost; firstboot/pi_watch.py says why).
+# is gone from it (a swapped jumphost), and runs the first-boot agent again
+# when the jumphost's k3s runs another version (an upgrade in place);
+# firstboot/pi_watch.py says why.
 [Unit]
-Description=rackboot: re-join a swapped jumphost
+Description=rackboot: re-join a swapped jumphost, follow its k3s upgrades
 After=network-online.target rackboot-firstboot.service
 
 [Service]
