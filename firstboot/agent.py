@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from firstboot import (apply, bundle, host_keys, identify, join, k3s, k3s_follow, k3s_store, metrics, nodes,
+from firstboot import (apply, bundle, host_keys, identify, join, k3s, k3s_ca_expiry, k3s_follow, k3s_store, metrics, nodes,
                        pi_bundle, rack_model, ready, report, serve, state, token)
 from firstboot.errors import RackbootError
 from firstboot.layout import Layout, Role
@@ -135,6 +135,7 @@ def step_ready(ctx: Context) -> dict:
     result = ready.wait(ctx.layout, ctx.role, ctx.identity.node)
     if ctx.role is Role.JUMPHOST:     # now its Pis may run this version too
         k3s_store.record_served(ctx.layout, ctx.k3s_version)
+        result.update(k3s_ca_expiry.check(ctx.layout))
     return result
 
 
@@ -249,6 +250,8 @@ def describe_status(layout: Layout | None = None) -> str:
                      + (f" ({record['seconds']} s)" if "seconds" in record else ""))
         if record.get("error"):
             lines.append(f"             error: {record['error']}")
+        if (record.get("result") or {}).get("warning"):
+            lines.append(f"             warning: {record['result']['warning']}")
         if record.get("hint"):
             lines.append(f"             hint: {record['hint']}")
     if status.get("failed"):

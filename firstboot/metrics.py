@@ -7,6 +7,8 @@ alerts on (rack-profiles/kube/skolo-rack4/2*.yaml).
     rackboot_step_duration_seconds{rack,role,step}   how long it ran
     rackboot_last_run_success{rack,role}             1 when no step failed
     rackboot_last_run_timestamp_seconds{rack,role}   when that run ended
+    rackboot_cluster_ca_expiry_timestamp_seconds{rack}   the jumphost's: when its cluster CA ends
+                                                     (firstboot/k3s_ca_expiry.py)
 
 Written once a run has ended, not after each step: a failed run's 0 stays
 until a later run ends without it, so an alert on it does not flap while
@@ -33,6 +35,8 @@ STEP_SUCCESS = ("rackboot_step_success", "Whether the first-boot agent's step su
 STEP_DURATION = ("rackboot_step_duration_seconds", "How long the step ran in the agent's last run.")
 RUN_SUCCESS = ("rackboot_last_run_success", "Whether the agent's last run ended with every step done.")
 RUN_TIMESTAMP = ("rackboot_last_run_timestamp_seconds", "When the agent's last run ended, in Unix time.")
+CA_END = ("rackboot_cluster_ca_expiry_timestamp_seconds", "When the first of the rack's cluster CA certificates "
+          "ends, in Unix time (the jumphost's, read once its k3s server was ready).")
 
 
 def _label_value(value: str) -> str:
@@ -67,6 +71,9 @@ def render(status: dict, rack: str, ended: float) -> str:
                                      for name, record in finished])
     lines += _family(RUN_SUCCESS, [(run, not status.get("failed") and bool(finished))])
     lines += _family(RUN_TIMESTAMP, [(run, ended)])
+    ca_end = ((status.get("steps", {}).get("ready") or {}).get("result") or {}).get("cluster_ca_end_seconds")
+    if isinstance(ca_end, (int, float)):
+        lines += _family(CA_END, [(_labels(rack=rack), ca_end)])
     return "\n".join(lines) + "\n"
 
 

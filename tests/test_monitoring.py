@@ -251,7 +251,7 @@ def test_rules_pass_promtool(tmp_path):
     lay_out_config(tmp_path)
     [rules_file] = tmp_path.glob("*.rules.yml")
     checked = promtool("check", "rules", str(rules_file))
-    assert checked.returncode == 0 and "SUCCESS: 4 rules found" in checked.stdout, checked.stdout + checked.stderr
+    assert checked.returncode == 0 and "SUCCESS: 5 rules found" in checked.stdout, checked.stdout + checked.stderr
 
 
 def test_every_alert_carries_the_rack_and_takes_the_v1_api():
@@ -388,6 +388,25 @@ ALERT_TESTS = """
             description: >-
               Pi skia-rpi-002 in rack {rack} has not answered through the k3s API server for 5
               minutes: the node is NotReady (kubectl describe node skia-rpi-002).
+
+# The CA ends at 40 days (3456000 s): quiet at first, firing from 11 days on (under 30 days left).
+- name: cluster CA expiring
+  interval: 1d
+  input_series:
+    - series: 'rackboot_cluster_ca_expiry_timestamp_seconds{{job="node-exporter",instance="10.42.0.5:9100",node="skolo-rack4-jumphost",rack="{rack}"}}'
+      values: '3456000x20'
+  alert_rule_test:
+    - {{eval_time: 9d, alertname: ClusterCaExpiringSoon, exp_alerts: []}}
+    - eval_time: 12d
+      alertname: ClusterCaExpiringSoon
+      exp_alerts:
+        - exp_labels: {{job: node-exporter, instance: "10.42.0.5:9100", node: skolo-rack4-jumphost, rack: {rack},
+                       category: infra, severity: critical}}
+          exp_annotations:
+            abbr: cluster CA - {rack}
+            description: >-
+              The k3s cluster CA of rack {rack} ends in 28d 0h 0m 0s. Rotate it on the jumphost
+              (k3s certificate rotate-ca) and store the new one as the rack's k3s.ca.
 
 # / fills at 200 MB per 5 minutes from 35% free (empty within a day), /srv
 # sits at 5% free; /boot is 80% free, a Pi's SD card fills like / and an NFS
