@@ -1,5 +1,5 @@
 """k3s upgraded in place on the virtual rack (issue 15): the next minor's
-bundle pushed to the running jumphost with the rack's bundle, as an operator
+bundle (the stand-in's next minor) pushed to the running jumphost with the rack's bundle, as an operator
 does (`build.py push PROFILE --to HOST --k3s-bundle DIR`); the jumphost's
 agent upgrades its k3s server keeping the datastore, and each running Pi's
 watcher sees that the server moved on and runs its agent again, which fetches
@@ -28,21 +28,27 @@ from pathlib import Path
 
 import yaml
 
+from firstboot import k3s_versions
 from tests.doubles import k3s_standin_bundle
 from tests.lib import vm, vm_push
 from tests.lib.rack import UPGRADE_BUNDLE_ENV
 
-NEXT_MINOR = "v1.32.0+k3s1"       # the stand-in's, one minor above the example's v1.31
 UPGRADE_TIMEOUT = 900             # push to every Node on the new version, under TCG
 
 
-def next_bundle(work: Path) -> Path | None:
+def next_minor(version: str) -> str:
+    """The first release of the minor after version's (v1.35.5+k3s1 -> v1.36.0+k3s1)."""
+    major, minor = k3s_versions.minor(version)
+    return f"v{major}.{minor + 1}.0+k3s1"
+
+
+def next_bundle(work: Path, running: str) -> Path | None:
     real = os.environ.get(UPGRADE_BUNDLE_ENV)
     if real:
         return Path(real)
     if k3s_standin_bundle.real_bundle():
         return None
-    return k3s_standin_bundle.make(work, NEXT_MINOR)
+    return k3s_standin_bundle.make(work, next_minor(running))
 
 
 def nodes(rack) -> dict:
@@ -93,7 +99,9 @@ def _all_on(rack, version: str, names: list[str], deadline: float) -> dict:
 def upgrade_k3s(rack, pis: dict, profile_source: Path, work: Path, revision: int) -> dict:
     """pis: node name -> the running PiVM; profile_source: the rack's profile
     as the image was built from it; revision: the pushed bundle's."""
-    bundle = next_bundle(work / "k3s")
+    found = nodes(rack)
+    assert found, "the swapped-in jumphost's API does not answer"
+    bundle = next_bundle(work / "k3s", found["jumphost-example"][1])
     if bundle is None:
         return {"skipped": f"real k3s needs {UPGRADE_BUNDLE_ENV}=DIR of the next minor"}
     version = json.loads((bundle / "bundle.json").read_text())["version"]
