@@ -18,6 +18,7 @@ from firstboot.layout import Layout
 from firstboot.profile import load_profiles
 from image import bundle_build, bundle_seal, render
 from tests.conftest import REPO
+from tests.doubles import k3s_standin_bundle
 
 PROFILES = REPO / "rack-profiles"
 EXAMPLE = load_profiles([PROFILES / "example.yaml"])[0]
@@ -85,10 +86,11 @@ def test_a_bundle_relabelled_for_another_rack_is_foreign(tmp_path):
 
 @pytest.fixture
 def jumphost(tmp_path, monkeypatch):
-    """A jumphost's layout whose image carries the example rack at revision 2,
-    identified as that rack; re-running the agent is recorded."""
+    """A jumphost's layout whose image carries the example rack at revision 2
+    and its k3s, identified as that rack; re-running the agent is recorded."""
     layout = Layout(tmp_path / "machine")
     bundle_build.write(EXAMPLE, layout.racks / "example", 2, None)
+    k3s_standin_bundle.make(layout.k3s_bundles, EXAMPLE.k3s.version)
     state.save(layout, {"steps": {"identify": {"result": {"rack": "example"}}}})
     reruns = []
     monkeypatch.setattr(bundle_install, "_rerun_agent", lambda: reruns.append(1) or "the agent ran again")
@@ -179,6 +181,7 @@ def test_rollback_withdraws_the_newest_pushed_revision(jumphost, tmp_path):
 def test_an_image_tree_from_before_bundles_is_used_but_any_push_is_newer(tmp_path, monkeypatch):
     layout = Layout(tmp_path / "machine")
     render.render([EXAMPLE], layout.racks)            # no BUNDLE.json
+    k3s_standin_bundle.make(layout.k3s_bundles, EXAMPLE.k3s.version)
     assert bundle.choose(layout, "example").revision == bundle.UNSEALED
     monkeypatch.setattr(bundle_install, "_rerun_agent", lambda: "ran")
     assert "revision -1 -> 0" in bundle_install.install(layout, archive(tmp_path, EXAMPLE, 0))

@@ -488,16 +488,17 @@ def test_racks_of_one_image_each_get_their_version(tmp_path):
     from image import verbs
     [example] = load_profiles([Path("rack-profiles/example.yaml")])
     newer = dataclasses.replace(example, rack="newer", k3s=dataclasses.replace(example.k3s, version="v1.32.1+k3s1"))
-    old = k3s_standin_bundle.make(tmp_path / "a", VERSION)
+    ours = example.k3s.version
+    old = k3s_standin_bundle.make(tmp_path / "a", ours)
     new = k3s_standin_bundle.make(tmp_path / "b", "v1.32.1+k3s1")
     chosen = verbs._k3s_bundles(types.SimpleNamespace(k3s_bundle=[new, old]), [example, newer])
-    assert {rack: b.version for rack, b in chosen.items()} == {"example": VERSION, "newer": "v1.32.1+k3s1"}
+    assert {rack: b.version for rack, b in chosen.items()} == {"example": ours, "newer": "v1.32.1+k3s1"}
     assert verbs._k3s_bundles(types.SimpleNamespace(k3s_bundle=None), [example, newer]) == \
         {"example": None, "newer": None}
     with pytest.raises(BadInput, match=r"no --k3s-bundle of v1\.32\.1\+k3s1, which newer want"):
         verbs._k3s_bundles(types.SimpleNamespace(k3s_bundle=[old]), [example, newer])
-    with pytest.raises(BadInput, match=r"is v1\.32\.1\+k3s1, but the racks want v1\.31\.4\+k3s1"):
+    with pytest.raises(BadInput, match=r"is v1\.32\.1\+k3s1, but the racks want " + re.escape(ours)):
         verbs._k3s_bundles(types.SimpleNamespace(k3s_bundle=[old, new]), [example])
-    again = k3s_standin_bundle.make(tmp_path / "c", VERSION)
-    with pytest.raises(BadInput, match=r"are both v1\.31\.4\+k3s1"):
+    again = k3s_standin_bundle.make(tmp_path / "c", ours)
+    with pytest.raises(BadInput, match=r"are both " + re.escape(ours)):
         verbs._k3s_bundles(types.SimpleNamespace(k3s_bundle=[old, again]), [example, newer])

@@ -63,7 +63,8 @@ def test_outputs_are_flashable(built):
 def test_image_holds_no_machine_state_and_the_whole_agent(built, tmp_path):
     """Read the root filesystem itself: what makes a jumphost unique must be
     absent, and what the agent needs must be there."""
-    _, out, _ = built
+    profile, out, _ = built
+    k3s_version = profile.k3s.version            # the bundle the image was built with (tests/conftest.py)
     root = root_filesystem(out / "jumphost.img", tmp_path)
     assert "Size: 0" in debugfs(root, "stat /etc/machine-id")
     assert "ssh_host_" not in debugfs(root, "ls -l /etc/ssh")
@@ -77,8 +78,8 @@ def test_image_holds_no_machine_state_and_the_whole_agent(built, tmp_path):
                  "/usr/lib/rackboot/site-packages/google/cloud/storage/__init__.py",
                  "/usr/lib/rackboot/site-packages/google/cloud/kms_v1/__init__.py",
                  "/usr/lib/rackboot/site-packages/kubernetes/dynamic/client.py",
-                 "/usr/lib/rackboot/k3s/v1.31.4+k3s1/k3s",
-                 "/usr/lib/rackboot/k3s/v1.31.4+k3s1/k3s-airgap-images-amd64.tar.zst",
+                 f"/usr/lib/rackboot/k3s/{k3s_version}/k3s",
+                 f"/usr/lib/rackboot/k3s/{k3s_version}/k3s-airgap-images-amd64.tar.zst",
                  # The Pis' netboot: shared boot files, the NFS root with the agent and arm64 k3s.
                  "/usr/lib/rackboot/pi-boot/vmlinuz", "/usr/lib/rackboot/pi-boot/start4.elf",
                  "/usr/share/rackboot/racks/example/tftp/cmdline.txt",
@@ -99,7 +100,7 @@ def test_image_holds_no_machine_state_and_the_whole_agent(built, tmp_path):
     assert file_type(root, f"/etc/systemd/system/local-fs.target.wants/{unit}") == "symlink"
     assert "What=/usr/lib/rackboot/pi-root.squashfs" in debugfs(root, f"cat /etc/systemd/system/{unit}")
     pi_root = squashfs_entries(dump_file(root, "/usr/lib/rackboot/pi-root.squashfs", tmp_path / "pi-root.squashfs"))
-    for path in ("/usr/lib/rackboot/firstboot/join.py", "/usr/lib/rackboot/k3s/v1.31.4+k3s1/k3s-arm64"):
+    for path in ("/usr/lib/rackboot/firstboot/join.py", f"/usr/lib/rackboot/k3s/{k3s_version}/k3s-arm64"):
         assert pi_root[path]["mode"].startswith("-"), path
     assert pi_root["/"]["mode"] == "drwxr-xr-x" and pi_root["/"]["owner"] == "0/0"
     assert pi_root["/etc/shadow"]["owner"] == "0/42" and pi_root["/etc/shadow"]["mode"] == "-rw-r-----"
