@@ -113,16 +113,24 @@ def test_bad_version():
 
 
 @pytest.mark.machine     # root: build.py image checks it before the bundle
-def test_command_line_fetch_and_image_version_check(release, build, tmp_path):
+def test_command_line_fetch_and_image_version_check(build, tmp_path):
     """fetch-k3s takes a profile and fetches the version it names; image
     refuses a bundle of another version before doing any work."""
-    result = build("fetch-k3s", "rack-profiles/example.yaml", "-o", str(tmp_path / "k3s"), "--mirror", release.url)
+    from firstboot.profile import load_profiles
+    [example] = load_profiles([Path("rack-profiles/example.yaml")])
+    wanted = example.k3s.version
+    served = Release(tmp_path / "mirror-root", wanted)
+    served.serve()
+    try:
+        result = build("fetch-k3s", "rack-profiles/example.yaml", "-o", str(tmp_path / "k3s"), "--mirror", served.url)
+    finally:
+        served.stop()
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == str(tmp_path / "k3s" / VERSION)
+    assert result.stdout.strip() == str(tmp_path / "k3s" / wanted)
     other = k3s_standin_bundle.make(tmp_path / "other", "v1.30.0+k3s1")
     result = build("image", "rack-profiles/example.yaml", "-o", str(tmp_path / "out"), "--k3s-bundle", str(other))
     assert result.returncode == 2
-    assert "is v1.30.0+k3s1, but the racks want v1.31.4+k3s1" in result.stderr
+    assert f"is v1.30.0+k3s1, but the racks want {wanted}" in result.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -20,7 +20,7 @@ import pytest
 from firstboot import bundle, bundle_archive
 from firstboot.profile import load_profiles
 from image import bundle_build, push
-from tests.doubles import k3s_standin, k3s_standin_bundle
+from tests.doubles import k3s_standin_bundle
 from tests.lib.machine import REPO
 from tests.lib.ssh_jumphost import SshJumphost
 from tests import test_attach
@@ -57,11 +57,12 @@ def as_rackboot_jumphost(jumphost: SshJumphost, operator, revision: int) -> Path
     agent = image / "agent"
     shutil.copytree(REPO / "firstboot", agent / "firstboot", ignore=shutil.ignore_patterns("__pycache__"))
     (agent / "site-packages").symlink_to(sysconfig.get_paths()["purelib"])
-    real = k3s_standin_bundle.real_bundle()           # the image's k3s, the racks' version
+    real = k3s_standin_bundle.real_bundle()           # the image's k3s, the rack's version
     if real:
         shutil.copytree(real, agent / "k3s" / real.name)
     else:
-        k3s_standin_bundle.make(agent / "k3s", k3s_standin.VERSION)
+        [profile] = load_profiles([operator["profiles"] / "rack-a.yaml"])
+        k3s_standin_bundle.make(agent / "k3s", profile.k3s.version)
     state = image / "state"
     state.mkdir(parents=True)
     systemctl = image / "systemctl"
@@ -216,7 +217,7 @@ def test_push_sends_a_k3s_bundle_with_the_rack_bundle(operator, rack_a, tmp_path
     there and put in place before the rack bundle (the agent's k3s step then
     upgrades: tests/test_k3s_follow.py); a dry run places nothing."""
     jumphost, image = rack_a
-    newer = "v1.32.0+k3s1"
+    newer = k3s_standin_bundle.next_minor(load_profiles([operator["profiles"] / "rack-a.yaml"])[0].k3s.version)
     fetched = k3s_standin_bundle.make(tmp_path / "fetched", newer)
     pushed_k3s = image / "state/k3s"
     # Without the bundle, a profile that wants a k3s the jumphost lacks is refused there, nothing changed.

@@ -26,6 +26,13 @@ def real_bundle() -> Path | None:
     return Path(value) if value else None
 
 
+def next_minor(version: str) -> str:
+    """The first release of the minor after version's (v1.35.5+k3s1 -> v1.36.0+k3s1): an upgrade to it is one step."""
+    from firstboot import k3s_versions
+    major, minor = k3s_versions.minor(version)
+    return f"v{major}.{minor + 1}.0+k3s1"
+
+
 def standin_binary(version: str) -> bytes:
     """The stand-in as a `k3s` binary that says it is version (k3s --version): a
     zip application (#! line, then a zip) holding the stand-in as __main__.py,

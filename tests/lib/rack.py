@@ -31,6 +31,9 @@ from tests.doubles import k3s_standin_bundle
 from tests.lib import rack_net
 from tests.lib.machine import REPO, Machine
 
+# The pretend machines' k3s (the stand-in's version); a pretend rack's profile
+# names it whatever its own says (the example's wants a newer line), as an
+# image built for the rack would: the tests of skew and upgrades step from it.
 VERSION = "v1.31.4+k3s1"
 # Against real k3s, the tests that upgrade k3s need a second real bundle (of
 # a later version than RACKBOOT_K3S_BUNDLE's); without one they use the
@@ -127,6 +130,9 @@ class Rack:
                        dns=[self.ip(a) if a in original.network.subnet else str(a) for a in original.network.dns])
         profile.setdefault("jumphost", {}).update(address=self.ip(original.jumphost.address),
                                                   uplink=rack_net.INTERFACE)
+        # The k3s its machines' images carry (add_machine): the stand-in's, or the real bundle's.
+        real = k3s_standin_bundle.real_bundle()
+        profile.setdefault("k3s", {})["version"] = real.name if real else VERSION
         for pi in profile.get("pis") or []:
             if pi.get("address"):
                 pi["address"] = self.ip(pi["address"])

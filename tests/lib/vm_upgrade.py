@@ -28,18 +28,11 @@ from pathlib import Path
 
 import yaml
 
-from firstboot import k3s_versions
 from tests.doubles import k3s_standin_bundle
 from tests.lib import vm, vm_push
 from tests.lib.rack import UPGRADE_BUNDLE_ENV
 
 UPGRADE_TIMEOUT = 900             # push to every Node on the new version, under TCG
-
-
-def next_minor(version: str) -> str:
-    """The first release of the minor after version's (v1.35.5+k3s1 -> v1.36.0+k3s1)."""
-    major, minor = k3s_versions.minor(version)
-    return f"v{major}.{minor + 1}.0+k3s1"
 
 
 def next_bundle(work: Path, running: str) -> Path | None:
@@ -48,7 +41,7 @@ def next_bundle(work: Path, running: str) -> Path | None:
         return Path(real)
     if k3s_standin_bundle.real_bundle():
         return None
-    return k3s_standin_bundle.make(work, next_minor(running))
+    return k3s_standin_bundle.make(work, k3s_standin_bundle.next_minor(running))
 
 
 def nodes(rack) -> dict:
