@@ -5,12 +5,11 @@ image/sdcard.py assembles the Pi's SD card from the same parts.
 Given a reproducible.Stamp, every identifier and time in them is the
 stamp's: the same inputs give the same bytes (image/reproducible.py)."""
 
-import hashlib
 import re
 import shutil
 from pathlib import Path
 
-from image import progress
+from image import flashing, progress
 from image.reproducible import Stamp, clamp_mtimes
 from firstboot.commands import run
 
@@ -153,13 +152,7 @@ def flashing_files(image: Path, compress: bool) -> list[Path]:
     """The sha256 and bmap beside the image, and optionally a zstd copy."""
     outputs = []
     with progress.step("checksum and block map"):
-        # hashlib (OpenSSL's SHA extensions): 2 s for a 2.9 GB image, where
-        # Debian 12's sha256sum takes 9. The same line sha256sum -c reads.
-        with image.open("rb") as data:
-            digest = hashlib.file_digest(data, "sha256").hexdigest()
-        image.with_name(image.name + ".sha256").write_text(f"{digest}  {image.name}\n")
-        run(["bmaptool", "create", "-o", image.with_name(image.name + ".bmap"), image])
-        outputs += [image.with_name(image.name + ".sha256"), image.with_name(image.name + ".bmap")]
+        outputs += flashing.checksum_and_bmap(image)
     if compress:
         with progress.step("compress (zstd)"):
             run(["zstd", "-q", "-f", "-T0", "-10", image, "-o", image.with_name(image.name + ".zst")])
