@@ -54,20 +54,21 @@ def ext4_megabytes(tree: Path) -> int:
 
 
 def make_ext4(tree: Path, target: Path, label: str, stamp: Stamp | None = None,
-              offset: int = 0, size_mb: int | None = None) -> None:
+              offset: int = 0, size_mb: int | None = None, features: tuple[str, ...] = ()) -> None:
     """tree -> an ext4 filesystem labelled label in target (at byte offset
     of it, which must then be as large as offset + size_mb MiB: a disk image
     gets its root written in place, not made apart and copied in). With a
-    stamp: its UUID, hash seed and times."""
+    stamp: its UUID, hash seed and times. features: mke2fs -O's, beside the default ones."""
     size = size_mb or ext4_megabytes(tree)
     extended = [f"offset={offset}"] if offset else []
+    named = ["-L", label, *(["-O", ",".join(features)] if features else [])]
     with progress.step(f"make the {size} MiB ext4 root filesystem"):
         if stamp is None:
-            run(["mke2fs", "-q", "-t", "ext4", "-L", label, *_extended(extended), "-d", tree, target, f"{size}M"])
+            run(["mke2fs", "-q", "-t", "ext4", *named, *_extended(extended), "-d", tree, target, f"{size}M"])
             return
         clamp_mtimes(tree, stamp.epoch)
         identity, seed = ext4_identity(stamp, label)
-        run(["mke2fs", "-q", "-t", "ext4", "-L", label, *identity, *_extended([*extended, seed]), "-d", tree,
+        run(["mke2fs", "-q", "-t", "ext4", *named, *identity, *_extended([*extended, seed]), "-d", tree,
              target, f"{size}M"], env={"E2FSPROGS_FAKE_TIME": str(stamp.epoch)})
         settle_inode_times(filesystem_at(target, offset), stamp.epoch)
 
@@ -143,15 +144,16 @@ def genimage(config: str, rootpath: Path, work: Path, output: Path) -> None:
     (work / output.name).replace(output)
 
 
-def assemble(tree: Path, esp: Path, work: Path, output: Path, stamp: Stamp) -> None:
+def assemble(tree: Path, esp: Path, work: Path, output: Path, stamp: Stamp, make_root=None) -> None:
     """tree -> the ext4 root and esp -> the ESP, both written into output
-    (a GPT raw image) where their partitions are, then the partition table."""
+    (a GPT raw image) where their partitions are, then the partition table.
+    make_root: make_ext4's stand-in (image/ext4_layer.py), called as it."""
     work.mkdir(parents=True, exist_ok=True)
     root_mb = ext4_megabytes(tree)
     root_start = ESP_START + (ESP_SIZE_MB << 20)
     with output.open("wb") as image:        # all holes: what nothing writes stays unmapped
         image.truncate(root_start + (root_mb << 20) + GPT_BACKUP_BYTES)
-    make_ext4(tree, output, ROOT_LABEL, stamp, offset=root_start, size_mb=root_mb)
+    (make_root or make_ext4)(tree, output, ROOT_LABEL, stamp, offset=root_start, size_mb=root_mb)
     with progress.step("the EFI system partition"):
         make_vfat(esp, work / "esp.vfat", ESP_SIZE_MB, stamp)
         copy_into(work / "esp.vfat", output, ESP_START)
