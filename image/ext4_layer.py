@@ -146,6 +146,17 @@ def apply(commands: list[str], filesystem: str, upper: Path, stamp: Stamp, label
                             f"{'; '.join(errors[:5])}", hint="rebuild with --no-cache, and report this")
 
 
+def clamp_layer(tree: Path, upper: Path, epoch: int) -> None:
+    """disk.clamp_mtimes for what the build wrote (the layer's entries, set
+    through tree): the cached tree's own were clamped when it was made. A
+    whiteout's name is not in tree (layer_commands refuses it)."""
+    for directory, names, files in os.walk(upper):
+        for name in ["", *names, *files]:
+            path = tree / os.path.relpath(os.path.join(directory, name), upper)
+            if os.path.lexists(path) and os.lstat(path).st_mtime > epoch:
+                os.utime(path, (epoch, epoch), follow_symlinks=False)
+
+
 def root_maker(layers: Layers | None):
     """disk.make_ext4's stand-in for disk.assemble: the cached tree's
     filesystem with layers.upper written into it where it can be, else
@@ -154,7 +165,7 @@ def root_maker(layers: Layers | None):
         try:
             if layers is None or layers.upper is None:
                 raise CannotLayer("the tree is not a cached one under a layer of the build's own")
-            disk.clamp_mtimes(tree, stamp.epoch)
+            clamp_layer(tree, layers.upper, stamp.epoch)
             commands = layer_commands(layers.upper, layers.lower, stamp.epoch)
         except CannotLayer as why:
             log.info("  the whole root filesystem made anew: %s", why)
