@@ -118,7 +118,8 @@ def _directory(upper: Path, lower: Path, inside: PurePosixPath, epoch: int, comm
 
 def base_filesystem(layers: Layers, label: str, size_mb: int, stamp: Stamp) -> Path:
     """The cache entry's tree as an ext4 of size_mb, made once and kept in
-    the entry (removed with it)."""
+    the entry (removed with it; about as large as the tree). One size is
+    kept: the root's size moves in 64 MiB steps, seldom on a profile change."""
     base = layers.entry / f"root-{plain(label)}-{size_mb}M.ext4"
     if base.exists():
         log.info("  reusing the cached tree's filesystem %s", base.name)
@@ -131,6 +132,9 @@ def base_filesystem(layers: Layers, label: str, size_mb: int, stamp: Stamp) -> P
         disk.make_ext4(layers.lower, Path(staging), label, entry_stamp, size_mb=size_mb,
                        features=("metadata_csum_seed",))
         os.replace(staging, base)
+    for other in layers.entry.glob(f"root-{label}-*M.ext4"):     # a size the racks no longer need
+        if other != base:
+            other.unlink(missing_ok=True)
     return base
 
 

@@ -77,7 +77,7 @@ def inode_times(filesystem: str, path: str) -> str:
     return "\n".join(line for line in text.splitlines() if "time:" in line)
 
 
-def build_root(tmp_path: Path, name: str, edit=change, layered: bool = True) -> tuple[Path, int]:
+def build_root(tmp_path: Path, name: str, edit=change, layered: bool = True, size_mb: int = SIZE_MB) -> tuple[Path, int]:
     """A disk-like file with the root at an offset, made as a rebuild makes it."""
     tree, image, offset = tmp_path / f"tree-{name}", tmp_path / f"{name}.img", 1 << 20
     with tree_cache.prepared_layers(tmp_path / "cache", "jumphost", INPUTS, tree, make_lower) as (_, layers):
@@ -85,9 +85,9 @@ def build_root(tmp_path: Path, name: str, edit=change, layered: bool = True) -> 
             pytest.skip("needs overlayfs")
         edit(tree)
         with image.open("wb") as data:
-            data.truncate(offset + (SIZE_MB << 20))
+            data.truncate(offset + (size_mb << 20))
         maker = ext4_layer.root_maker(layers) if layered else disk.make_ext4
-        maker(tree, image, "rackboot-root", STAMP, offset=offset, size_mb=SIZE_MB)
+        maker(tree, image, "rackboot-root", STAMP, offset=offset, size_mb=size_mb)
     return image, offset
 
 
@@ -138,3 +138,12 @@ def test_a_layer_debugfs_cannot_take_gives_the_root_made_whole(tmp_path, edit):
     whole, _ = build_root(tmp_path, "whole", edit, layered=False)
     assert layered.read_bytes() == whole.read_bytes()
     assert not list((tmp_path / "cache").glob("tree-jumphost-*/root-*.ext4"))     # no base was made for it
+
+
+def test_the_cache_entry_keeps_the_filesystem_of_one_size(tmp_path):
+    build_root(tmp_path, "first")
+    layered, offset = build_root(tmp_path, "larger", size_mb=SIZE_MB + 64)
+    kept = [p.name for p in (tmp_path / "cache").glob("tree-jumphost-*/root-*.ext4")]
+    assert kept == [f"root-rackboot-root-{SIZE_MB + 64}M.ext4"]
+    check = subprocess.run(["e2fsck", "-fn", disk.filesystem_at(layered, offset)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
