@@ -2,7 +2,9 @@
 
     render -> rootfs (cached) -> unpack -> install rackboot -> strip machine state
            -> [the Pis' root as a squashfs with its mount unit, TFTP trees (image/netboot.py)]
-           -> ESP + ext4 root -> GPT (genimage) -> sha256, bmap, [zstd]
+           -> ESP + ext4 root (on a rebuild: the cached OS tree's, plus the build's layer,
+              image/ext4_layer.py), written into the disk image -> GPT (sfdisk)
+           -> sha256 and bmap in one pass (image/flashing.py), [zstd]
 
 The image carries every rack it serves (profiles, their Kubernetes YAML and
 their rendered files) and no machine-specific state: a jumphost learns its
