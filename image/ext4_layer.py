@@ -35,8 +35,9 @@ from image.tree_cache import Layers
 log = logging.getLogger("rackboot")
 # One argument of debugfs's command parser (libss: words split at blanks,
 # '"' quotes) that string_to_inode reads as a name: no blank, quote, '<'
-# (an inode number), '#', '/' (joined by this module) or control character.
-SAFE_NAME = re.compile(r"[A-Za-z0-9._+,@=:%~\\-]+")
+# (an inode number), '#', '/' (joined by this module) or control character,
+# and no leading '-' (an option to a command that takes any).
+SAFE_NAME = re.compile(r"[A-Za-z0-9._+,@=:%~\\][A-Za-z0-9._+,@=:%~\\-]*")
 OVERLAY_XATTRS = "trusted.overlay."     # the upper layer's own bookkeeping, not the tree's
 BANNER = re.compile(r"debugfs \S+ \(.*\)")
 
@@ -55,6 +56,17 @@ def plain_path(path: PurePosixPath | str, absolute: bool = True) -> str:
     """path with each part checked (plain); '/' for the root."""
     parts = [plain(part) for part in PurePosixPath(path).parts if part != "/"]
     return ("/" if absolute else "") + "/".join(parts)
+
+
+def plain_target(link: str) -> str:
+    """A link's target as it is (not normalised: './x' stays './x'), each
+    part checked (plain)."""
+    for part in link.split("/"):
+        if part:
+            plain(part)
+    if not link:
+        raise CannotLayer("a link to nothing")
+    return link
 
 
 def _attributes(target: str, info: os.stat_result, epoch: int) -> list[str]:
@@ -109,7 +121,7 @@ def _directory(upper: Path, lower: Path, inside: PurePosixPath, epoch: int, comm
             commands.append(f"cd {plain_path(inside)}")
             if stat.S_ISLNK(info.st_mode):
                 link = os.readlink(path)
-                commands.append(f"symlink {plain(name)} {plain_path(link, absolute=link.startswith('/'))}")
+                commands.append(f"symlink {plain(name)} {plain_target(link)}")
             else:
                 commands.append(f"write {plain_path(inside / name, absolute=False)} {plain(name)}")
             commands.append("cd /")

@@ -34,6 +34,7 @@ def make_lower(target: Path) -> None:
     (target / "usr/lib/tool").mkdir(parents=True)
     (target / "usr/lib/tool/data").write_bytes(random.Random(1).randbytes(300_000))
     (target / "usr/lib/tool/link").symlink_to("data")
+    (target / "usr/lib/tool/here").symlink_to("./data")
     (target / "home/admin").mkdir(parents=True)
     os.chown(target / "home/admin", 1000, 1000)
     os.chmod(target / "home/admin", 0o750)
@@ -51,6 +52,7 @@ def change(tree: Path) -> None:
     unit.write_text("[Mount]\n")
     (tree / "etc/systemd/system/local-fs.target.wants").mkdir()
     (tree / "etc/systemd/system/local-fs.target.wants" / unit.name).symlink_to(f"/etc/systemd/system/{unit.name}")
+    (tree / "usr/lib/rackboot/here").symlink_to("./pi-root.squashfs")      # a target kept as it is written
     (tree / "home/admin/.ssh").mkdir(mode=0o700)
     (tree / "home/admin/.ssh/authorized_keys").write_text("ssh-ed25519 AAAA admin\n")
     for path in (tree / "home/admin/.ssh", tree / "home/admin/.ssh/authorized_keys"):
@@ -108,18 +110,21 @@ def test_the_layered_root_has_the_whole_trees_files_and_the_same_bytes_twice(tmp
     assert f"Filesystem UUID:          {STAMP.uuid('ext4:rackboot-root')}" in header
 
 
-@pytest.mark.parametrize("name", ["two words", "line\nbreak", 'a"quote', "<2>", "#comment", "tab\there"])
+@pytest.mark.parametrize("name", ["two words", "line\nbreak", 'a"quote', "<2>", "#comment", "tab\there", "-f", ""])
 def test_names_debugfs_cannot_take_are_refused(name):
     with pytest.raises(ext4_layer.CannotLayer):
         ext4_layer.plain(name)
     with pytest.raises(ext4_layer.CannotLayer):
-        ext4_layer.plain_path(f"/etc/{name}/x")
+        ext4_layer.plain_path(f"/etc/{name}/x" if name else "/etc//x/\n")
+    with pytest.raises(ext4_layer.CannotLayer):
+        ext4_layer.plain_target(f"../{name}" if name else "")
 
 
 def test_systemds_escaped_names_and_links_pass_as_they_are():
     assert ext4_layer.plain_path("/etc/systemd/system/srv-rackboot-pi\\x2droot.mount") == \
         "/etc/systemd/system/srv-rackboot-pi\\x2droot.mount"
-    assert ext4_layer.plain_path("../data", absolute=False) == "../data"
+    assert ext4_layer.plain_path("usr/lib/x", absolute=False) == "usr/lib/x"
+    assert ext4_layer.plain_target("./data") == "./data" and ext4_layer.plain_target("../lib//x/") == "../lib//x/"
 
 
 def _odd_name(tree: Path) -> None:
