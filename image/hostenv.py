@@ -41,7 +41,7 @@ TOOL_PACKAGES = (
     # Testing: the agent on pretend machines (unshare, nsenter), the k3s
     # stand-in's certificates, ssh into booted images.
     "util-linux", "openssl", "openssh-client", "cpio",
-    "fdisk",               # sfdisk reads the images' partition tables
+    "fdisk",               # sfdisk writes the jumphost image's partition table and reads the images'
     "iproute2",            # network namespaces and veth links for dnsmasq's DHCP/TFTP tests
     "nfs-kernel-server",   # exportfs checks and loads a pretend jumphost's rendered exports
 )

@@ -2,7 +2,9 @@
 
     render -> rootfs (cached) -> unpack -> install rackboot -> strip machine state
            -> [the Pis' root as a squashfs with its mount unit, TFTP trees (image/netboot.py)]
-           -> ESP + ext4 root -> GPT (genimage) -> sha256, bmap, [zstd]
+           -> ESP + ext4 root (on a rebuild: the cached OS tree's, plus the build's layer,
+              image/ext4_layer.py), written into the disk image -> GPT (sfdisk)
+           -> sha256 and bmap in one pass (image/flashing.py), [zstd]
 
 The image carries every rack it serves (profiles, their Kubernetes YAML and
 their rendered files) and no machine-specific state: a jumphost learns its
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from firstboot.profile import RackProfile
-from image import (atomic, bundle_seal, disk, esp_kernel, netboot, payload, progress, render,
+from image import (atomic, bundle_seal, disk, esp_kernel, ext4_layer, netboot, payload, progress, render,
                    reproducible, rootfs, tree_cache)
 from firstboot.commands import run
 
@@ -112,8 +114,8 @@ def _build(profiles: list[RackProfile], options: ImageOptions, epoch: int) -> li
         cache = options.cache_dir if options.use_cache else None
         with progress.step("unpack and install rackboot"):
             inputs = tree_cache.os_tree_inputs(base.tarball, "amd64", options.k3s_bundles)
-            layers.enter_context(tree_cache.prepared(cache, "jumphost", inputs, tree,
-                                                     lambda target: os_tree(base, options.k3s_bundles, target)))
+            _, os_layers = layers.enter_context(tree_cache.prepared_layers(
+                cache, "jumphost", inputs, tree, lambda target: os_tree(base, options.k3s_bundles, target)))
             install_racks(profiles, rendered, tree)
         if pi_rootfs is not None:
             with progress.step("the Pis' netboot: NFS root (squashfs) and TFTP trees"):
@@ -122,7 +124,7 @@ def _build(profiles: list[RackProfile], options: ImageOptions, epoch: int) -> li
         disk.esp_tree(work / "esp", tree / "usr/lib/systemd/boot/efi/systemd-bootx64.efi")
         esp_kernel.put_kernel(tree, work / "esp")
         stamp = reproducible.Stamp(epoch, image_inputs(options, [spec, pi_rootfs and pi_spec], tree))
-        disk.assemble(tree, work / "esp", work / "disk", work / IMAGE_NAME, stamp)
+        disk.assemble(tree, work / "esp", work / "disk", work / IMAGE_NAME, stamp, ext4_layer.root_maker(os_layers))
         made = [work / IMAGE_NAME, *disk.flashing_files(work / IMAGE_NAME, options.compress)]
         return atomic.move_into(made, output)
 

@@ -220,11 +220,12 @@ def write_pi_racks(profiles: list[RackProfile], rendered: dict[str, render.Rende
 # creation time is SOURCE_DATE_EPOCH (mksquashfs 4.5 takes it from the
 # environment, and refuses -mkfs-time beside it), and files newer than it are
 # set back to it; older ones keep their times (Python checks Debian's byte
-# code against them; the build's own is hash-checked). zstd level 6, not
-# mksquashfs's default 15: for the Pis' root (1.1 GB of files) 4.6 s
-# instead of 47 s on two cores, for a squashfs 8% larger (259 MB, not 240);
-# reading it back is as fast.
-SQUASHFS_ZSTD_LEVEL = 6
+# code against them; the build's own is hash-checked). zstd level 4, not
+# mksquashfs's default 15 nor the 6 of before: for the Pis' root (1.1 GB of
+# files) on two cores 2.3 s at level 4, 4.7 s at 6 and 47 s at 15, for
+# 270 MB, 259 MB and 240 MB; reading it back is as fast. It is the largest
+# step of a profile-only rebuild (issue 14: at most 10 s).
+SQUASHFS_ZSTD_LEVEL = 4
 
 
 def make_squashfs(source: Path, target: Path) -> None:

@@ -19,6 +19,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from image import atomic, progress, reproducible
@@ -48,6 +49,16 @@ def copy_tree(source: Path, target: Path) -> None:
     run(["cp", "-a", "--reflink=auto", f"{source}/.", target])
 
 
+@dataclass(frozen=True)
+class Layers:
+    """Where a prepared tree's parts are: the cache entry, its tree (the
+    lower layer) and the build's own upper layer, which holds exactly what
+    the build changed; upper is None where the tree is a copy."""
+    entry: Path
+    lower: Path
+    upper: Path | None
+
+
 @contextlib.contextmanager
 def prepared(cache_dir: Path | None, kind: str, inputs: dict[str, object], target: Path,
              make: Callable[[Path], None]) -> Iterator[bool]:
@@ -59,6 +70,16 @@ def prepared(cache_dir: Path | None, kind: str, inputs: dict[str, object], targe
     No cache_dir: an entry of the build's own, removed afterwards. Either
     way the build sees the tree the same way, so the image's bytes do not
     depend on whether the cache had it."""
+    with prepared_layers(cache_dir, kind, inputs, target, make) as (hit, _):
+        yield hit
+
+
+@contextlib.contextmanager
+def prepared_layers(cache_dir: Path | None, kind: str, inputs: dict[str, object], target: Path,
+                    make: Callable[[Path], None]) -> Iterator[tuple[bool, Layers | None]]:
+    """prepared(), yielding also the Layers of a cached entry (None for an
+    entry of the build's own), for builders that reuse what the cache has
+    made of the entry (image/ext4_layer.py)."""
     target.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         if cache_dir is None:
@@ -66,8 +87,8 @@ def prepared(cache_dir: Path | None, kind: str, inputs: dict[str, object], targe
             _fill_entry(entry, make, inputs)
         else:
             entry, hit = _entry(cache_dir, kind, inputs, make)
-        stack.enter_context(_layered(entry / "tree", target))
-        yield hit
+        upper = stack.enter_context(_layered(entry / "tree", target))
+        yield hit, Layers(entry, entry / "tree", upper) if cache_dir is not None else None
 
 
 def _entry(cache_dir: Path, kind: str, inputs: dict[str, object], make: Callable[[Path], None]) -> tuple[Path, bool]:
@@ -92,18 +113,18 @@ def _fill_entry(entry: Path, make: Callable[[Path], None], inputs: dict[str, obj
 
 
 @contextlib.contextmanager
-def _layered(lower: Path, target: Path) -> Iterator[None]:
+def _layered(lower: Path, target: Path) -> Iterator[Path | None]:
     layer = Path(tempfile.mkdtemp(prefix=f".{target.name}.layer.", dir=target.parent))
     try:
         if _mount_overlay(lower, layer, target):
             try:
-                yield
+                yield layer / "upper"
             finally:
                 run(["umount", target])
         else:
             with progress.step("copy the tree (no overlayfs here)"):
                 copy_tree(lower, target)
-            yield
+            yield None
     finally:
         shutil.rmtree(layer, ignore_errors=True)
 
