@@ -226,6 +226,15 @@ def test_real_pi_tree_from_debian(profile, tmp_path):
     assert (pi_root / "usr/lib/rackboot/rack-profiles/example.yaml").is_file()
     grpc = list((pi_root / "usr/lib/rackboot/site-packages/grpc/_cython").glob("cygrpc*.so"))
     assert grpc and "aarch64" in grpc[0].name
+    # Wheels and byte code for the root's own python (3.13 on Debian 13, whatever the build host runs):
+    # the Pis' read-only root cannot keep byte code they write.
+    [python] = [p.name.removeprefix("python").replace(".", "")
+                for p in (pi_root / "usr/lib").glob("python3.[0-9]*") if (p / "os.py").is_file()]
+    assert f"cpython-{python}-aarch64" in grpc[0].name
+    site_packages = pi_root / "usr/lib/rackboot/site-packages"
+    assert (site_packages / f"kubernetes/__pycache__/__init__.cpython-{python}.pyc").is_file()
+    other = [path for path in site_packages.rglob("*.pyc") if f".cpython-{python}." not in path.name]
+    assert not other, other[:3]
     units = pi_root / "etc/systemd/system"
     assert "--role=pi" in (units / "rackboot-firstboot.service").read_text()
     for wants, unit in (("multi-user.target.wants", "rackboot-firstboot.service"),
