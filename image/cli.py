@@ -78,7 +78,7 @@ def _release(text: str) -> str:
 
 
 ROOTFS = (
-    Option(("--release",), dict(type=_release, default="bookworm", help="Debian release (default: bookworm)")),
+    Option(("--release",), dict(type=_release, default=rootfs.DEFAULT_RELEASE, help="Debian release (default: %(default)s)")),
     Option(("--cache-dir",), dict(type=Path, default=rootfs.default_cache_dir(), metavar="DIR",
                                   help="root filesystem cache (default: %(default)s)")),
     Option(("--no-cache",), dict(action="store_true", help="rebuild the root filesystem")),

@@ -50,7 +50,7 @@ PARTLABEL=esp /boot/efi vfat defaults,nofail,umask=0077 0 2
 @dataclass(frozen=True)
 class ImageOptions:
     output: Path
-    release: str = "bookworm"
+    release: str = rootfs.DEFAULT_RELEASE
     cache_dir: Path = rootfs.default_cache_dir()
     use_cache: bool = True
     compress: bool = False

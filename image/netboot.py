@@ -51,8 +51,8 @@ log = logging.getLogger("rackboot")
 # (its bootloader is in EEPROM); bootcode.bin only for older Pis.
 FIRMWARE = ("start4.elf", "fixup4.dat", "start4cd.elf", "fixup4cd.dat", "start4x.elf", "fixup4x.dat",
             "start4db.elf", "fixup4db.dat")
-# Debian 12's kernel (6.1) has the Pi 4 family's; the Pi 5's (bcm2712) comes
-# with newer kernels and is taken when present.
+# Debian 12's kernel (6.1) and 13's (6.12) have the Pi 4 family's; the Pi 5's
+# (bcm2712) comes with newer kernels and is taken when present.
 DEVICE_TREES = ("bcm2711-rpi-4-b.dtb", "bcm2711-rpi-400.dtb", "bcm2711-rpi-cm4-io.dtb", "bcm2712-rpi-5-b.dtb")
 REQUIRED = ("start4.elf", "fixup4.dat", "bcm2711-rpi-4-b.dtb")
 
@@ -214,8 +214,8 @@ def write_pi_racks(profiles: list[RackProfile], rendered: dict[str, render.Rende
 
 
 # mksquashfs keeps owners, modes, hard links and extended attributes, and
-# makes the export table NFS needs, by default. zstd: the Debian 12 kernel's
-# squashfs has it, and it reads back faster than xz for the same size. The
+# makes the export table NFS needs, by default. zstd: the squashfs of Debian
+# 12's and 13's kernels has it, and it reads back faster than xz for the same size. The
 # same tree gives the same bytes (image/reproducible.py): the superblock's
 # creation time is SOURCE_DATE_EPOCH (mksquashfs 4.5 takes it from the
 # environment, and refuses -mkfs-time beside it), and files newer than it are
@@ -279,7 +279,7 @@ def install_into_image(profiles: list[RackProfile], rendered: dict[str, render.R
                             shared_at=f"/{PI_BOOT_IN_IMAGE}")
 
 
-def build(profile: RackProfile, output: Path, release: str = "bookworm", cache_dir: Path | None = None,
+def build(profile: RackProfile, output: Path, release: str = rootfs.DEFAULT_RELEASE, cache_dir: Path | None = None,
           use_cache: bool = True, k3s_bundle=None) -> tuple[Path, Path]:
     """output/tftp and output/pi-root for profile's Pis; return both."""
     rendered = render.render_rack(profile)

@@ -11,7 +11,7 @@ from pathlib import Path
 from firstboot.errors import BadInput, RackbootError
 from firstboot.layout import MACHINE, Layout, Role, rendered_key
 from firstboot.profile import DEFAULTS_NAME, SCHEMA_PATH, RackProfile
-from image import k3s_bundle, render
+from image import k3s_bundle, render, rootfs
 from firstboot.commands import run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,19 +83,29 @@ def install_agent(tree: Path, arch: str) -> None:
          "--python-version", python, "--implementation", "cp", "--platform", WHEEL_PLATFORMS[arch],
          *map(_pinned, PYPI_AGENT_PACKAGES)],
          hint="the image build needs PyPI for the agent's Secret Manager client")
-    compile_like_the_machine(tree, site_packages, python)
+    compile_like_the_machine(tree, site_packages, python, arch)
 
 
-def compile_like_the_machine(tree: Path, directory: Path, python: str) -> None:
-    """Byte code for directory as the machine's python would write it, when
-    this one is of its version: named by the machine's paths (pip --target
-    compiles in a temporary directory, whose name would end up in every
-    file), and checked by hash rather than the sources' times (the same
-    bytes from every build; image/reproducible.py)."""
-    if f"{sys.version_info.major}.{sys.version_info.minor}" != python:
-        return      # the machine compiles its own at first import
-    run([sys.executable, "-m", "compileall", "-q", "-j", "0", "-s", tree, "-p", "/",
-         "--invalidation-mode", "checked-hash", directory])
+def compile_like_the_machine(tree: Path, directory: Path, python: str, arch: str) -> None:
+    """Byte code for directory as the machine's python writes it: named by
+    the machine's paths (pip --target compiles in a temporary directory,
+    whose name would end up in every file), and checked by hash rather than
+    the sources' times (the same bytes from every build;
+    image/reproducible.py). Byte code is the interpreter version's own, so
+    when this python is another version (Debian 13's 3.13 from a Debian 12
+    host) the machine's interpreter writes it, run in the tree (arm64 under
+    qemu-user, as mmdebstrap ran it). Not left to the machine: the Pis'
+    shared root is read-only under a tmpfs, so each Pi would compile these
+    libraries again at every boot."""
+    options = ["-q", "--invalidation-mode", "checked-hash"]
+    seeded = {"PYTHONHASHSEED": "0"}     # sets in constants, marshalled in hash order
+    if f"{sys.version_info.major}.{sys.version_info.minor}" == python:
+        run([sys.executable, "-m", "compileall", *options, "-j", "0", "-s", tree, "-p", "/", directory], env=seeded)
+        return
+    rootfs.ensure_foreign_arch(arch)
+    # One process: workers need a /dev/shm the bare tree does not have mounted.
+    run(["chroot", tree, f"/usr/bin/python{python}", "-m", "compileall", *options,
+         "/" / directory.relative_to(tree)], env=seeded)
 
 
 def install_racks(rendered: dict[str, render.RenderedTree], tree: Path) -> None:

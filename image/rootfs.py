@@ -28,6 +28,9 @@ TOOL_DIVERTED = "/usr/sbin/update-initramfs"
 # What RootfsSpec.copy_out may hold: absolute paths, with * for globs, and
 # nothing else the shell would read (they go unquoted into a hook, to glob).
 COPY_OUT_GLOB = re.compile(r"(/[A-Za-z0-9._*+-]+)+")
+# The Debian release images are built from unless --release names another:
+# Debian 13, stable since August 2025 (Debian 12's regular support ended).
+DEFAULT_RELEASE = "trixie"
 
 # The agent runs on Debian's python3. Debian provides its compiled and
 # self-contained dependencies; the Google and Kubernetes client stack comes
@@ -92,7 +95,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rackboot"
 
 
-def _ensure_foreign_arch(arch: str) -> None:
+def ensure_foreign_arch(arch: str) -> None:
     """mmdebstrap runs a foreign architecture's maintainer scripts under
     qemu-user, which needs binfmt_misc; on hosts without systemd running
     (containers, chroots) nothing registers it at boot, so do it here."""
@@ -157,7 +160,7 @@ def build(spec: RootfsSpec, cache_dir: Path, use_cache: bool = True) -> Rootfs:
     if use_cache and (entry / "complete").exists():
         log.info("  reusing cached root filesystem %s", entry)
         return Rootfs(tarball, boot, cached=True)
-    _ensure_foreign_arch(spec.arch)
+    ensure_foreign_arch(spec.arch)
     with atomic.staged_directory(entry) as staging:
         with progress.step(f"mmdebstrap {spec.release} {spec.arch} ({len(spec.packages)} packages)"):
             run(["mmdebstrap", "--variant=minbase", "--mode=root", f"--architectures={spec.arch}",

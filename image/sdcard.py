@@ -95,7 +95,7 @@ def require_pis(profile: RackProfile) -> None:
                        hint="list the rack's Pis under pis: in its profile")
 
 
-def build(profile: RackProfile, output: Path, release: str = "bookworm", cache_dir: Path | None = None,
+def build(profile: RackProfile, output: Path, release: str = rootfs.DEFAULT_RELEASE, cache_dir: Path | None = None,
           use_cache: bool = True, k3s_bundle=None, compress: bool = False) -> list[Path]:
     """output/pi-sdcard.img (with its sha256, bmap and optionally zstd) for
     profile's Pis; return the files written. Only a complete set lands."""

@@ -36,6 +36,23 @@ def test_help_is_quick(build, verb):
     assert time.monotonic() - start < 3
 
 
+@pytest.mark.parametrize("verb", ["image", "netboot", "sdcard"])
+def test_images_are_debian_13_unless_release_names_another(build, verb):
+    """Debian 13 "trixie" by default, in build.py and in the modules the
+    tests and benchmarks call; --release still takes bookworm."""
+    import inspect
+    from image import jumphost, netboot, rootfs, sdcard
+    assert rootfs.DEFAULT_RELEASE == "trixie"
+    assert jumphost.ImageOptions(output=None).release == rootfs.DEFAULT_RELEASE
+    for module in (netboot, sdcard):
+        assert inspect.signature(module.build).parameters["release"].default == rootfs.DEFAULT_RELEASE
+    result = build(verb, "--help")
+    assert result.returncode == 0 and "Debian release (default: trixie)" in " ".join(result.stdout.split())
+    from image import cli
+    [release] = [option for option in cli.ROOTFS if option.flags == ("--release",)]
+    assert release.settings["type"]("bookworm") == "bookworm"
+
+
 # ------------------------------------------------------------ --help installs nothing
 
 VERBS = ["check", "render", "image", "seed", "fetch-k3s", "netboot", "sdcard", "boot", "clusters", "attach", "bundle",

@@ -213,6 +213,29 @@ def test_dnsmasq_answers_the_pi4_dhcp_discover(profile, mode, tmp_path):
     assert "proxy" in server.log.read_text() if mode == "proxy" else "DHCPOFFER" in server.log.read_text()
 
 
+def initramfs_archives(image: bytes) -> list[bytes]:
+    """The cpio archives of an initramfs as the kernel reads it: uncompressed
+    ones first (Debian 13's initramfs-tools puts the modules, already
+    xz-compressed, there), then one compressed (gzip or zstd, which zstd
+    reads both of) to the end; zeros may pad between them."""
+    archives, offset = [], 0
+    while image[offset:offset + 6] in (b"070701", b"070702"):
+        start = offset
+        while True:     # newc entries: a 110-byte header, the name, the data, each padded to 4 bytes
+            name_size, data_size = int(image[offset + 94:offset + 102], 16), int(image[offset + 54:offset + 62], 16)
+            name = image[offset + 110:offset + 110 + name_size - 1]
+            offset = (offset + 110 + name_size + 3) // 4 * 4
+            offset = (offset + data_size + 3) // 4 * 4
+            if name == b"TRAILER!!!":
+                break
+        archives.append(image[start:offset])
+        while offset < len(image) and image[offset] == 0:
+            offset += 1
+    if offset < len(image):
+        archives.append(subprocess.run(["zstd", "-dc"], input=image[offset:], capture_output=True, check=True).stdout)
+    return archives
+
+
 @pytest.mark.vm
 def test_real_pi_tree_from_debian(profile, tmp_path):
     """The real tree: Debian's arm64 kernel, its NFS initramfs, raspi-firmware."""
@@ -226,6 +249,15 @@ def test_real_pi_tree_from_debian(profile, tmp_path):
     assert (pi_root / "usr/lib/rackboot/rack-profiles/example.yaml").is_file()
     grpc = list((pi_root / "usr/lib/rackboot/site-packages/grpc/_cython").glob("cygrpc*.so"))
     assert grpc and "aarch64" in grpc[0].name
+    # Wheels and byte code for the root's own python (3.13 on Debian 13, whatever the build host runs):
+    # the Pis' read-only root cannot keep byte code they write.
+    [python] = [p.name.removeprefix("python").replace(".", "")
+                for p in (pi_root / "usr/lib").glob("python3.[0-9]*") if (p / "os.py").is_file()]
+    assert f"cpython-{python}-aarch64" in grpc[0].name
+    site_packages = pi_root / "usr/lib/rackboot/site-packages"
+    assert (site_packages / f"kubernetes/__pycache__/__init__.cpython-{python}.pyc").is_file()
+    other = [path for path in site_packages.rglob("*.pyc") if f".cpython-{python}." not in path.name]
+    assert not other, other[:3]
     units = pi_root / "etc/systemd/system"
     assert "--role=pi" in (units / "rackboot-firstboot.service").read_text()
     for wants, unit in (("multi-user.target.wants", "rackboot-firstboot.service"),
@@ -235,8 +267,9 @@ def test_real_pi_tree_from_debian(profile, tmp_path):
     assert (pi_root / "etc/initramfs-tools/scripts/nfs-bottom/rackboot-overlay").is_file()
     assert sorted(p.name for p in (pi_root / "usr/lib/rackboot/k3s" / profile.k3s.version).iterdir()) == [
         "k3s-airgap-images-arm64.tar.zst", "k3s-arm64", "sha256sum-arm64.txt"]   # the Pis' architecture only
-    unpacked = subprocess.run(["zstd", "-dc", str(tree / "initrd.img")], capture_output=True, check=True).stdout
-    initrd = subprocess.run(["cpio", "-it", "--quiet"], input=unpacked, capture_output=True, check=True).stdout.decode()
+    archives = initramfs_archives((tree / "initrd.img").read_bytes())
+    initrd = "".join(subprocess.run(["cpio", "-it", "--quiet"], input=archive, capture_output=True,
+                                    check=True).stdout.decode() for archive in archives)
     # NFS root support; the Pi 4's NIC (BCMGENET, built as genet.ko); QEMU virt's NIC; and for the
     # SD-card image (image/sdcard.py) a local ext4 root on the Pi 4's SD slot or QEMU's virtio disk.
     for path in ("scripts/nfs", "fs/nfs/nfs.ko", "fs/nfs/nfsv3.ko", "broadcom/genet/genet.ko",
@@ -246,8 +279,8 @@ def test_real_pi_tree_from_debian(profile, tmp_path):
                  "drivers/block/virtio_blk.ko", "drivers/usb/storage/usb-storage.ko"):
         assert path in initrd, path
     # The SD card's block driver is built into Debian's arm64 kernel, not a module.
-    builtin = subprocess.run(["cpio", "-i", "--quiet", "--to-stdout", "*/modules.builtin"], input=unpacked,
-                             capture_output=True, check=True).stdout.decode()
+    builtin = "".join(subprocess.run(["cpio", "-i", "--quiet", "--to-stdout", "*/modules.builtin"], input=archive,
+                                     capture_output=True, check=True).stdout.decode() for archive in archives)
     assert "kernel/drivers/mmc/core/mmc_block.ko" in builtin.split()
     check_conformance(profile, tree, tmp_path)
 

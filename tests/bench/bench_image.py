@@ -92,7 +92,7 @@ def main() -> None:
         work = Path(work)
         bare = timed(lambda: subprocess.run(
             ["mmdebstrap", "--variant=minbase", "--mode=root", "--quiet",
-             "--include=" + ",".join(rootfs.JUMPHOST_PACKAGES), "bookworm", str(work / "bare.tar")],
+             "--include=" + ",".join(rootfs.JUMPHOST_PACKAGES), rootfs.DEFAULT_RELEASE, str(work / "bare.tar")],
             check=True, stdin=subprocess.DEVNULL))
         (work / "bare.tar").unlink()
 

@@ -102,7 +102,7 @@ def main() -> int:
     [profile] = load_profiles([REPO / "rack-profiles/example.yaml"])
     with tempfile.TemporaryDirectory(prefix="bench-rack-") as work:
         work = Path(work)
-        pi_rootfs = rootfs.build(netboot.pi_rootfs_spec("bookworm"), rootfs.default_cache_dir())
+        pi_rootfs = rootfs.build(netboot.pi_rootfs_spec(rootfs.DEFAULT_RELEASE), rootfs.default_cache_dir())
         tree = netboot.write_tftp_tree(profile, render.render_rack(profile), netboot.boot_files(pi_rootfs), work)
         boot_bytes, tftp = bench_tftp(profile, tree, work)
         print(f"TFTP: one Pi 4 boot sequence is {boot_bytes / MB:.1f} MB "
