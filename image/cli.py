@@ -135,16 +135,13 @@ REVISION = Option(("--revision",), dict(type=int, metavar="N",
                                                "count; needs its rack inputs committed)"))
 PUSH = (
     Option(("--to",), dict(required=True, metavar="HOST", help="the jumphost to push to (ssh host name)")),
-    Option(("--dry-run",), dict(action="store_true", help="show the files and objects that would change; "
-                                                          "change nothing")),
+    Option(("--dry-run",), dict(action="store_true", help="show the files and objects that would change only")),
     Option(("--rollback",), dict(action="store_true", help="go back to the jumphost's previous revision "
                                                            "(nothing is sent)")),
     REVISION,
     ATTACH[2],
-    Option(("--k3s-bundle",), dict(type=Path, metavar="DIR", help=(
-        "send this k3s bundle too (fetch-k3s's VERSION directory; the profile's k3s.version): the jumphost "
-        "upgrades its k3s server in place, keeping its datastore, and its Pis follow; one minor version at a "
-        "time"))),
+    Option(("--k3s-bundle",), dict(type=Path, metavar="DIR", help="send this k3s bundle too (fetch-k3s's DIR; the "
+           "profile's k3s.version): the jumphost upgrades k3s in place, its Pis follow; one minor at a time")),
 )
 ROUTER = (
     Option(("--to",), dict(required=True, metavar="ROUTER",
